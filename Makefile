@@ -1,0 +1,54 @@
+# Convo: `make run` installs and starts the app; `make test` installs and runs the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The PostgreSQL + Redis run of the suite (CI's second configuration).
+PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432/convo
+REDIS_TEST_URL ?= redis://127.0.0.1:6379/1
+
+.PHONY: run test test-sqlite test-postgres test-fast lint format bench venv services clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py runserver $(HOST):$(PORT)
+
+services:
+	bash .ci/services
+
+# The whole suite, twice: SQLite + in-memory channel layer (a newcomer's set-up), then PostgreSQL + Redis.
+test: venv services
+	$(MAKE) --no-print-directory test-sqlite
+	$(MAKE) --no-print-directory test-postgres
+
+test-sqlite: venv
+	env -u DATABASE_URL -u REDIS_URL bash .ci/pytest-all
+
+test-postgres: venv
+	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) bash .ci/pytest-all
+
+# Quick loop while developing: SQLite, no browser.
+test-fast: venv
+	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -q --ignore=tests/browser
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: venv services
+	bash bench/run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts staticfiles

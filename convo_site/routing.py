@@ -1,0 +1,3 @@
+"""Websocket routes of the project (each app adds its own)."""
+
+websocket_urlpatterns: list = []

@@ -1,0 +1,236 @@
+"""The admin: operators inspect any session, its messages and turns, and purge or clear them.
+
+Everything here is read-only except the two actions, which go through the engine.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import admin, messages
+from django.db.models import Q
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from . import engine
+from .models import ConversationSession, Message, Turn
+
+# How many of the newest messages and turns a session page shows inline (the rest: the linked lists).
+ADMIN_INLINE_ROWS = 200
+
+
+class ExpiredFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "expired"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Expired"), ("no", "Live")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "yes":
+            return queryset.filter(expires_at__lte=now)
+        if self.value() == "no":
+            return queryset.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        return queryset
+
+
+class SessionIdFilter(admin.SimpleListFilter):
+    """Filter messages or turns by session id (any id via the URL; the sidebar offers the latest)."""
+
+    title = "session"
+    parameter_name = "session"
+
+    def lookups(self, request, model_admin):
+        recent = ConversationSession.objects.order_by("-updated_at").values_list("id", flat=True)[:15]
+        choices = [(sid, sid) for sid in recent]
+        if self.value() and self.value() not in recent:
+            choices.insert(0, (self.value(), self.value()))
+        return choices
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(session_id=self.value())
+        return queryset
+
+
+def _pretty_json(value) -> str:
+    return format_html("<pre style='margin:0;white-space:pre-wrap'>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+@admin.register(ConversationSession)
+class ConversationSessionAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "owner",
+        "messages_in_list",
+        "turn_count",
+        "total_tokens",
+        "created_at",
+        "updated_at",
+        "expires_at",
+        "expired",
+    ]
+    list_filter = [ExpiredFilter, "owner", "created_at"]
+    search_fields = ["id", "owner__username", "messages__content"]
+    list_select_related = ["owner"]
+    date_hierarchy = "created_at"
+    ordering = ["-updated_at"]
+    actions = ["purge_expired_sessions", "clear_messages"]
+    show_full_result_count = False
+    fieldsets = [
+        (None, {"fields": ["id", "owner", "created_at", "updated_at", "expires_at", "expired"]}),
+        ("Config", {"fields": ["max_messages", "max_tokens", "timeout_seconds", "persist_system_prompt"]}),
+        ("Content", {"fields": ["system_prompt", "state_json", "metadata_json"]}),
+        (
+            "Messages and turns",
+            {"fields": ["messages_in_list", "turn_count", "total_tokens", "message_list", "turn_timeline"]},
+        ),
+    ]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Sessions change only through the engine (the actions here, the UI, the API).
+        return [f for fs in self.fieldsets for f in fs[1]["fields"]]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="messages")
+    def messages_in_list(self, obj: ConversationSession) -> int:
+        return obj.message_count  # derived from the stored sequence bookkeeping: no query
+
+    @admin.display(boolean=True, description="expired")
+    def expired(self, obj: ConversationSession) -> bool:
+        return obj.is_expired(timezone.now())
+
+    @admin.display(description="state")
+    def state_json(self, obj: ConversationSession) -> str:
+        return _pretty_json({"variables": obj.variables, "data": obj.data})
+
+    @admin.display(description="metadata")
+    def metadata_json(self, obj: ConversationSession) -> str:
+        return _pretty_json(obj.metadata)
+
+    @admin.display(description="message list")
+    def message_list(self, obj: ConversationSession) -> str:
+        rows = engine.messages_page(obj, limit=ADMIN_INLINE_ROWS, newest=True)
+        link = reverse("admin:sessions_app_message_changelist") + f"?session={obj.pk}"
+        return render_to_string(
+            "admin/sessions_app/message_table.html",
+            {"rows": rows, "total": obj.message_count, "link": link},
+        )
+
+    @admin.display(description="turn timeline")
+    def turn_timeline(self, obj: ConversationSession) -> str:
+        rows = engine.turns(obj, newest=ADMIN_INLINE_ROWS)
+        link = reverse("admin:sessions_app_turn_changelist") + f"?session={obj.pk}"
+        return render_to_string(
+            "admin/sessions_app/turn_table.html", {"rows": rows, "total": obj.turn_count, "link": link}
+        )
+
+    def delete_model(self, request, obj):
+        engine.session_delete(obj.pk)
+
+    def delete_queryset(self, request, queryset):
+        # The engine deletes messages and turns set-wise; the default collector would load them all.
+        for session_id in queryset.values_list("id", flat=True):
+            try:
+                engine.session_delete(session_id)
+            except engine.SessionNotFound:
+                pass  # deleted meanwhile
+
+    @admin.action(description="Purge the selected expired sessions")
+    def purge_expired_sessions(self, request, queryset):
+        now = timezone.now()
+        deleted = skipped = 0
+        for session_id in queryset.values_list("id", flat=True):
+            try:
+                if engine.session_purge_if_expired(session_id, now=now):
+                    deleted += 1
+                else:
+                    skipped += 1
+            except engine.SessionError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+        self.message_user(request, f"Purged {deleted} expired session(s).", messages.SUCCESS)
+        if skipped:
+            self.message_user(request, f"Kept {skipped} session(s) that are not expired.", messages.WARNING)
+
+    @admin.action(description="Clear messages of the selected sessions")
+    def clear_messages(self, request, queryset):
+        cleared = 0
+        for session_id in queryset.values_list("id", flat=True):
+            try:
+                engine.session_clear_messages(session_id, allow_expired=True)
+                cleared += 1
+            except engine.SessionError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+        self.message_user(request, f"Cleared the messages of {cleared} session(s).", messages.SUCCESS)
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # deleting single rows would break a session's bookkeeping
+
+
+@admin.register(Message)
+class MessageAdmin(_ReadOnlyAdmin):
+    list_display = ["session", "seq", "role", "name", "tool_call_id", "short_content", "tokens", "turn_number", "created_at"]
+    list_filter = ["role", SessionIdFilter]
+    search_fields = ["content", "=session__id"]
+    ordering = ["-created_at", "-id"]
+    show_full_result_count = False
+    list_per_page = 100
+
+    @admin.display(description="content")
+    def short_content(self, obj: Message) -> str:
+        return obj.content if len(obj.content) <= 120 else obj.content[:119] + "…"
+
+
+@admin.register(Turn)
+class TurnAdmin(_ReadOnlyAdmin):
+    list_display = ["session", "number", "user_content", "tool_call_count", "response_content", "started_at", "completed_at", "duration", "is_complete"]
+    list_filter = [SessionIdFilter]
+    search_fields = ["=session__id"]
+    list_select_related = ["user_message", "assistant_response"]
+    ordering = ["-started_at", "-id"]
+    show_full_result_count = False
+
+    def get_queryset(self, request):
+        # Count each turn's tool messages in the same query (no N+1 on the list page).
+        from django.db.models import Count, OuterRef, Subquery
+
+        tools = (
+            Message.objects.filter(session=OuterRef("session"), turn_number=OuterRef("number"), role="tool")
+            .order_by()
+            .values("session")
+            .annotate(n=Count("id"))
+            .values("n")
+        )
+        return super().get_queryset(request).annotate(tool_calls_n=Subquery(tools))
+
+    @admin.display(description="user message")
+    def user_content(self, obj: Turn) -> str:
+        return obj.user_message.content[:120]
+
+    @admin.display(description="tool calls")
+    def tool_call_count(self, obj: Turn) -> int:
+        return obj.tool_calls_n or 0
+
+    @admin.display(description="response")
+    def response_content(self, obj: Turn) -> str:
+        return obj.assistant_response.content[:120] if obj.assistant_response else "—"
+
+    @admin.display(boolean=True, description="complete")
+    def is_complete(self, obj: Turn) -> bool:
+        return obj.is_complete

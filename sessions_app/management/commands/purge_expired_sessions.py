@@ -1,0 +1,42 @@
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connection
+
+from sessions_app import engine
+
+
+class Command(BaseCommand):
+    help = (
+        "Deletes expired conversation sessions with their messages and turns, in batches. "
+        "Safe to run from cron: a session that becomes active while it runs is kept."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--batch-size", type=int, default=1000, help="Sessions deleted per transaction (default 1000)."
+        )
+        parser.add_argument("--dry-run", action="store_true", help="Print how many would go; delete nothing.")
+
+    def handle(self, *args, batch_size, dry_run, **options):
+        if batch_size < 1:
+            raise CommandError("--batch-size must be at least 1.")
+        try:
+            connection.ensure_connection()
+            if dry_run:
+                found = engine.count_expired()
+                self.stdout.write(
+                    f"Dry run: would delete {found.sessions} expired session(s) with {found.messages} message(s)."
+                )
+                return
+            progress = self._progress if self.stdout.isatty() else None
+            result = engine.purge_expired(batch_size=batch_size, progress=progress)
+        except (DatabaseError, engine.StorageError) as exc:
+            raise CommandError(f"Cannot reach the database: {exc}") from exc
+        if progress:
+            self.stdout.write("")
+        self.stdout.write(
+            self.style.SUCCESS(f"Deleted {result.sessions} expired session(s) with {result.messages} message(s).")
+        )
+
+    def _progress(self, result: engine.PurgeResult) -> None:
+        self.stdout.write(f"\rDeleted {result.sessions} session(s), {result.messages} message(s)…", ending="")
+        self.stdout.flush()

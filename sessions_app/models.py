@@ -1,0 +1,148 @@
+"""The stored form of the specification's ConversationSession, ChatMessage and Turn.
+
+The models are thin: every rule that changes them (turn bookkeeping, limits, expiry, the context
+window) lives in ``sessions_app.engine``, which views, the API, consumers, the admin and the purge
+command all call.
+
+How the spec's in-memory ``messages`` list maps onto rows: nothing is deleted when a message leaves
+the list because of ``max_messages`` (its turn still shows it, as in the spec where a turn keeps its
+own copy). The list is instead described by two numbers on the session: ``low_seq`` (every message
+with ``seq >= low_seq`` is in the list) and ``head_seq`` (the pinned system message at the front of
+the list, which eviction skips, as the spec's ``enforce_limits`` does). Eviction only ever removes
+the oldest message after the head, so these two numbers describe the list exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Role(models.TextChoices):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class ConversationSession(models.Model):
+    id = models.CharField(primary_key=True, max_length=128)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="conversation_sessions",
+        help_text="The spec's user_id: who the session belongs to (none for service sessions).",
+    )
+    system_prompt = models.TextField(null=True, blank=True)
+    variables = models.JSONField(default=dict, blank=True, help_text="State: string variables.")
+    data = models.JSONField(default=dict, blank=True, help_text="State: typed data (any JSON value per key).")
+    metadata = models.JSONField(default=dict, blank=True)
+
+    # Config (the spec's SessionConfig).
+    max_messages = models.PositiveIntegerField()
+    max_tokens = models.PositiveIntegerField()
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: never expires.")
+    persist_system_prompt = models.BooleanField()
+
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    # Derived from updated_at and the timeout on every write (engine.touch); stored and indexed so that
+    # finding expired sessions is one index range scan. NULL = never expires.
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    # Bookkeeping of the message list and turns, changed only under the session's row lock.
+    last_seq = models.PositiveBigIntegerField(default=0, help_text="Sequence number of the newest message.")
+    low_seq = models.PositiveBigIntegerField(default=1, help_text="Messages from this sequence on are in the list.")
+    head_seq = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Sequence number of the pinned system message at the front of the list."
+    )
+    turn_count = models.PositiveIntegerField(default=0, help_text="The spec's current_turn().")
+    total_tokens = models.PositiveBigIntegerField(default=0, help_text="Sum of the estimates of the listed messages.")
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "-updated_at"], name="session_owner_recent")]
+        verbose_name = "conversation session"
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def message_count(self) -> int:
+        """How many messages are in the session's list (what the spec's ``messages.len()`` returns)."""
+        suffix = max(0, self.last_seq - self.low_seq + 1)
+        return suffix + (1 if self.head_seq is not None else 0)
+
+    def is_expired(self, now: dt.datetime | None = None) -> bool:
+        if self.expires_at is None:
+            return False
+        return (now or _now()) >= self.expires_at
+
+    def in_list_q(self) -> Q:
+        """The filter selecting this session's listed messages."""
+        q = Q(seq__gte=self.low_seq)
+        if self.head_seq is not None:
+            q |= Q(seq=self.head_seq)
+        return q
+
+
+class Message(models.Model):
+    # The (session, seq) unique constraint's index serves every lookup by session, so no extra one.
+    session = models.ForeignKey(
+        ConversationSession, on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
+    seq = models.PositiveBigIntegerField(help_text="Position in the session, in append order, from 1.")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField()
+    name = models.CharField(max_length=256, null=True, blank=True)
+    tool_call_id = models.CharField(max_length=256, null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField()
+    tokens = models.PositiveIntegerField(help_text="The spec's estimated_tokens(), computed once when written.")
+    turn_number = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The turn the message opened, attached to or completed; empty for none."
+    )
+
+    class Meta:
+        ordering = ["session", "seq"]
+        constraints = [models.UniqueConstraint(fields=["session", "seq"], name="message_session_seq_unique")]
+        indexes = [models.Index(fields=["session", "turn_number"], name="message_session_turn")]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}#{self.seq} {self.role}"
+
+
+class Turn(models.Model):
+    session = models.ForeignKey(ConversationSession, on_delete=models.CASCADE, related_name="turns", db_index=False)
+    number = models.PositiveIntegerField()
+    user_message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+")
+    assistant_response = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    started_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["session", "number"]
+        constraints = [models.UniqueConstraint(fields=["session", "number"], name="turn_session_number_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} turn {self.number}"
+
+    @property
+    def is_complete(self) -> bool:
+        return self.assistant_response_id is not None
+
+    @property
+    def duration(self) -> dt.timedelta | None:
+        if self.completed_at is None:
+            return None
+        return self.completed_at - self.started_at
+
+
+def _now() -> dt.datetime:
+    from django.utils import timezone
+
+    return timezone.now()
