@@ -785,6 +785,36 @@ def last_turn(session: ConversationSession) -> Turn | None:
     return get_turn(session, session.turn_count)
 
 
+@_storage_errors
+def turn_set_metadata(
+    session_id: str,
+    number: int,
+    values: dict[str, str | None],
+    *,
+    owner: Any = ANY_OWNER,
+    now: dt.datetime | None = None,
+) -> Turn:
+    """Merge ``values`` into a turn's metadata (a None value removes the key); raise SessionNotFound
+    when the session or the turn does not exist."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        session = _lock(session_id, owner, now)
+        turn = Turn.objects.filter(session=session, number=number).first()
+        if turn is None:
+            raise SessionNotFound(f"{session_id} turn {number}")
+        for key, value in values.items():
+            _check_text("metadata key", key)
+            if value is None:
+                turn.metadata.pop(key, None)
+            else:
+                turn.metadata[key] = _check_text(f"metadata[{key!r}]", value)
+        turn.save(update_fields=["metadata"])
+        _touch(session, now)
+        session.save(update_fields=["updated_at", "expires_at"])
+        events.emit(session_id, events.MESSAGE, seq=session.last_seq, turn=number)
+    return turn
+
+
 def total_tokens(session: ConversationSession) -> int:
     return session.total_tokens
 

@@ -23,6 +23,10 @@ STATE = "state"
 CONFIG = "config"  # config, system prompt or metadata edited
 CLEARED = "cleared"
 DELETED = "deleted"
+# An assistant reply in progress (issue 5): data state=started|delta|done|stopped|error, text=the
+# text so far. Not a database write: sent at once, and a page that misses one loses nothing (the
+# next carries the whole text, and the stored assistant message arrives as a MESSAGE event).
+REPLY = "reply"
 
 
 def group_name(session_id: str) -> str:

@@ -123,6 +123,7 @@ class Turn(models.Model):
     assistant_response = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     started_at = models.DateTimeField()
     completed_at = models.DateTimeField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True, help_text="E.g. the error of a failed reply.")
 
     class Meta:
         ordering = ["session", "number"]
