@@ -146,19 +146,19 @@ class ConversationSessionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Purge the selected expired sessions")
     def purge_expired_sessions(self, request, queryset):
-        now = timezone.now()
-        deleted = skipped = 0
-        for session_id in queryset.values_list("id", flat=True):
-            try:
-                if engine.session_purge_if_expired(session_id, now=now):
-                    deleted += 1
-                else:
-                    skipped += 1
-            except engine.SessionError as exc:
-                self.message_user(request, str(exc), messages.ERROR)
-        self.message_user(request, f"Purged {deleted} expired session(s).", messages.SUCCESS)
-        if skipped:
-            self.message_user(request, f"Kept {skipped} session(s) that are not expired.", messages.WARNING)
+        selected = list(queryset.values_list("id", flat=True))
+        try:
+            result = engine.purge_sessions(selected)
+        except engine.SessionError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        self.message_user(
+            request, f"Purged {result.sessions} expired session(s) with {result.messages} message(s).", messages.SUCCESS
+        )
+        if len(selected) > result.sessions:
+            self.message_user(
+                request, f"Kept {len(selected) - result.sessions} session(s) that are not expired.", messages.WARNING
+            )
 
     @admin.action(description="Clear messages of the selected sessions")
     def clear_messages(self, request, queryset):

@@ -919,22 +919,31 @@ def session_clear_messages(
     return session
 
 
-@_storage_errors
-def session_purge_if_expired(session_id: str, *, now: dt.datetime | None = None) -> bool:
-    """Delete one session if it is expired at ``now`` (checked under its row lock); return whether it went."""
-    now = now or timezone.now()
-    with transaction.atomic():
-        if not ConversationSession.objects.select_for_update().filter(pk=session_id, expires_at__lte=now).exists():
-            return False
-        _delete_rows([session_id])
-        events.emit(session_id, events.DELETED)
-    return True
-
-
 @dataclass
 class PurgeResult:
     sessions: int = 0
     messages: int = 0
+
+
+@_storage_errors
+def purge_sessions(session_ids: Iterable[str], *, now: dt.datetime | None = None) -> PurgeResult:
+    """Delete those of the given sessions that are expired at ``now``, with their messages and turns.
+
+    Expiry is re-checked under the row locks, so a session touched since it was picked survives;
+    one locked by a writer right now is in use, so it is skipped.
+    """
+    now = now or timezone.now()
+    result = PurgeResult()
+    with transaction.atomic():
+        ids = list(
+            ConversationSession.objects.select_for_update(skip_locked=True)
+            .filter(pk__in=list(session_ids), expires_at__lte=now)
+            .values_list("id", flat=True)
+        )
+        if ids:
+            result.messages, result.sessions = _delete_rows(ids)
+            events.emit_many(ids, events.DELETED)
+    return result
 
 
 @_storage_errors
@@ -972,17 +981,9 @@ def purge_expired(
         if not batch:
             break
         after = batch[-1]
-        with transaction.atomic():
-            ids = list(
-                ConversationSession.objects.select_for_update(skip_locked=True)
-                .filter(pk__in=[sid for _, sid in batch], expires_at__lte=now)
-                .values_list("id", flat=True)
-            )
-            if ids:
-                messages, sessions = _delete_rows(ids)
-                result.sessions += sessions
-                result.messages += messages
-                events.emit_many(ids, events.DELETED)
+        done = purge_sessions([sid for _, sid in batch], now=now)
+        result.sessions += done.sessions
+        result.messages += done.messages
         if progress is not None:
             progress(result)
     return result
