@@ -5,6 +5,7 @@ Everything here is read-only except the two actions, which go through the engine
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from django.contrib import admin, messages
@@ -57,7 +58,10 @@ class SessionIdFilter(admin.SimpleListFilter):
 
 
 def _pretty_json(value) -> str:
-    return format_html("<pre style='margin:0;white-space:pre-wrap'>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+    return format_html(
+        "<pre style='margin:0;white-space:pre-wrap'>{}</pre>",
+        json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
+    )
 
 
 @admin.register(ConversationSession)
@@ -133,16 +137,22 @@ class ConversationSessionAdmin(admin.ModelAdmin):
             "admin/sessions_app/turn_table.html", {"rows": rows, "total": obj.turn_count, "link": link}
         )
 
+    def get_deleted_objects(self, objs, request):
+        # Summarise instead of listing every message (a session may hold 100,000), and do not ask
+        # for delete permission on messages and turns: they go with their session, via the engine.
+        objs = list(objs)
+        to_delete = [f"{obj}: {obj.message_count} listed message(s), {obj.turn_count} turn(s)" for obj in objs]
+        counts = {"conversation sessions": len(objs)}
+        return to_delete, counts, set(), []
+
     def delete_model(self, request, obj):
         engine.session_delete(obj.pk)
 
     def delete_queryset(self, request, queryset):
         # The engine deletes messages and turns set-wise; the default collector would load them all.
         for session_id in queryset.values_list("id", flat=True):
-            try:
+            with contextlib.suppress(engine.SessionNotFound):  # deleted meanwhile
                 engine.session_delete(session_id)
-            except engine.SessionNotFound:
-                pass  # deleted meanwhile
 
     @admin.action(description="Purge the selected expired sessions")
     def purge_expired_sessions(self, request, queryset):
@@ -185,7 +195,17 @@ class _ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(_ReadOnlyAdmin):
-    list_display = ["session", "seq", "role", "name", "tool_call_id", "short_content", "tokens", "turn_number", "created_at"]
+    list_display = [
+        "session",
+        "seq",
+        "role",
+        "name",
+        "tool_call_id",
+        "short_content",
+        "tokens",
+        "turn_number",
+        "created_at",
+    ]
     list_filter = ["role", SessionIdFilter]
     search_fields = ["content", "=session__id"]
     ordering = ["-created_at", "-id"]
@@ -199,7 +219,17 @@ class MessageAdmin(_ReadOnlyAdmin):
 
 @admin.register(Turn)
 class TurnAdmin(_ReadOnlyAdmin):
-    list_display = ["session", "number", "user_content", "tool_call_count", "response_content", "started_at", "completed_at", "duration", "is_complete"]
+    list_display = [
+        "session",
+        "number",
+        "user_content",
+        "tool_call_count",
+        "response_content",
+        "started_at",
+        "completed_at",
+        "duration",
+        "is_complete",
+    ]
     list_filter = [SessionIdFilter]
     search_fields = ["=session__id"]
     list_select_related = ["user_message", "assistant_response"]

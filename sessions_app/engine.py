@@ -543,9 +543,7 @@ def message_append(
     try:
         role = Role(role)
     except ValueError:
-        raise SessionValidationError(
-            f"role must be one of: {', '.join(Role.values)}", field="role"
-        ) from None
+        raise SessionValidationError(f"role must be one of: {', '.join(Role.values)}", field="role") from None
     content = _check_text("content", content)
     name = _check_text("name", name, allow_none=True, max_length=256)
     tool_call_id = _check_text("tool_call_id", tool_call_id, allow_none=True, max_length=256)
@@ -671,8 +669,9 @@ def messages_by_role(session: ConversationSession, role: str) -> list[Message]:
 
 
 @_storage_errors
-def messages_page(session: ConversationSession, *, after: int = 0, before: int | None = None, limit: int = 50,
-                  newest: bool = False) -> list[Message]:
+def messages_page(
+    session: ConversationSession, *, after: int = 0, before: int | None = None, limit: int = 50, newest: bool = False
+) -> list[Message]:
     """A page of the message list in order: the first ``limit`` after ``after``, or (``newest``) the last
     ``limit`` before ``before``. An index range scan whatever the session's length."""
     qs = listed_messages(session).filter(seq__gt=after)
@@ -744,7 +743,9 @@ def current_turn(session: ConversationSession) -> int:
 
 
 @_storage_errors
-def turns(session: ConversationSession, *, numbers: Iterable[int] | None = None, newest: int | None = None) -> list[Turn]:
+def turns(
+    session: ConversationSession, *, numbers: Iterable[int] | None = None, newest: int | None = None
+) -> list[Turn]:
     """Turns in order, each with ``tool_calls`` (its tool messages) attached. Three queries in all.
 
     ``numbers`` picks turns; ``newest`` takes only the last n.
@@ -823,7 +824,9 @@ def total_tokens(session: ConversationSession) -> int:
 # State: string variables and typed JSON data.
 
 
-def _state_write(session_id: str, owner: Any, now: dt.datetime | None, change: Callable[[ConversationSession], Any]) -> Any:
+def _state_write(
+    session_id: str, owner: Any, now: dt.datetime | None, change: Callable[[ConversationSession], Any]
+) -> Any:
     now = now or timezone.now()
     with transaction.atomic():
         session = _lock(session_id, owner, now)
@@ -855,7 +858,9 @@ def state_remove(session_id: str, key: str, *, owner: Any = ANY_OWNER, now: dt.d
 
 
 @_storage_errors
-def state_set_data(session_id: str, key: str, value: Any, *, owner: Any = ANY_OWNER, now: dt.datetime | None = None) -> Any:
+def state_set_data(
+    session_id: str, key: str, value: Any, *, owner: Any = ANY_OWNER, now: dt.datetime | None = None
+) -> Any:
     """Store any JSON value under ``key``; a value that cannot be JSON raises SerializationError, storing nothing."""
     _check_text("key", key)
     if not key:

@@ -92,9 +92,7 @@ class ConversationSession(models.Model):
 
 class Message(models.Model):
     # The (session, seq) unique constraint's index serves every lookup by session, so no extra one.
-    session = models.ForeignKey(
-        ConversationSession, on_delete=models.CASCADE, related_name="messages", db_index=False
-    )
+    session = models.ForeignKey(ConversationSession, on_delete=models.CASCADE, related_name="messages", db_index=False)
     seq = models.PositiveBigIntegerField(help_text="Position in the session, in append order, from 1.")
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField()

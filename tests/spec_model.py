@@ -77,7 +77,11 @@ class SpecSession:
         return self.messages[-n:] if n > 0 else []
 
     def clear_messages(self) -> None:
-        keep = self.messages[0] if self.persist_system_prompt and self.messages and self.messages[0].role == "system" else None
+        keep = (
+            self.messages[0]
+            if self.persist_system_prompt and self.messages and self.messages[0].role == "system"
+            else None
+        )
         self.messages = [keep] if keep else []
         self.turns = []
 

@@ -101,4 +101,4 @@ def test_window_cost_follows_the_window_not_the_session(make_session):
     assert [m.seq for m in w.messages] == list(range(3001 - len(w.messages), 3001))
     assert len(ctx.captured_queries) <= 4
     for query in ctx.captured_queries:
-        assert "LIMIT" in query["sql"] or "seq\" >=" in query["sql"]
+        assert "LIMIT" in query["sql"] or 'seq" >=' in query["sql"]

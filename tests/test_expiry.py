@@ -79,7 +79,9 @@ def test_get_or_create_returns_a_live_session_unchanged(make_session, now):
 
 def test_age_in_whole_seconds(make_session, now):
     session = make_session("s", at=now)
-    assert engine.age(session, now + dt.timedelta(seconds=90, microseconds=500_000)) == 90 * S  # 12:01:30.75 - 12:00:00.25
+    assert (
+        engine.age(session, now + dt.timedelta(seconds=90, microseconds=500_000)) == 90 * S
+    )  # 12:01:30.75 - 12:00:00.25
 
 
 def test_session_get_live_refuses_expired(make_session, now):

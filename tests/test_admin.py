@@ -1,0 +1,104 @@
+"""The admin: list (no N+1), filters, search, session page, actions, messages and turns lists."""
+
+import datetime as dt
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from sessions_app import engine
+from sessions_app.models import ConversationSession
+
+from .conftest import add
+
+pytestmark = pytest.mark.django_db
+PAST = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+
+
+@pytest.fixture
+def staff(admin_client, user):
+    for i in range(6):
+        engine.session_create(f"s{i}", owner=user, system_prompt="be nice")
+        add(f"s{i}", "user", f"question number {i}")
+        add(f"s{i}", "tool", "42", tool_call_id=f"call-{i}", name="calculator")
+        add(f"s{i}", "assistant", f"answer {i}")
+    engine.session_create("gone", config=engine.SessionConfig(timeout_seconds=1), now=PAST)
+    add("gone", "user", "old", now=PAST)
+    return admin_client
+
+
+def test_changelist_columns_and_constant_query_count(staff):
+    url = reverse("admin:sessions_app_conversationsession_changelist")
+    with CaptureQueriesContext(connection) as few:
+        response = staff.get(url)
+    assert response.status_code == 200
+    body = response.content.decode()
+    for column in ["messages", "Turn count", "Total tokens", "Expires at", "expired"]:
+        assert column.lower() in body.lower()
+    for i in range(6, 30):
+        engine.session_create(f"more{i}")
+    with CaptureQueriesContext(connection) as many:
+        assert staff.get(url).status_code == 200
+    assert len(many.captured_queries) == len(few.captured_queries)
+
+
+def test_filters_and_search(staff):
+    url = reverse("admin:sessions_app_conversationsession_changelist")
+    expired = staff.get(url, {"expired": "yes"}).content.decode()
+    assert ">gone<" in expired and ">s1<" not in expired
+    live = staff.get(url, {"expired": "no"}).content.decode()
+    assert ">gone<" not in live and ">s1<" in live
+    found = staff.get(url, {"q": "number 3"}).content.decode()
+    assert ">s3<" in found and ">s2<" not in found
+    by_owner = staff.get(url, {"q": "alice"}).content.decode()
+    assert ">s0<" in by_owner and ">gone<" not in by_owner
+
+
+def test_session_page_shows_config_state_messages_and_turns(staff):
+    engine.state_set("s1", "name", "Alice")
+    engine.state_set_data("s1", "prefs", {"theme": "dark"})
+    response = staff.get(reverse("admin:sessions_app_conversationsession_change", args=["s1"]))
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "&quot;theme&quot;: &quot;dark&quot;" in body
+    assert "question number 1" in body and "answer 1" in body
+    assert "call-1" in body and "calculator" in body
+    assert "8192" in body
+
+
+def test_purge_action_deletes_only_expired(staff):
+    url = reverse("admin:sessions_app_conversationsession_changelist")
+    response = staff.post(url, {"action": "purge_expired_sessions", "_selected_action": ["gone", "s1"]}, follow=True)
+    assert "Purged 1 expired session(s)" in response.content.decode()
+    assert not ConversationSession.objects.filter(pk="gone").exists()
+    assert ConversationSession.objects.filter(pk="s1").exists()
+
+
+def test_clear_action_goes_through_the_engine(staff):
+    url = reverse("admin:sessions_app_conversationsession_changelist")
+    staff.post(url, {"action": "clear_messages", "_selected_action": ["s2"]}, follow=True)
+    session = engine.session_get("s2")
+    assert [m.role for m in engine.messages_all(session)] == ["system"]
+    assert session.turn_count == 0
+
+
+def test_delete_goes_through_the_engine(staff):
+    url = reverse("admin:sessions_app_conversationsession_delete", args=["s4"])
+    staff.post(url, {"post": "yes"})
+    assert not ConversationSession.objects.filter(pk="s4").exists()
+
+
+def test_message_and_turn_lists_filter_by_role_and_session(staff):
+    messages_url = reverse("admin:sessions_app_message_changelist")
+    body = staff.get(messages_url, {"role": "tool", "session": "s2"}).content.decode()
+    assert "call-2" in body and "call-3" not in body
+    turns = staff.get(reverse("admin:sessions_app_turn_changelist"), {"session": "s5"})
+    assert turns.status_code == 200
+    assert "question number 5" in turns.content.decode()
+
+
+def test_non_staff_cannot_see_admin(client, user):
+    client.force_login(user)
+    response = client.get(reverse("admin:sessions_app_conversationsession_changelist"))
+    assert response.status_code == 302
