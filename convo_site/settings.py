@@ -91,7 +91,8 @@ ASGI_APPLICATION = "convo_site.asgi.application"
 # Database: DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/convo), else an SQLite file.
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    # No persistent connections: under ASGI each sync_to_async thread would keep its own.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # Spelled out so that a forked test server (daphne) finds the same test database.
         DATABASES["default"]["TEST"] = {"NAME": "test_" + DATABASES["default"]["NAME"]}

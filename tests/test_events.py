@@ -1,0 +1,90 @@
+"""Change notifications reach the session's channel-layer group only after the commit."""
+
+import asyncio
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from sessions_app import engine, events
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def subscribe(session_id: str) -> str:
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(events.group_name(session_id), channel)
+    return channel
+
+
+async def receive(channel: str, timeout: float = 2.0):
+    try:
+        return await asyncio.wait_for(get_channel_layer().receive(channel), timeout)
+    except TimeoutError:
+        return None
+
+
+def sync(func, *args, **kwargs):
+    return database_sync_to_async(func)(*args, **kwargs)
+
+
+async def test_append_notifies_with_sequence_and_turn():
+    await sync(engine.session_create, "ev")
+    channel = await subscribe("ev")
+    await sync(engine.message_append, "ev", "user", "hi")
+    event = await receive(channel)
+    assert event == {"type": "session.event", "session_id": "ev", "kind": "message", "seq": 1, "turn": 1}
+
+
+class Abort(Exception):
+    pass
+
+
+def rolled_back_writes():
+    with pytest.raises(Abort), transaction.atomic():
+        engine.message_append("ev", "user", "never committed")
+        engine.state_set("ev", "k", "v")
+        raise Abort
+
+
+async def test_nothing_is_sent_after_rollback_and_only_after_commit():
+    await sync(engine.session_create, "ev")
+    channel = await subscribe("ev")
+    await sync(rolled_back_writes)
+    assert await receive(channel, timeout=0.5) is None
+
+    opened, committed = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_commit():
+        with transaction.atomic():
+            engine.state_set("ev", "k", "v")
+            loop.call_soon_threadsafe(opened.set)
+            # Hold the transaction open while the test listens.
+            asyncio.run_coroutine_threadsafe(committed.wait(), loop).result(5)
+
+    writer = asyncio.ensure_future(sync(slow_commit))
+    await opened.wait()
+    assert await receive(channel, timeout=0.3) is None  # written, not yet committed
+    committed.set()
+    await writer
+    assert (await receive(channel))["kind"] == "state"
+
+
+async def test_each_kind_of_change_is_announced():
+    await sync(engine.session_create, "ev")
+    channel = await subscribe("ev")
+    await sync(engine.session_update, "ev", metadata={"a": "b"})
+    await sync(engine.state_set_data, "ev", "k", [1])
+    await sync(engine.session_clear_messages, "ev")
+    await sync(engine.session_delete, "ev")
+    kinds = [(await receive(channel))["kind"] for _ in range(4)]
+    assert kinds == ["config", "state", "cleared", "deleted"]
+
+
+def test_group_names_are_valid_for_any_session_id():
+    names = {events.group_name(i) for i in ["a", "x" * 128, "a:b.c-d_e"]}
+    assert len(names) == 3
+    assert all(len(n) < 100 and n.replace(".", "").replace("-", "").replace("_", "").isalnum() for n in names)
