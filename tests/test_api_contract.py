@@ -822,3 +822,38 @@ def test_responses_are_json_with_the_documented_status_codes(api):
     spec = api.get("/openapi.json").json()
     assert spec["paths"]["/api/v1/sessions"]["post"]["responses"].keys() >= {"201", "401", "409", "422"}
     assert "201" in spec["paths"]["/api/v1/sessions/{id}/messages"]["post"]["responses"]
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAPI and docs
+
+
+def test_openapi_schema(api):
+    r = api.get("/openapi.json")
+    assert r.status_code == 200
+    spec = r.json()
+    assert spec["openapi"].startswith("3.")
+    assert "/api/v1/sessions/{id}/messages" in spec["paths"]
+    schemes = spec["components"]["securitySchemes"]
+    assert {"type": "http", "scheme": "bearer"}.items() <= next(
+        iter(s for s in schemes.values() if s["type"] == "http")
+    ).items()
+    message_in = spec["components"]["schemas"]["MessageIn"]
+    assert message_in["required"] == ["role", "content"] and message_in["additionalProperties"] is False
+
+
+def test_docs_are_served_from_local_static_files(client):
+    import re
+
+    from django.contrib.staticfiles import finders
+
+    r = client.get("/api/v1/docs")
+    assert r.status_code == 200
+    html = r.content.decode()
+    assert "http://" not in html and "https://" not in html and "//cdn" not in html
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
+    for asset in assets:
+        assert asset.startswith("/static/"), asset
+        assert finders.find(asset.removeprefix("/static/")), asset
+    assert '"validatorUrl": null' in html
