@@ -59,6 +59,7 @@ from .api_schemas import (
 logger = logging.getLogger(__name__)
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
+MAX_SEQ = 2**63 - 1  # sequence numbers are 64-bit
 
 
 class ApiError(Exception):
@@ -409,7 +410,7 @@ def append_message(
 def list_messages(
     request: HttpRequest,
     id: str,
-    after: int = Query(0, ge=0, description="Return messages with a sequence number above this."),
+    after: int = Query(0, ge=0, le=MAX_SEQ, description="Return messages with a sequence number above this."),
     limit: int = Query(100, ge=1, le=PAGE_LIMIT_MAX),
 ):
     """The session's message list, in order, from ``after`` on."""

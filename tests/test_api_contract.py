@@ -516,6 +516,15 @@ def test_idempotency_key_expires_after_its_ttl(api, settings):
     assert api.post("/sessions/s/messages", body, headers={"Idempotency-Key": "k"}).json()["seq"] == 2
 
 
+@pytest.mark.parametrize("content", ["lone \ud800", "nul \x00"])
+def test_idempotent_append_of_bad_text_is_422_and_leaves_the_key_unused(api, content):
+    api.put("/sessions/s")
+    headers = {"Idempotency-Key": "k"}
+    assert_error(api.post("/sessions/s/messages", {"role": "user", "content": content}, headers=headers), 422)
+    r = api.post("/sessions/s/messages", {"role": "user", "content": "fine"}, headers=headers)
+    assert r.status_code == 201 and "Idempotent-Replayed" not in r
+
+
 @pytest.mark.parametrize("key", ["", "x" * 256, "tab\tkey", "ключ"])
 def test_bad_idempotency_key_is_422(api, key):
     api.put("/sessions/s")
@@ -558,7 +567,9 @@ def test_messages_follow_the_list_after_eviction(api):
     assert [m["content"] for m in items] == ["sys", "m3", "m4"]
 
 
-@pytest.mark.parametrize("query", [{"limit": 501}, {"limit": 0}, {"after": -1}, {"after": "x"}, {"limit": "1.5"}])
+@pytest.mark.parametrize(
+    "query", [{"limit": 501}, {"limit": 0}, {"after": -1}, {"after": "x"}, {"limit": "1.5"}, {"after": 2**63}]
+)
 def test_messages_bad_paging_is_422(api, chat, query):
     assert_error(api.get("/sessions/chat/messages", query=query), 422, "validation_error")
 
