@@ -205,7 +205,14 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
             WWW_Authenticate='Bearer realm="convo"',
         )
     if exc.status_code == 400:
-        return error_response(400, "malformed_json", "The request body is not valid JSON (UTF-8, no NaN/Infinity).")
+        cause = exc.__cause__
+        if isinstance(cause, UnicodeDecodeError):
+            why = "it is not UTF-8"
+        elif isinstance(cause, RecursionError):
+            why = "it is nested too deeply"
+        else:
+            why = str(cause) if cause else "unreadable"
+        return error_response(400, "malformed_json", f"The request body is not valid JSON: {why}.")
     if exc.status_code == 403:
         return error_response(403, "csrf_failed", str(exc))
     return error_response(exc.status_code, "error", str(exc))

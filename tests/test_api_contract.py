@@ -822,6 +822,20 @@ def test_browser_session_authenticates_with_csrf_on_unsafe_methods(user, client)
     assert engine.session_get("web").owner == user
 
 
+def test_browser_session_append_with_idempotency_key(user):
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(user)
+    browser.put("/api/v1/sessions/web", data="{}", content_type="application/json")
+    body = '{"role": "user", "content": "from the page"}'
+    headers = {"Idempotency-Key": "page-1"}
+    first = browser.post("/api/v1/sessions/web/messages", data=body, content_type="application/json", headers=headers)
+    again = browser.post("/api/v1/sessions/web/messages", data=body, content_type="application/json", headers=headers)
+    assert first.status_code == again.status_code == 201 and again.json() == first.json()
+    assert Message.objects.filter(session_id="web").count() == 1
+
+
 def test_inactive_user_key_is_401(user):
     api = api_for(user)
     user.is_active = False
