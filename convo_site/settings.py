@@ -53,6 +53,8 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "template_partials",
+    # In INSTALLED_APPS so the API docs page is served from django-ninja's bundled static files (no CDN).
+    "ninja",
     "sessions_app",
 ]
 
@@ -162,3 +164,10 @@ CONVO_MAX_MESSAGES = env_int("CONVO_MAX_MESSAGES", 100)
 CONVO_MAX_TOKENS = env_int("CONVO_MAX_TOKENS", 8192)
 CONVO_TIMEOUT_SECONDS = env_int("CONVO_TIMEOUT_SECONDS", 3600)  # "none" = sessions never expire
 CONVO_PERSIST_SYSTEM_PROMPT = env_bool("CONVO_PERSIST_SYSTEM_PROMPT", True)
+
+# Largest message content (and system prompt) in characters, for the UI and the API (413 beyond).
+CONVO_MAX_CONTENT_CHARS = env_int("CONVO_MAX_CONTENT_CHARS", 32000)
+# The JSON API (/api/v1): largest request body in bytes (413 beyond), and how long an append's
+# Idempotency-Key is remembered.
+CONVO_API_MAX_BODY_BYTES = env_int("CONVO_API_MAX_BODY_BYTES", 1024 * 1024)
+CONVO_API_IDEMPOTENCY_TTL_SECONDS = env_int("CONVO_API_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)

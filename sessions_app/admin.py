@@ -15,8 +15,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from . import engine
-from .models import ConversationSession, Message, Turn
+from . import api_auth, engine
+from .models import ApiKey, ConversationSession, Message, Turn
 
 # How many of the newest messages and turns a session page shows inline (the rest: the linked lists).
 ADMIN_INLINE_ROWS = 200
@@ -264,3 +264,49 @@ class TurnAdmin(_ReadOnlyAdmin):
     @admin.display(boolean=True, description="complete")
     def is_complete(self, obj: Turn) -> bool:
         return obj.is_complete
+
+
+class ApiKeyStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("revoked", "Revoked")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """List and revoke API keys. The hash is never shown; keys are created on the settings page
+    or with ``manage.py create_api_key``, where the secret can be shown once."""
+
+    list_display = ["name", "user", "prefix_shown", "created_at", "last_used_at", "revoked_at", "active"]
+    list_filter = [ApiKeyStatusFilter, "created_at"]
+    search_fields = ["name", "prefix", "user__username"]
+    list_select_related = ["user"]
+    ordering = ["-created_at"]
+    fields = ["name", "user", "prefix_shown", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["user", "prefix_shown", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke_keys"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="key")
+    def prefix_shown(self, obj: ApiKey) -> str:
+        return f"{obj.prefix}…"
+
+    @admin.display(boolean=True, description="active")
+    def active(self, obj: ApiKey) -> bool:
+        return obj.is_active
+
+    @admin.action(description="Revoke the selected API keys")
+    def revoke_keys(self, request, queryset):
+        revoked = sum(api_auth.revoke_api_key(key) for key in queryset)
+        self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)

@@ -517,6 +517,18 @@ def session_list_for_user(owner: Any) -> list[str]:
     return list(_sessions(owner).order_by("-updated_at", "id").values_list("id", flat=True))
 
 
+@_storage_errors
+def sessions_page_for_user(owner: Any, *, offset: int = 0, limit: int = 50) -> list[ConversationSession]:
+    """A page of one owner's sessions, in session_list_for_user's order (most recent activity first)."""
+    return list(_sessions(owner).order_by("-updated_at", "id")[offset : offset + limit])
+
+
+@_storage_errors
+def session_count_for_user(owner: Any) -> int:
+    """How many sessions one owner has, expired or not."""
+    return _sessions(owner).count()
+
+
 # ---------------------------------------------------------------------------------------------
 # Appending messages: turn bookkeeping and limits (the spec's add_message_obj).
 

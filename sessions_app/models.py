@@ -145,3 +145,46 @@ def _now() -> dt.datetime:
     from django.utils import timezone
 
     return timezone.now()
+
+
+class ApiKey(models.Model):
+    """A personal API key for the JSON API. Only a SHA-256 hash of the secret is stored; the secret
+    is shown once, when the key is created (sessions_app.api_auth.create_api_key)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="The first characters of the key, to recognise it.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+        indexes = [models.Index(fields=["user", "-created_at"], name="apikey_user_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class ApiIdempotencyKey(models.Model):
+    """The first result of an append sent with an Idempotency-Key header. The unique constraint is
+    what makes concurrent retries of one request add exactly one message."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    session_id = models.CharField(max_length=128)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the session id and the request body.")
+    response = models.JSONField(default=dict)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "API idempotency key"
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="api_idempotency_user_key_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}:{self.key}"

@@ -1,0 +1,276 @@
+"""Request and response bodies of the JSON API (/api/v1), as pydantic models via Django Ninja.
+
+Request bodies are strict (no type coercion: "5" is not a number) and closed (an unknown field is
+a 422, so a misspelt ``tool_call_id`` is reported rather than dropped). Adding an optional field
+later, e.g. ``respond: bool = False`` on MessageIn, is a one-line change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from django.conf import settings
+from ninja import Schema
+from pydantic import ConfigDict, Field, model_validator
+
+from . import engine
+from .models import ConversationSession, Message, Turn
+
+MAX_INT = engine.MAX_INT
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+PAGE_LIMIT_MAX = 500
+
+
+class StrictIn(Schema):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+class ErrorOut(Schema):
+    error: str = Field(description="A stable, machine-readable code, e.g. not_found, session_expired.")
+    detail: str = Field(description="What went wrong, for a human.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions
+
+
+class ConfigIn(StrictIn):
+    """A session's config; an omitted field takes the server's default (settings CONVO_*)."""
+
+    max_messages: Annotated[int, Field(ge=1, le=MAX_INT)] = Field(default_factory=lambda: settings.CONVO_MAX_MESSAGES)
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_INT)] = Field(default_factory=lambda: settings.CONVO_MAX_TOKENS)
+    timeout_seconds: Annotated[int, Field(ge=0, le=MAX_INT)] | None = Field(
+        default_factory=lambda: settings.CONVO_TIMEOUT_SECONDS,
+        description="Seconds of inactivity before the session expires; null: never.",
+    )
+    persist_system_prompt: bool = Field(default_factory=lambda: settings.CONVO_PERSIST_SYSTEM_PROMPT)
+
+    def to_engine(self) -> engine.SessionConfig:
+        return engine.SessionConfig(
+            max_messages=self.max_messages,
+            max_tokens=self.max_tokens,
+            timeout_seconds=self.timeout_seconds,
+            persist_system_prompt=self.persist_system_prompt,
+        )
+
+
+class SessionFieldsIn(StrictIn):
+    system_prompt: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    config: ConfigIn = Field(default_factory=ConfigIn)
+
+
+class SessionCreateIn(SessionFieldsIn):
+    id: str | None = Field(
+        default=None,
+        pattern=ID_PATTERN,
+        description="1 to 128 of A-Z a-z 0-9 . _ : - (omitted: a new UUID).",
+    )
+
+
+class ConfigOut(Schema):
+    max_messages: int
+    max_tokens: int
+    timeout_seconds: int | None
+    persist_system_prompt: bool
+
+
+class StateOut(Schema):
+    variables: dict[str, str]
+    data: dict[str, Any]
+
+
+class SessionOut(Schema):
+    id: str
+    system_prompt: str | None
+    config: ConfigOut
+    state: StateOut
+    metadata: dict[str, str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    expires_at: dt.datetime | None
+    expired: bool
+    current_turn: int
+    message_count: int
+    total_tokens: int
+
+
+class SessionSummaryOut(Schema):
+    id: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    expires_at: dt.datetime | None
+    expired: bool
+    message_count: int
+    current_turn: int
+
+
+class SessionPageOut(Schema):
+    items: list[SessionSummaryOut]
+    count: int = Field(description="How many sessions the caller has in all.")
+    offset: int
+    limit: int
+    next_offset: int | None = Field(description="The offset of the next page; null on the last page.")
+
+
+def session_out(session: ConversationSession, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "system_prompt": session.system_prompt,
+        "config": {
+            "max_messages": session.max_messages,
+            "max_tokens": session.max_tokens,
+            "timeout_seconds": session.timeout_seconds,
+            "persist_system_prompt": session.persist_system_prompt,
+        },
+        "state": {"variables": session.variables, "data": session.data},
+        "metadata": session.metadata,
+        "created_at": session.created_at,
+        "updated_at": session.updated_at,
+        "expires_at": session.expires_at,
+        "expired": session.is_expired(now),
+        "current_turn": session.turn_count,
+        "message_count": session.message_count,
+        "total_tokens": session.total_tokens,
+    }
+
+
+def session_summary_out(session: ConversationSession, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "created_at": session.created_at,
+        "updated_at": session.updated_at,
+        "expires_at": session.expires_at,
+        "expired": session.is_expired(now),
+        "message_count": session.message_count,
+        "current_turn": session.turn_count,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class MessageIn(StrictIn):
+    role: Role
+    content: str
+    name: Annotated[str, Field(max_length=256)] | None = None
+    tool_call_id: Annotated[str, Field(max_length=256)] | None = Field(
+        default=None, description="Required for role tool: the id of the call this message answers."
+    )
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _tool_needs_call_id(self) -> MessageIn:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs a tool_call_id")
+        return self
+
+
+class MessageOut(Schema):
+    seq: int
+    role: Role
+    content: str
+    name: str | None
+    tool_call_id: str | None
+    metadata: dict[str, str]
+    created_at: dt.datetime
+    tokens: int
+    turn: int | None
+
+
+class MessagePageOut(Schema):
+    items: list[MessageOut]
+    count: int = Field(description="How many messages the session's list holds in all.")
+    after: int
+    limit: int
+    next_after: int | None = Field(description="Pass as ?after= for the next page; null on the last page.")
+
+
+class ContextOut(Schema):
+    messages: list[MessageOut]
+    total_tokens: int
+    max_tokens: int
+    cut_before_seq: int | None = Field(
+        description="The newest listed message that did not fit the budget (null: nothing was cut)."
+    )
+
+
+def message_out(message: Message) -> dict[str, Any]:
+    return {
+        "seq": message.seq,
+        "role": message.role,
+        "content": message.content,
+        "name": message.name,
+        "tool_call_id": message.tool_call_id,
+        "metadata": message.metadata,
+        "created_at": message.created_at,
+        "tokens": message.tokens,
+        "turn": message.turn_number,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Turns
+
+
+class TurnOut(Schema):
+    number: int
+    user_message: MessageOut
+    tool_calls: list[MessageOut]
+    assistant_response: MessageOut | None
+    started_at: dt.datetime
+    completed_at: dt.datetime | None
+    complete: bool
+    metadata: dict[str, Any]
+
+
+class TurnPageOut(Schema):
+    items: list[TurnOut]
+    count: int = Field(description="The session's current turn number (how many turns it has).")
+    after: int
+    limit: int
+    next_after: int | None
+
+
+def turn_out(turn: Turn) -> dict[str, Any]:
+    return {
+        "number": turn.number,
+        "user_message": message_out(turn.user_message),
+        "tool_calls": [message_out(m) for m in turn.tool_calls],
+        "assistant_response": message_out(turn.assistant_response) if turn.assistant_response else None,
+        "started_at": turn.started_at,
+        "completed_at": turn.completed_at,
+        "complete": turn.is_complete,
+        "metadata": turn.metadata,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+
+
+class VariableIn(StrictIn):
+    value: str
+
+
+class DataIn(StrictIn):
+    value: Any = Field(description="Any JSON value.")
+
+
+class VariableOut(Schema):
+    key: str
+    value: str
+
+
+class DataOut(Schema):
+    key: str
+    value: Any

@@ -1,0 +1,141 @@
+"""The API against real concurrency and the real channel layer: concurrent retries with one
+Idempotency-Key add exactly one message (PostgreSQL, threads), and an API append reaches the
+session's channel-layer group after the commit, as an open chat page would receive it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import connection
+
+from sessions_app import events
+from sessions_app.models import ConversationSession, Message
+
+from .test_api_support import Api, api_for
+
+THREADS = 8
+
+
+def _in_threads(n: int, work) -> list:
+    """Run ``work(i)`` in n threads released at the same moment; return the results in order."""
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[i] = work(i)
+        except Exception as exc:  # reported by the caller's assertions
+            results[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    return results
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_retries_with_one_idempotency_key_create_exactly_one_message(user):
+    api = api_for(user)
+    api.put("/sessions/retry")
+    body = {"role": "user", "content": "exactly once"}
+
+    def send(i):
+        r = Api(api.secret).post("/sessions/retry/messages", body, headers={"Idempotency-Key": "same-key"})
+        return r.status_code, r.json(), r.get("Idempotent-Replayed")
+
+    results = _in_threads(THREADS, send)
+    assert all(isinstance(r, tuple) for r in results), results
+    assert {status for status, _, _ in results} == {201}
+    assert len({repr(sorted(body.items())) for _, body, _ in results}) == 1  # every caller got the first result
+    assert sum(1 for _, _, replayed in results if replayed is None) == 1
+    assert Message.objects.filter(session_id="retry").count() == 1
+    session = ConversationSession.objects.get(pk="retry")
+    assert (session.last_seq, session.turn_count) == (1, 1)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_appends_with_different_keys_all_land_gap_free(user):
+    api = api_for(user)
+    api.put("/sessions/busy")
+
+    def send(i):
+        r = Api(api.secret).post(
+            "/sessions/busy/messages", {"role": "user", "content": f"m{i}"}, headers={"Idempotency-Key": f"k{i}"}
+        )
+        return r.status_code, r.json()["seq"]
+
+    results = _in_threads(THREADS, send)
+    assert sorted(seq for _, seq in results) == list(range(1, THREADS + 1))
+    assert {status for status, _ in results} == {201}
+
+
+def _receive_until(layer, channel: str, kind: str, limit: int = 20) -> dict:
+    async def receive() -> dict:
+        return await asyncio.wait_for(layer.receive(channel), timeout=10)
+
+    for _ in range(limit):
+        event = async_to_sync(receive)()
+        if event["kind"] == kind:
+            return event
+    raise AssertionError(f"no {kind} event in {limit} events")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_api_append_reaches_the_sessions_channel_group_after_commit(user):
+    api = api_for(user)
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(events.group_name("live"), channel)
+    try:
+        assert api.put("/sessions/live").status_code == 201
+        body = {"role": "user", "content": "hello page"}
+        first = api.post("/sessions/live/messages", body, headers={"Idempotency-Key": "k1"}).json()
+        replay = api.post("/sessions/live/messages", body, headers={"Idempotency-Key": "k1"})
+        assert replay["Idempotent-Replayed"] == "true"
+        ConversationSession.objects.filter(pk="live").update(expires_at="2000-01-01T00:00:00Z")
+        assert api.post("/sessions/live/messages", {"role": "user", "content": "refused"}).status_code == 410
+        api.put("/sessions/live")  # replaces the expired session
+        second = api.post("/sessions/live/messages", {"role": "user", "content": "again"}).json()
+
+        event = _receive_until(layer, channel, events.MESSAGE)
+        assert event == {
+            "type": "session.event",
+            "session_id": "live",
+            "kind": events.MESSAGE,
+            "seq": first["seq"],
+            "turn": 1,
+        }
+        # The replay and the refused append pushed nothing: the next message event is the new session's.
+        assert _receive_until(layer, channel, events.DELETED)["session_id"] == "live"
+        event = _receive_until(layer, channel, events.MESSAGE)
+        assert (event["seq"], event["turn"]) == (second["seq"], 1)
+    finally:
+        async_to_sync(layer.group_discard)(events.group_name("live"), channel)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_api_state_and_clear_reach_the_channel_group(user):
+    api = api_for(user)
+    api.put("/sessions/panel")
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(events.group_name("panel"), channel)
+    try:
+        api.put("/sessions/panel/state/variables/color", {"value": "blue"})
+        assert _receive_until(layer, channel, events.STATE)["session_id"] == "panel"
+        api.post("/sessions/panel/clear")
+        assert _receive_until(layer, channel, events.CLEARED)["session_id"] == "panel"
+    finally:
+        async_to_sync(layer.group_discard)(events.group_name("panel"), channel)
