@@ -267,12 +267,7 @@ def _session(request: HttpRequest, session_id: str):
 
 
 def _check_id_in_url(session_id: str) -> str:
-    engine.validate_session_id(session_id)
-    if set(session_id) == {"."}:
-        # "." and ".." are dot-segments: HTTP clients rewrite them away, so such a session could
-        # never be addressed in a URL.
-        raise engine.SessionValidationError("A session id cannot be only dots.", field="id")
-    return session_id
+    return engine.validate_session_id(session_id)
 
 
 def _check_content(name: str, text: str | None) -> None:

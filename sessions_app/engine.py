@@ -155,6 +155,9 @@ def validate_session_id(session_id: Any) -> str:
         raise SessionValidationError(
             "A session id is 1 to 128 characters: letters, digits, '-', '_', '.' and ':'.", field="id"
         )
+    if set(session_id) == {"."}:
+        # "." and ".." are URL dot-segments: clients rewrite them away, so the session could never be addressed.
+        raise SessionValidationError("A session id cannot be only dots.", field="id")
     return session_id
 
 
