@@ -161,3 +161,26 @@ CONVO_MAX_MESSAGES = env_int("CONVO_MAX_MESSAGES", 100)
 CONVO_MAX_TOKENS = env_int("CONVO_MAX_TOKENS", 8192)
 CONVO_TIMEOUT_SECONDS = env_int("CONVO_TIMEOUT_SECONDS", 3600)  # "none" = sessions never expire
 CONVO_PERSIST_SYSTEM_PROMPT = env_bool("CONVO_PERSIST_SYSTEM_PROMPT", True)
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return float(value)
+
+
+# Convo: assistant replies (sessions_app.replies). CONVO_RESPONDER: "builtin" (offline, no model) or
+# "openai" (any OpenAI-compatible Chat Completions server with streaming: OpenAI, vLLM, llama.cpp,
+# Ollama, LM Studio). The API key is only ever sent in the Authorization header: it is never
+# rendered, logged or stored (and Django's debug page masks settings named like it).
+CONVO_RESPONDER = os.environ.get("CONVO_RESPONDER", "").strip().lower() or "builtin"
+CONVO_LLM_BASE_URL = os.environ.get("CONVO_LLM_BASE_URL", "").strip() or "https://api.openai.com/v1"
+CONVO_LLM_API_KEY = os.environ.get("CONVO_LLM_API_KEY", "").strip()
+CONVO_LLM_MODEL = os.environ.get("CONVO_LLM_MODEL", "").strip()
+CONVO_LLM_TIMEOUT = env_float("CONVO_LLM_TIMEOUT", 60.0)  # seconds without a byte from the server
+CONVO_REPLY_MAX_TOOL_ROUNDS = env_int("CONVO_REPLY_MAX_TOOL_ROUNDS", 5)
+CONVO_BUILTIN_WORD_DELAY = env_float("CONVO_BUILTIN_WORD_DELAY", 0.04)  # seconds between streamed words
+CONVO_REPLY_HEARTBEAT_SECONDS = env_float("CONVO_REPLY_HEARTBEAT_SECONDS", 2.0)
+# A running reply whose process has not reported for this long is marked interrupted.
+CONVO_REPLY_STALE_SECONDS = env_float("CONVO_REPLY_STALE_SECONDS", 15.0)
