@@ -134,14 +134,33 @@ def shutdown_socket(sock: socket.socket | None) -> None:
 
 
 def redact(text: str) -> str:
-    """Remove the configured API key (and halves of it, which servers echo) and bearer tokens."""
+    """Remove the configured API key, any piece of it of 10+ characters (servers echo parts of a
+    wrong key: "sk-proj-abc…xyz"), and bearer tokens."""
     key = getattr(settings, "CONVO_LLM_API_KEY", "") or ""
     if len(key) >= 4:
         text = text.replace(key, "[redacted]")
-        if len(key) >= 16:
-            half = len(key) // 2
-            text = text.replace(key[:half], "[redacted]").replace(key[half:], "[redacted]")
+    if len(key) >= KEY_PIECE:
+        text = _without_key_pieces(text, key)
     return re.sub(r"(?i)(bearer\s+)[^\s\"',]+", r"\1[redacted]", text)
+
+
+KEY_PIECE = 10
+
+
+def _without_key_pieces(text: str, key: str) -> str:
+    out = []
+    i = 0
+    while i < len(text):
+        j = i
+        while j < len(text) and text[i : j + 1] in key:
+            j += 1
+        if j - i >= KEY_PIECE:
+            out.append("[redacted]")
+            i = j
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 # ---------------------------------------------------------------------------------------------
