@@ -106,3 +106,14 @@ def fake_llm(replies_env):
     yield fake
     drain_replies()
     fake.close()
+
+
+@pytest.fixture
+async def close_async_db():
+    """Close the connection that database_sync_to_async's worker thread opened (on PostgreSQL an open
+    one keeps the test database from being dropped at the end of the run)."""
+    yield
+    from channels.db import database_sync_to_async
+    from django.db import connections
+
+    await database_sync_to_async(connections.close_all)()

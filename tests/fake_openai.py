@@ -140,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         request = {"path": self.path, "headers": dict(self.headers), "json": json.loads(raw or b"null")}
         script = self.fake._next(request)
-        if self.path != "/v1/chat/completions" or script is None:
+        if self.path.split("?")[0] != "/v1/chat/completions" or script is None:
             return self._json(404, {"error": {"message": "no scripted response", "type": "not_found"}})
         if script.status != 200 or script.content_type != "text/event-stream":
             body = script.body

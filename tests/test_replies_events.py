@@ -8,7 +8,7 @@ from channels.layers import get_channel_layer
 
 from sessions_app import engine, events, replies
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("replies_env")]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("replies_env", "close_async_db")]
 
 
 async def subscribe(session_id: str) -> str:

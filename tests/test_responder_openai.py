@@ -301,6 +301,18 @@ def test_the_api_key_never_leaks(fake_llm, make_session, caplog):
     assert replies.responder_label() == f"fake-model on 127.0.0.1:{fake_llm.server.server_address[1]}"
 
 
+def test_a_key_in_the_base_url_stays_out_of_the_logs(fake_llm, make_session, replies_env, caplog):
+    """Some gateways take the key in the URL: httpx logs the URL, the log line is redacted."""
+    caplog.set_level(logging.DEBUG)
+    replies_env.CONVO_LLM_BASE_URL = f"{fake_llm.url}?key={API_KEY}"
+    make_session("s")
+    fake_llm.stream(*text_chunks("ok"))
+    assert reply_to("s", "hello").status == "done"
+    assert fake_llm.requests[0]["path"] == f"/v1/chat/completions?key={API_KEY}"
+    assert "HTTP Request: POST" in caplog.text and "[redacted]" in caplog.text
+    assert API_KEY not in caplog.text
+
+
 def test_the_admin_never_shows_the_key(fake_llm, make_session, admin_client):
     make_session("s")
     fake_llm.error(401, {"error": {"message": f"bad key {API_KEY}"}})
@@ -314,7 +326,7 @@ def test_the_admin_never_shows_the_key(fake_llm, make_session, admin_client):
         assert page.status_code == 200 and API_KEY.encode() not in page.content
 
 
-async def test_an_error_is_pushed_to_the_page(fake_llm):
+async def test_an_error_is_pushed_to_the_page(fake_llm, close_async_db):
     """A failed reply sends a REPLY error event with the message (and without the key)."""
     await database_sync_to_async(engine.session_create)("s")
     layer = get_channel_layer()

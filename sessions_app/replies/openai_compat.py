@@ -12,9 +12,10 @@ stream. A server that ignores ``stream`` and answers one JSON completion is unde
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from django.conf import settings
@@ -28,10 +29,27 @@ from .responders import (
     TextDelta,
     ToolCall,
     Usage,
+    redact,
     shutdown_socket,
 )
 
 MAX_ERROR_BODY = 64 * 1024
+
+
+class RedactingFilter(logging.Filter):
+    """Keep the API key out of the HTTP libraries' own log lines (e.g. a key put in the base URL)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+_REDACTING = RedactingFilter()
+for _name in ("httpx", "httpcore", "httpcore.connection", "httpcore.http11", "httpcore.proxy"):
+    logging.getLogger(_name).addFilter(_REDACTING)
 
 
 def public_server_name(base_url: str) -> str:
@@ -50,7 +68,8 @@ class OpenAIResponder:
             raise ImproperlyConfigured("CONVO_LLM_BASE_URL must be an http:// or https:// URL.")
         if timeout <= 0:
             raise ImproperlyConfigured("CONVO_LLM_TIMEOUT must be a positive number of seconds.")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        parts = urlsplit(base_url)
+        self.url = urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
         self._api_key = api_key
         self.model = model
         self.timeout = timeout
