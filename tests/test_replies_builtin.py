@@ -1,5 +1,6 @@
 """The built-in responder end to end, and the reply service's rules (one at a time, Stop, regenerate)."""
 
+import os
 import threading
 
 import pytest
@@ -349,3 +350,38 @@ def test_admin_lists_replies(admin_client, make_session):
     detail = admin_client.get(f"/admin/sessions_app/reply/{reply.pk}/change/")
     assert detail.status_code == 200
     assert b"12*7 = 84." in detail.content
+
+
+def test_a_dead_process_on_this_host_is_recovered_sooner(make_session, replies_env):
+    """On this host a gone pid (or a reboot) proves the process dead: two missed heartbeats suffice.
+    A live pid, or another host, still gets the full CONVO_REPLY_STALE_SECONDS."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host, boot = runner._machine()
+    workers = {
+        "gone": f"{host}:{boot}:{gone.pid}:abcd1234",
+        "rebooted": f"{host}:00000000:{os.getpid()}:abcd1234",
+        "alive": f"{host}:{boot}:{os.getppid()}:abcd1234",
+        "elsewhere": f"otherhost:{boot}:{gone.pid}:abcd1234",
+    }
+    old = timezone.now() - timezone.timedelta(seconds=replies_env.CONVO_REPLY_HEARTBEAT_SECONDS * 2 + 1)
+    for sid, worker in workers.items():
+        make_session(sid)
+        message = engine.message_append(sid, "user", "hi")
+        Reply.objects.create(
+            session_id=sid,
+            turn_number=1,
+            user_seq=message.seq,
+            base_seq=message.seq,
+            responder="builtin",
+            worker=worker,
+            heartbeat_at=old,
+            started_at=old,
+        )
+    assert replies.recover_stale_replies() == 2
+    status = dict(Reply.objects.values_list("session_id", "status"))
+    assert status == {"gone": "interrupted", "rebooted": "interrupted", "alive": "running", "elsewhere": "running"}
+    # Stop on a dead reply reports nothing to stop: recovery ended it first.
+    assert replies.stop_reply("gone") is False

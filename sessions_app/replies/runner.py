@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from asgiref.sync import SyncToAsync
@@ -88,12 +89,48 @@ class NothingToReply(ReplyError):
 _worker: tuple[int, str] | None = None
 
 
+def _machine() -> tuple[str, str]:
+    """This machine's host name and boot id (a new boot id means every earlier process is gone)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:8]
+    except OSError:
+        boot = "-"
+    return socket.gethostname().replace(":", "_"), boot or "-"
+
+
 def worker_id() -> str:
-    """This process's id in Reply.worker: host, pid and a random part (pids are reused)."""
+    """This process's id in Reply.worker: host, boot id, pid and a random part (pids are reused)."""
     global _worker
     if _worker is None or _worker[0] != os.getpid():
-        _worker = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+        host, boot = _machine()
+        _worker = (os.getpid(), f"{host}:{boot}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     return _worker[1]
+
+
+def _provably_dead(worker: str) -> bool:
+    """Whether a worker id names a process of this machine that no longer runs.
+
+    Only for this host name: the machine rebooted since, the pid is this process's but the id is not
+    (an earlier incarnation, e.g. pid 1 of a restarted container), or no process has that pid.
+    """
+    parts = worker.split(":")
+    if len(parts) != 4 or not parts[2].isdigit():
+        return False
+    host, boot, pid, _ = parts
+    my_host, my_boot = _machine()
+    if host != my_host:
+        return False
+    if boot != my_boot:
+        return True
+    if int(pid) == os.getpid():
+        return worker != worker_id()
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
 
 
 @dataclass
@@ -167,6 +204,7 @@ def stop_reply(session_id: str, *, owner: Any = engine.ANY_OWNER) -> bool:
     text with finish reason "stopped" (nothing when no text had arrived); ``wait_reply`` waits for it.
     """
     engine.session_get(session_id, owner=owner)
+    recover_stale_replies(session_id=session_id)  # a dead process's reply cannot stop: it is interrupted
     ids = list(Reply.objects.filter(session_id=session_id, status=Reply.Status.RUNNING).values_list("pk", flat=True))
     if not ids:
         return False
@@ -209,26 +247,35 @@ def wait_reply(reply_id: int, timeout: float = 30.0) -> Reply:
 
 
 def recover_stale_replies(*, session_id: str | None = None, now: dt.datetime | None = None) -> int:
-    """Mark running replies whose process stopped reporting as interrupted; return how many.
+    """Mark running replies whose process is gone as interrupted; return how many.
 
-    A live process refreshes its replies' heartbeats every CONVO_REPLY_HEARTBEAT_SECONDS, so only a
-    dead one's replies are older than CONVO_REPLY_STALE_SECONDS: a process starting up never
-    interrupts another live process's reply. The turn stays open with the error in its metadata.
+    A live process refreshes its replies' heartbeats every CONVO_REPLY_HEARTBEAT_SECONDS, so a reply
+    is taken for dead when its heartbeat is older than CONVO_REPLY_STALE_SECONDS, or older than two
+    heartbeats when its process provably stopped (same host: the pid is gone or the machine
+    rebooted). A process starting up therefore never interrupts another live process's reply. The
+    turn stays open with the error in its metadata, and pages get a REPLY error event.
     """
     now = now or timezone.now()
-    cutoff = now - dt.timedelta(seconds=_setting("CONVO_REPLY_STALE_SECONDS", 15.0))
-    stale = Reply.objects.filter(status=Reply.Status.RUNNING, heartbeat_at__lt=cutoff)
+    heartbeat = _setting("CONVO_REPLY_HEARTBEAT_SECONDS", 2.0)
+    stale_cutoff = now - dt.timedelta(seconds=_setting("CONVO_REPLY_STALE_SECONDS", 15.0))
+    dead_cutoff = now - dt.timedelta(seconds=max(2 * heartbeat, 1.0))
+    candidates = Reply.objects.filter(status=Reply.Status.RUNNING, heartbeat_at__lt=max(stale_cutoff, dead_cutoff))
     if session_id is not None:
-        stale = stale.filter(session_id=session_id)
+        candidates = candidates.filter(session_id=session_id)
     with _local_lock:
         mine = set(_local)
     count = 0
-    for reply in stale.exclude(pk__in=mine).order_by("heartbeat_at")[:500]:
-        updated = Reply.objects.filter(pk=reply.pk, status=Reply.Status.RUNNING, heartbeat_at__lt=cutoff).update(
+    for reply in candidates.exclude(pk__in=mine).order_by("heartbeat_at")[:500]:
+        if reply.heartbeat_at >= stale_cutoff and not _provably_dead(reply.worker):
+            continue
+        # Only if it did not beat meanwhile (and nobody else ended it).
+        updated = Reply.objects.filter(
+            pk=reply.pk, status=Reply.Status.RUNNING, heartbeat_at=reply.heartbeat_at
+        ).update(
             status=Reply.Status.INTERRUPTED, error=INTERRUPTED_MESSAGE, finish_reason="interrupted", finished_at=now
         )
         if not updated:
-            continue  # finished or recovered by someone else meanwhile
+            continue
         count += 1
         logger.warning(
             "Reply %s of session %s was interrupted (worker %s stopped)", reply.pk, reply.session_id, reply.worker
