@@ -156,6 +156,7 @@ def _max_rounds() -> int:
 # The service API.
 
 
+@engine._storage_errors
 def start_reply(
     session_id: str, *, owner: Any = engine.ANY_OWNER, regenerate: bool = False, now: dt.datetime | None = None
 ) -> Reply:
@@ -170,9 +171,10 @@ def start_reply(
     recover_stale_replies(session_id=session_id, now=now)
     with transaction.atomic():
         session = engine._lock(session_id, owner, now)
-        return _begin(session, regenerate=regenerate, now=now)
+        return _begin(session, regenerate=regenerate)
 
 
+@engine._storage_errors
 def append_and_reply(
     session_id: str,
     content: str,
@@ -193,9 +195,10 @@ def append_and_reply(
             session_id, Role.USER, content, name=name, metadata=metadata, owner=owner, now=now
         )
         session = engine._lock(session_id, owner, now)  # re-read: the append moved the bookkeeping
-        return message, _begin(session, regenerate=False, now=now)
+        return message, _begin(session, regenerate=False)
 
 
+@engine._storage_errors
 def stop_reply(session_id: str, *, owner: Any = engine.ANY_OWNER) -> bool:
     """Ask the session's running reply to stop; return whether one was running.
 
@@ -214,6 +217,7 @@ def stop_reply(session_id: str, *, owner: Any = engine.ANY_OWNER) -> bool:
     return True
 
 
+@engine._storage_errors
 def running_reply(session: ConversationSession | str) -> Reply | None:
     """The session's running reply, if any (after marking a dead process's reply interrupted).
 
@@ -225,6 +229,7 @@ def running_reply(session: ConversationSession | str) -> Reply | None:
     return Reply.objects.filter(session_id=session_id, status=Reply.Status.RUNNING).first()
 
 
+@engine._storage_errors
 def latest_reply(session: ConversationSession | str) -> Reply | None:
     """The session's most recent reply in any state (e.g. to show why the last one failed)."""
     session_id = session if isinstance(session, str) else session.pk
@@ -316,14 +321,14 @@ def _refuse_if_running(session_id: str) -> None:
         raise ReplyInProgress(session_id, running)
 
 
-def _begin(session: ConversationSession, *, regenerate: bool, now: dt.datetime) -> Reply:
+def _begin(session: ConversationSession, *, regenerate: bool) -> Reply:
     """Insert the running row and queue the thread. Call holding the session's row lock."""
+    _refuse_if_running(session.pk)
     turn = Turn.objects.filter(session=session, number=session.turn_count).select_related("user_message").first()
     if turn is None:
         raise NothingToReply("There is no message to reply to yet: send one first.")
     if turn.is_complete and not regenerate:
         raise NothingToReply("The last message already has a reply: regenerate it to get another one.")
-    _refuse_if_running(session.pk)
     responder = get_responder()
     try:
         with transaction.atomic():
@@ -336,8 +341,9 @@ def _begin(session: ConversationSession, *, regenerate: bool, now: dt.datetime) 
                 responder=responder.name,
                 model=responder.model,
                 worker=worker_id(),
-                heartbeat_at=now,
-                started_at=now,
+                # The real clock, whatever ``now`` the caller passed: liveness is about this process.
+                heartbeat_at=timezone.now(),
+                started_at=timezone.now(),
             )
     except IntegrityError:
         raise ReplyInProgress(session.pk) from None
