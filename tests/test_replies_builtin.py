@@ -385,3 +385,31 @@ def test_a_dead_process_on_this_host_is_recovered_sooner(make_session, replies_e
     assert status == {"gone": "interrupted", "rebooted": "interrupted", "alive": "running", "elsewhere": "running"}
     # Stop on a dead reply reports nothing to stop: recovery ended it first.
     assert replies.stop_reply("gone") is False
+
+
+def test_a_starting_process_recovers_on_its_first_request(make_session, replies_env, client):
+    """The first request of a process checks for interrupted replies, in the background."""
+    from django.core.signals import request_started
+
+    make_session("s")
+    message = engine.message_append("s", "user", "hi")
+    old = timezone.now() - timezone.timedelta(seconds=replies_env.CONVO_REPLY_STALE_SECONDS + 1)
+    reply = Reply.objects.create(
+        session_id="s",
+        turn_number=1,
+        user_seq=message.seq,
+        base_seq=message.seq,
+        responder="builtin",
+        worker="gone:host:1:x",
+        heartbeat_at=old,
+        started_at=old,
+    )
+    request_started.connect(runner.recover_on_startup, dispatch_uid="convo-replies-recover")
+    client.get("/admin/login/")
+    for thread in threading.enumerate():
+        if thread.name == "convo-reply-recovery":
+            thread.join(10)
+    reply.refresh_from_db()
+    assert reply.status == "interrupted"
+    # Once per process: the receiver removed itself.
+    assert request_started.disconnect(runner.recover_on_startup, dispatch_uid="convo-replies-recover") is False

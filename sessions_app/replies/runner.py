@@ -299,14 +299,21 @@ def recover_stale_replies(*, session_id: str | None = None, now: dt.datetime | N
 
 
 def recover_on_startup(**kwargs: Any) -> None:
-    """request_started receiver: recover once, on the process's first request."""
+    """request_started receiver: once per process, on its first request, recover in the background
+    (on its own connection: the request neither waits for it nor sees its queries)."""
     from django.core.signals import request_started
 
     request_started.disconnect(recover_on_startup, dispatch_uid="convo-replies-recover")
+    threading.Thread(target=_recover_in_background, name="convo-reply-recovery", daemon=True).start()
+
+
+def _recover_in_background() -> None:
     try:
         recover_stale_replies()
-    except DatabaseError:
-        logger.exception("Could not check for interrupted replies")
+    except Exception as exc:  # e.g. tables not migrated yet: the lazy checks will do it later
+        logger.warning("Could not check for interrupted replies: %s", redact(str(exc)))
+    finally:
+        connections.close_all()
 
 
 # ---------------------------------------------------------------------------------------------
