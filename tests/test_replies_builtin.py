@@ -36,6 +36,16 @@ def test_arithmetic_calls_the_calculator_and_completes_the_turn(make_session):
     assert answer.metadata["latency_ms"].isdigit()
     assert reply.message_seq == answer.seq
     assert [m.role for m in engine.messages_all(session)] == ["system", "user", "tool", "assistant"]
+    summary = replies.reply_summary(reply)
+    assert {k: summary[k] for k in ("status", "turn", "text", "finish_reason", "error", "message_seq")} == {
+        "status": "done",
+        "turn": 1,
+        "text": "12*7 = 84.",
+        "finish_reason": "stop",
+        "error": None,
+        "message_seq": 4,
+    }
+    assert replies.latest_reply("s").pk == reply.pk
 
 
 def test_remember_and_recall_change_the_state(make_session):

@@ -30,7 +30,10 @@ session raises ``engine.SessionNotFound``); the default ``ANY_OWNER`` is for ope
     process's reply interrupted first, so this never reports a reply that will not finish.
 
 ``latest_reply(session_or_id) -> Reply | None``  the newest reply in any state (``status``, ``error``).
-``wait_reply(reply_id, timeout=30.0) -> Reply``  wait until it is no longer running (tests, scripts).
+``wait_reply(reply_id, timeout=30.0) -> Reply``  wait until it is no longer running (tests, scripts, or a
+    Stop endpoint that wants to answer with the stored result).
+``reply_summary(reply) -> dict``  id, session_id, turn, status, regenerate, responder, model, text,
+    finish_reason, error, tool_rounds, message_seq, started_at, finished_at (JSON-ready).
 ``responder_label() -> str``  "built-in responder — no language model configured", or
     "<model> on <host>" (never the key or the full URL).
 
@@ -69,6 +72,7 @@ from .runner import (
     append_and_reply,
     latest_reply,
     recover_stale_replies,
+    reply_summary,
     running_reply,
     start_reply,
     stop_reply,
@@ -85,6 +89,7 @@ __all__ = [
     "append_and_reply",
     "latest_reply",
     "recover_stale_replies",
+    "reply_summary",
     "responder_label",
     "running_reply",
     "start_reply",
