@@ -133,6 +133,40 @@ def test_tool_call_deltas_split_across_chunks(fake_llm, make_session):
     assert third[1]["tool_calls"][0]["id"] == "call_calc"
 
 
+def test_whole_tool_calls_without_index(fake_llm, make_session):
+    """Servers that send each call whole, without an index, and the arguments as an object."""
+    make_session("s")
+    fake_llm.stream(
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "id": "a",
+                        "type": "function",
+                        "function": {"name": "calculator", "arguments": {"expression": "2*3"}},
+                    }
+                ]
+            }
+        ),
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "id": "b",
+                        "type": "function",
+                        "function": {"name": "calculator", "arguments": '{"expression": "4*5"}'},
+                    }
+                ]
+            }
+        ),
+        chunk({}, "tool_calls"),
+    )
+    fake_llm.stream(*text_chunks("6 and 20."))
+    assert reply_to("s", "two sums").status == "done"
+    tools = engine.last_turn(engine.session_get("s")).tool_calls
+    assert [(t.tool_call_id, t.content) for t in tools] == [("a", "6"), ("b", "20")]
+
+
 def test_bad_tool_arguments_go_back_to_the_model(fake_llm, make_session):
     make_session("s")
     fake_llm.stream(*tool_call_chunks(("c1", "calculator", ['{"expression": ']), ("c2", "no_such_tool", ["{}"])))

@@ -143,7 +143,7 @@ class OpenAIResponder:
     # Streaming.
 
     def _parse_stream(self, response: httpx.Response) -> Iterator[Any]:
-        calls: dict[int, dict[str, str]] = {}
+        calls: dict[Any, dict[str, str]] = {}  # by the chunks' index, in arrival order
         finish: str | None = None
         done = False
         data: list[str] = []
@@ -171,7 +171,7 @@ class OpenAIResponder:
         yield from _tool_calls(calls)
         yield Finish(finish or "stop")
 
-    def _chunk(self, payload: str, calls: dict[int, dict[str, str]]) -> Iterator[Any]:
+    def _chunk(self, payload: str, calls: dict[Any, dict[str, str]]) -> Iterator[Any]:
         try:
             chunk = json.loads(payload)
         except ValueError:
@@ -199,14 +199,19 @@ class OpenAIResponder:
                 if not isinstance(piece, dict):
                     raise ProviderError("The language model sent a malformed tool call.")
                 index = piece.get("index", position)
-                acc = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+                acc = calls.get(index)
+                if acc is not None and piece.get("id") and acc["id"] and str(piece["id"]) != acc["id"]:
+                    # A server that sends whole calls without an index: a new id is a new call.
+                    index = f"{index}#{len(calls)}"
+                    acc = None
+                if acc is None:
+                    acc = calls[index] = {"id": "", "name": "", "arguments": ""}
                 if piece.get("id"):
                     acc["id"] = str(piece["id"])
                 fn = piece.get("function") or {}
                 if fn.get("name") and not acc["name"]:
                     acc["name"] = str(fn["name"])
-                if isinstance(fn.get("arguments"), str):
-                    acc["arguments"] += fn["arguments"]
+                acc["arguments"] += _argument_text(fn.get("arguments"))
             finish = choice.get("finish_reason") or None
         return finish
 
@@ -222,7 +227,7 @@ class OpenAIResponder:
             i: {
                 "id": c.get("id") or "",
                 "name": (c.get("function") or {}).get("name") or "",
-                "arguments": (c.get("function") or {}).get("arguments") or "",
+                "arguments": _argument_text((c.get("function") or {}).get("arguments")),
             }
             for i, c in enumerate(message.get("tool_calls") or [])
         }
@@ -232,12 +237,20 @@ class OpenAIResponder:
         yield Finish(data["choices"][0].get("finish_reason") or "stop")
 
 
-def _tool_calls(calls: dict[int, dict[str, str]]) -> Iterator[ToolCall]:
-    for index in sorted(calls, key=lambda k: (str(type(k)), k)):
-        acc = calls[index]
+def _tool_calls(calls: dict[Any, dict[str, str]]) -> Iterator[ToolCall]:
+    for position, acc in enumerate(calls.values()):
         if not acc["name"]:
             raise ProviderError("The language model sent a tool call without a name.")
-        yield ToolCall(id=acc["id"] or f"call_{index}", name=acc["name"], arguments=acc["arguments"] or "{}")
+        yield ToolCall(id=acc["id"] or f"call_{position}", name=acc["name"], arguments=acc["arguments"] or "{}")
+
+
+def _argument_text(value: Any) -> str:
+    """Arguments are JSON text; a few servers send the object itself."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return ""
 
 
 def _usage(usage: dict[str, Any]) -> Usage:
