@@ -24,7 +24,7 @@ class Script:
     status: int = 200
     chunks: list[Any] = field(default_factory=list)  # dicts (JSON events) or raw text
     done: bool = True  # end with "data: [DONE]"
-    mode: str = "normal"  # normal | hold (keep the stream open until the client leaves) | stall
+    mode: str = "normal"  # normal | hold (open until the client leaves) | stall | no_headers
     body: Any = None  # for errors and plain JSON answers
     content_type: str = "text/event-stream"
 
@@ -142,6 +142,10 @@ class _Handler(BaseHTTPRequestHandler):
         script = self.fake._next(request)
         if self.path.split("?")[0] != "/v1/chat/completions" or script is None:
             return self._json(404, {"error": {"message": "no scripted response", "type": "not_found"}})
+        if script.mode == "no_headers":  # a server that takes its time before answering at all
+            self.fake.holding.set()
+            self.fake.closing.wait(10)
+            return
         if script.status != 200 or script.content_type != "text/event-stream":
             body = script.body
             payload = body if isinstance(body, str | bytes) else json.dumps(body)

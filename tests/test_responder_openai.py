@@ -288,6 +288,20 @@ def test_stop_cancels_the_provider_call(fake_llm, make_session, replies_env):
     assert (answer.content, answer.metadata["finish_reason"]) == ("Once upon a time", "stopped")
 
 
+def test_stop_before_the_server_answers(fake_llm, make_session, replies_env):
+    """Stop while the server has not even sent its headers still ends the call at once: nothing is
+    stored, the turn stays open for a retry."""
+    replies_env.CONVO_LLM_TIMEOUT = 60
+    make_session("s")
+    fake_llm.stream(mode="no_headers")
+    _, reply = replies.append_and_reply("s", "hello")
+    assert fake_llm.holding.wait(10)
+    replies.stop_reply("s")
+    reply = replies.wait_reply(reply.pk, timeout=10)  # far less than the 60 s read timeout
+    assert (reply.status, reply.message_seq) == ("stopped", None)
+    assert not engine.last_turn(engine.session_get("s")).is_complete
+
+
 def test_regenerate_sends_the_turn_without_its_earlier_response(fake_llm, make_session):
     make_session("s")
     fake_llm.stream(*tool_call_chunks(("c1", "calculator", ['{"expression": "1+1"}'])))

@@ -100,14 +100,20 @@ class OpenAIResponder:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            # As soon as the connection exists, Stop can shut its socket, even while the server
+            # has not sent its response headers yet.
+            if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+                stream = info.get("return_value")
+                sock = stream.get_extra_info("socket") if stream is not None else None
+                handle.on_cancel(lambda: shutdown_socket(sock))
+
         try:
             with (
                 httpx.Client(timeout=timeout, follow_redirects=False) as client,
-                client.stream("POST", self.url, json=body, headers=headers) as response,
+                client.stream("POST", self.url, json=body, headers=headers, extensions={"trace": trace}) as response,
             ):
-                stream = response.extensions.get("network_stream")
-                sock = stream.get_extra_info("socket") if stream is not None else None
-                handle.on_cancel(lambda: shutdown_socket(sock))
                 try:
                     if response.status_code >= 400:
                         raise ProviderError(self._http_error(response))
