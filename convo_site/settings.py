@@ -171,3 +171,31 @@ CONVO_MAX_CONTENT_CHARS = env_int("CONVO_MAX_CONTENT_CHARS", 32000)
 # Idempotency-Key is remembered.
 CONVO_API_MAX_BODY_BYTES = env_int("CONVO_API_MAX_BODY_BYTES", 1024 * 1024)
 CONVO_API_IDEMPOTENCY_TTL_SECONDS = env_int("CONVO_API_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"{name} must be a number (got {value!r})") from None
+
+
+# Convo: assistant replies (sessions_app.replies). CONVO_RESPONDER: "builtin" (offline, no model) or
+# "openai" (any OpenAI-compatible Chat Completions server with streaming: OpenAI, vLLM, llama.cpp,
+# Ollama, LM Studio). The API key is only ever sent in the Authorization header: it is never
+# rendered, logged or stored (and Django's debug page masks settings named like it).
+CONVO_RESPONDER = os.environ.get("CONVO_RESPONDER", "").strip().lower() or "builtin"
+CONVO_LLM_BASE_URL = os.environ.get("CONVO_LLM_BASE_URL", "").strip() or "https://api.openai.com/v1"
+CONVO_LLM_API_KEY = os.environ.get("CONVO_LLM_API_KEY", "").strip()
+CONVO_LLM_MODEL = os.environ.get("CONVO_LLM_MODEL", "").strip()
+CONVO_LLM_TIMEOUT = env_float("CONVO_LLM_TIMEOUT", 60.0)  # seconds without a byte from the server
+CONVO_REPLY_MAX_TOOL_ROUNDS = env_int("CONVO_REPLY_MAX_TOOL_ROUNDS", 5)
+CONVO_BUILTIN_WORD_DELAY = env_float("CONVO_BUILTIN_WORD_DELAY", 0.04)  # seconds between streamed words
+CONVO_REPLY_HEARTBEAT_SECONDS = env_float("CONVO_REPLY_HEARTBEAT_SECONDS", 2.0)
+# A running reply whose process has not reported for this long is marked interrupted.
+CONVO_REPLY_STALE_SECONDS = env_float("CONVO_REPLY_STALE_SECONDS", 15.0)

@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from . import api_auth, engine
-from .models import ApiKey, ConversationSession, Message, Turn
+from .models import ApiKey, ConversationSession, Message, Reply, Turn
 
 # How many of the newest messages and turns a session page shows inline (the rest: the linked lists).
 ADMIN_INLINE_ROWS = 200
@@ -310,3 +310,45 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def revoke_keys(self, request, queryset):
         revoked = sum(api_auth.revoke_api_key(key) for key in queryset)
         self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
+
+
+@admin.register(Reply)
+class ReplyAdmin(_ReadOnlyAdmin):
+    """Assistant replies, read-only. Nothing here can show the API key: it is never stored."""
+
+    list_display = [
+        "session",
+        "turn_number",
+        "status",
+        "responder",
+        "model",
+        "finish_reason",
+        "tool_rounds",
+        "started_at",
+        "finished_at",
+        "worker",
+    ]
+    list_filter = ["status", "responder", SessionIdFilter]
+    search_fields = ["=session__id", "error"]
+    ordering = ["-started_at", "-id"]
+    show_full_result_count = False
+    readonly_fields = [
+        "session",
+        "turn_number",
+        "user_seq",
+        "base_seq",
+        "regenerate",
+        "status",
+        "responder",
+        "model",
+        "text",
+        "finish_reason",
+        "error",
+        "tool_rounds",
+        "message_seq",
+        "stop_requested",
+        "worker",
+        "heartbeat_at",
+        "started_at",
+        "finished_at",
+    ]

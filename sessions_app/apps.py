@@ -1,7 +1,31 @@
 from django.apps import AppConfig
+from django.core import checks
 
 
 class SessionsAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "sessions_app"
     verbose_name = "Conversation sessions"
+
+    def ready(self) -> None:
+        from django.core.signals import request_started
+
+        from .replies.runner import recover_on_startup
+
+        # A process's first request marks the replies of dead processes interrupted (no database
+        # access at import time: ready() also runs for migrate and friends).
+        request_started.connect(recover_on_startup, dispatch_uid="convo-replies-recover")
+        checks.register(check_responder_settings)
+
+
+def check_responder_settings(app_configs=None, **kwargs):
+    """Report a bad CONVO_RESPONDER / CONVO_LLM_* configuration at start-up, not at the first reply."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .replies.responders import get_responder
+
+    try:
+        get_responder()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="sessions_app.E001")]
+    return []

@@ -29,7 +29,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from . import events
-from .models import ConversationSession, Message, Role, Turn
+from .models import ConversationSession, Message, Reply, Role, Turn
 
 # ---------------------------------------------------------------------------------------------
 # Errors: the spec's SessionError kinds, plus the two a database-backed, multi-user store needs.
@@ -502,6 +502,7 @@ def _delete_rows(session_ids: list[str]) -> tuple[int, int]:
     No ORM collector: it would load every message into memory. Returns (messages, sessions) deleted.
     """
     db = transaction.get_connection().alias
+    Reply.objects.filter(session_id__in=session_ids)._raw_delete(db)
     Turn.objects.filter(session_id__in=session_ids)._raw_delete(db)
     messages = Message.objects.filter(session_id__in=session_ids)._raw_delete(db)
     sessions = ConversationSession.objects.filter(pk__in=session_ids)._raw_delete(db)

@@ -188,3 +188,65 @@ class ApiIdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id}:{self.key}"
+
+
+class Reply(models.Model):
+    """One run of the assistant answering a turn (issue 5); the rules live in ``sessions_app.replies``.
+
+    While a reply runs, its row is the session's one running reply: a partial unique constraint makes
+    a second one impossible whatever the number of processes. ``worker`` and ``heartbeat_at`` say which
+    process runs it and that it is still alive, so a reply whose process died is found and marked
+    interrupted instead of staying "running" forever. Message positions are kept as sequence numbers,
+    not foreign keys, because clearing a session deletes its messages set-wise.
+    """
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        DONE = "done"
+        STOPPED = "stopped"
+        ERROR = "error"
+        INTERRUPTED = "interrupted"
+
+    session = models.ForeignKey(ConversationSession, on_delete=models.CASCADE, related_name="replies", db_index=False)
+    turn_number = models.PositiveIntegerField()
+    user_seq = models.PositiveBigIntegerField(help_text="Sequence number of the user message that opened the turn.")
+    base_seq = models.PositiveBigIntegerField(
+        help_text="The session's newest sequence number when the reply started: the turn's earlier responses "
+        "are at or below it and are left out of the context."
+    )
+    regenerate = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    responder = models.CharField(max_length=32)
+    model = models.CharField(max_length=200, blank=True)
+    text = models.TextField(blank=True, default="", help_text="The text so far (saved every second while running).")
+    finish_reason = models.CharField(max_length=32, blank=True)
+    error = models.TextField(blank=True)
+    tool_rounds = models.PositiveIntegerField(default=0)
+    message_seq = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Sequence number of the stored assistant message."
+    )
+    stop_requested = models.BooleanField(default=False)
+    worker = models.CharField(max_length=200, help_text="The process running the reply (host:pid:random).")
+    heartbeat_at = models.DateTimeField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["session", "started_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session"], condition=Q(status="running"), name="reply_one_running_per_session"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["session", "-started_at"], name="reply_session_recent"),
+            models.Index(fields=["heartbeat_at"], condition=Q(status="running"), name="reply_running_heartbeat"),
+        ]
+        verbose_name_plural = "replies"
+
+    def __str__(self) -> str:
+        return f"{self.session_id} turn {self.turn_number} reply {self.pk} ({self.status})"
+
+    @property
+    def is_running(self) -> bool:
+        return self.status == self.Status.RUNNING

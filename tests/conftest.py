@@ -6,6 +6,9 @@ from django.conf import settings
 
 from sessions_app import engine
 
+from .fake_openai import FakeOpenAI
+from .replies_support import API_KEY, drain_replies
+
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 ON_REDIS = bool(os.environ.get("REDIS_URL"))
 
@@ -64,3 +67,53 @@ def add(session_id, role, content, **kwargs):
 
 def reload(session):
     return engine.session_get(session.id)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
+    """On SQLite, test on a file rather than Django's shared-cache in-memory database.
+
+    Replies run in threads: with shared cache, a second connection gets "database table is locked"
+    at once instead of waiting (busy timeout and WAL apply only to files), which is not how Convo
+    runs. An explicit CONVO_SQLITE_TEST_PATH still wins.
+    """
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3" and not db.get("TEST", {}).get("NAME"):
+        db.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("sqlite") / "test_convo.sqlite3")
+
+
+# Assistant replies: fast settings, a local OpenAI-compatible server, and no reply thread left behind.
+
+
+@pytest.fixture
+def replies_env(settings):
+    settings.CONVO_RESPONDER = "builtin"
+    settings.CONVO_BUILTIN_WORD_DELAY = 0
+    settings.CONVO_REPLY_EVENT_INTERVAL = 0
+    settings.CONVO_REPLY_POLL_SECONDS = 0.02
+    settings.CONVO_LLM_API_KEY = API_KEY
+    yield settings
+    drain_replies()
+
+
+@pytest.fixture
+def fake_llm(replies_env):
+    fake = FakeOpenAI()
+    replies_env.CONVO_RESPONDER = "openai"
+    replies_env.CONVO_LLM_BASE_URL = fake.url
+    replies_env.CONVO_LLM_MODEL = "fake-model"
+    replies_env.CONVO_LLM_TIMEOUT = 5
+    yield fake
+    drain_replies()
+    fake.close()
+
+
+@pytest.fixture
+async def close_async_db():
+    """Close the connection that database_sync_to_async's worker thread opened (on PostgreSQL an open
+    one keeps the test database from being dropped at the end of the run)."""
+    yield
+    from channels.db import database_sync_to_async
+    from django.db import connections
+
+    await database_sync_to_async(connections.close_all)()

@@ -15,7 +15,9 @@ def test_valid_ids(session_id):
     assert engine.session_create(session_id).id == session_id
 
 
-@pytest.mark.parametrize("session_id", ["", ".", "..", "x" * 129, "has space", "slash/no", "../etc", "é", "new\nline", "a\x00", 5])
+@pytest.mark.parametrize(
+    "session_id", ["", ".", "..", "x" * 129, "has space", "slash/no", "../etc", "é", "new\nline", "a\x00", 5]
+)
 def test_invalid_ids_are_refused_with_a_clear_error(session_id):
     with pytest.raises(engine.SessionValidationError, match="session id"):
         engine.session_create(session_id)
