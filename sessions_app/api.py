@@ -29,7 +29,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 
 from . import api_idempotency as idempotency
-from . import engine
+from . import engine, replies
 from .api_auth import BearerKeyAuth, BrowserSessionAuth
 from .api_schemas import (
     MAX_INT,
@@ -38,9 +38,12 @@ from .api_schemas import (
     DataIn,
     DataOut,
     ErrorOut,
+    MessageAppendOut,
     MessageIn,
-    MessageOut,
     MessagePageOut,
+    ReplyIn,
+    ReplyOut,
+    ReplyStopOut,
     SessionCreateIn,
     SessionFieldsIn,
     SessionOut,
@@ -169,6 +172,8 @@ api.add_exception_handler(engine.SessionAlreadyExists, _handler(409, "session_ex
 api.add_exception_handler(engine.SessionValidationError, _handler(422, "validation_error"))
 api.add_exception_handler(engine.SerializationError, _handler(422, "validation_error"))
 api.add_exception_handler(engine.StorageError, _handler(503, "storage_error"))
+api.add_exception_handler(replies.ReplyInProgress, _handler(409, "reply_in_progress"))
+api.add_exception_handler(replies.NothingToReply, _handler(409, "nothing_to_reply"))
 api.add_exception_handler(idempotency.IdempotencyKeyReused, _handler(409, "idempotency_key_reused"))
 api.add_exception_handler(idempotency.IdempotencyKeyInvalid, _handler(422, "validation_error"))
 
@@ -367,8 +372,9 @@ def clear_session(request: HttpRequest, id: str):
 
 @api.post(
     "/sessions/{id}/messages",
-    response={201: MessageOut, **_errors(400, 403, 404, 409, 410, 413, 422)},
+    response={201: MessageAppendOut, **_errors(400, 403, 404, 409, 410, 413, 422)},
     tags=["messages"],
+    exclude_unset=True,  # "reply" appears only when the append started one
 )
 def append_message(
     request: HttpRequest,
@@ -388,16 +394,26 @@ def append_message(
     user = _user(request)
 
     def append() -> dict[str, Any]:
-        message = engine.message_append(
-            id,
-            payload.role,
-            payload.content,
-            name=payload.name,
-            tool_call_id=payload.tool_call_id,
-            metadata=payload.metadata,
-            owner=user,
-        )
-        return MessageOut.model_validate(message_out(message)).model_dump(mode="json")
+        reply = None
+        if payload.respond:
+            # One transaction: while a reply runs, the message is refused (409) and nothing stored.
+            message, reply = replies.append_and_reply(
+                id, payload.content, owner=user, name=payload.name, metadata=payload.metadata
+            )
+        else:
+            message = engine.message_append(
+                id,
+                payload.role,
+                payload.content,
+                name=payload.name,
+                tool_call_id=payload.tool_call_id,
+                metadata=payload.metadata,
+                owner=user,
+            )
+        out = message_out(message)
+        if reply is not None:
+            out["reply"] = replies.reply_summary(reply)
+        return MessageAppendOut.model_validate(out).model_dump(mode="json", exclude_unset=True)
 
     if idempotency_key is None:
         return Status(201, append())
@@ -444,6 +460,42 @@ def get_context(
         "max_tokens": window.max_tokens,
         "cut_before_seq": window.cut_before_seq,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Assistant replies
+
+
+@api.post("/sessions/{id}/reply", response={202: ReplyOut, **_errors(404, 409, 410, 422)}, tags=["replies"])
+def start_reply(request: HttpRequest, id: str, payload: ReplyIn | None = None):
+    """Start the assistant's reply to the last turn (retry an open turn, or ``regenerate`` a complete
+    one: the new response completes the turn and the previous one stays in the message list).
+    The reply runs in the background and streams to open chat pages; poll GET /sessions/{id}/reply."""
+    _check_id(id)
+    reply = replies.start_reply(id, owner=_user(request), regenerate=bool(payload and payload.regenerate))
+    return Status(202, replies.reply_summary(reply))
+
+
+@api.get("/sessions/{id}/reply", response={200: ReplyOut, **_errors(404)}, tags=["replies"])
+def get_reply(request: HttpRequest, id: str):
+    """The session's latest reply (running or finished); 404 when it has none."""
+    session = _session(request, id)
+    reply = replies.latest_reply(session)
+    if reply is None:
+        raise ApiError(404, "not_found", "This session has no reply yet.")
+    return replies.reply_summary(reply)
+
+
+@api.post("/sessions/{id}/reply/stop", response={200: ReplyStopOut, **_errors(404)}, tags=["replies"])
+def stop_reply(request: HttpRequest, id: str):
+    """Stop the running reply: cancels the provider call itself and stores the partial text with
+    finish reason ``stopped``. ``stopped`` is false when no reply was running."""
+    _check_id(id)
+    user = _user(request)
+    running = replies.running_reply(engine.session_get(id, owner=user))
+    stopped = replies.stop_reply(id, owner=user)
+    reply = replies.wait_reply(running.pk, timeout=5) if stopped and running is not None else None
+    return {"stopped": stopped, "reply": replies.reply_summary(reply) if reply else None}
 
 
 # ---------------------------------------------------------------------------------------------

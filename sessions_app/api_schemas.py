@@ -167,12 +167,47 @@ class MessageIn(StrictIn):
         default=None, description="Required for role tool: the id of the call this message answers."
     )
     metadata: dict[str, str] = Field(default_factory=dict)
+    respond: bool = Field(
+        default=False,
+        description="With a user message: start the assistant's reply (streamed to open pages; "
+        "follow it with GET /sessions/{id}/reply). 409 while a reply is running.",
+    )
 
     @model_validator(mode="after")
     def _tool_needs_call_id(self) -> MessageIn:
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs a tool_call_id")
+        if self.respond and self.role != "user":
+            raise ValueError("respond is only for user messages")
         return self
+
+
+class ReplyOut(Schema):
+    id: int
+    session_id: str
+    turn: int | None
+    status: str = Field(description="running, done, stopped, error or interrupted")
+    regenerate: bool
+    responder: str
+    model: str | None
+    text: str = Field(description="The reply's text so far (the whole text once finished).")
+    finish_reason: str | None
+    error: str | None
+    tool_rounds: int
+    message_seq: int | None = Field(description="Sequence number of the stored assistant message.")
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+class ReplyIn(StrictIn):
+    regenerate: bool = Field(
+        default=False, description="Answer the last turn again even if it is complete (the Regenerate button)."
+    )
+
+
+class ReplyStopOut(Schema):
+    stopped: bool = Field(description="Whether a reply was running.")
+    reply: ReplyOut | None
 
 
 class MessageOut(Schema):
@@ -185,6 +220,10 @@ class MessageOut(Schema):
     created_at: dt.datetime
     tokens: int
     turn: int | None
+
+
+class MessageAppendOut(MessageOut):
+    reply: ReplyOut | None = Field(default=None, description='Only with "respond": true: the reply it started.')
 
 
 class MessagePageOut(Schema):

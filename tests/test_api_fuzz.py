@@ -62,7 +62,9 @@ def body_for(model: str):
             "name": st.none() | texts,
             "tool_call_id": st.one_of(st.just("call_1"), st.just("call_1"), st.none(), texts),
             "metadata": string_maps,
+            "respond": st.booleans() | any_json,
         },
+        "ReplyIn": {"regenerate": st.booleans() | any_json},
         "SessionCreateIn": {
             "id": st.none() | session_ids | any_json,
             "system_prompt": st.none() | texts,
@@ -120,6 +122,9 @@ OPERATIONS = [
     ("GET", "/sessions/{id}/state/data/{key}", None),
     ("PUT", "/sessions/{id}/state/data/{key}", "DataIn"),
     ("DELETE", "/sessions/{id}/state/data/{key}", None),
+    ("POST", "/sessions/{id}/reply", "ReplyIn"),
+    ("GET", "/sessions/{id}/reply", None),
+    ("POST", "/sessions/{id}/reply/stop", None),
 ]
 
 query_values = st.integers(min_value=-5, max_value=600).map(str) | st.sampled_from(
