@@ -843,38 +843,63 @@ def context_window(session: ConversationSession, max_tokens: int | None = None) 
 
     The first listed message is pinned when it is a system message, even over budget; then the
     listed messages from newest to oldest, later system messages skipped, stopping at the first that
-    does not fit; returned in chronological order. Reads only the stored estimates of the newest rows,
-    in growing chunks, then the chosen rows: the cost follows the window, not the session.
+    does not fit; returned in chronological order. Usually one query: the pinned message and the
+    newest rows, as many as the session's average message size says will fill the budget (plus a
+    margin); a further, larger chunk only when those all fit. The cost follows the window, not the
+    session.
     """
     budget = session.max_tokens if max_tokens is None else max_tokens
     head = None
     used = 0
-    if session.head_seq is not None:
-        head = Message.objects.get(session=session, seq=session.head_seq)
-        used = head.tokens
-    recent = Message.objects.filter(session=session, seq__gte=session.low_seq).exclude(role=Role.SYSTEM)
-    oldest_in = None
+    chosen: list[Message] = []
     cut = None
-    upper = None
-    chunk = 64
-    while cut is None:
-        qs = recent if upper is None else recent.filter(seq__lt=upper)
-        rows = list(qs.order_by("-seq").values_list("seq", "tokens")[: max(1, min(chunk, budget - used + 1))])
-        for seq, tokens in rows:
-            if used + tokens > budget:
-                cut = seq
+    upper = None  # the next chunk starts below this sequence number
+    # Rows to read at first: what should fill the budget at the session's average size, plus a margin.
+    average = session.total_tokens / session.message_count if session.message_count else 1
+    chunk = int(max(budget, 0) / max(average, 1) * 1.25) + 8
+    head_seq = session.head_seq
+    while True:
+        # Every message costs at least one token: more than what is left plus one never fit.
+        limit = min(chunk, max(budget - used, 0) + 1)
+        rows = _context_rows(session, head_seq, upper, limit)
+        if head_seq is not None:
+            head = next((m for m in rows if m.seq == head_seq), None)
+            rows = [m for m in rows if m.seq != head_seq]
+            if head is not None:
+                used = head.tokens
+            head_seq = None  # read once
+        rows.sort(key=lambda m: m.seq, reverse=True)
+        for message in rows:
+            if used + message.tokens > budget:
+                cut = message.seq
                 break
-            used += tokens
-            oldest_in = seq
-        if cut is None and (not rows or len(rows) < chunk):
+            used += message.tokens
+            chosen.append(message)
+        if cut is not None or len(rows) < limit:
             break
-        if rows:
-            upper = rows[-1][0]
+        upper = rows[-1].seq
         chunk *= 4
-    chosen = list(recent.filter(seq__gte=oldest_in).order_by("seq")) if oldest_in is not None else []
+    chosen.reverse()
     if head is not None:
         chosen.insert(0, head)
     return ContextWindow(messages=chosen, max_tokens=budget, total_tokens=used, cut_before_seq=cut)
+
+
+def _context_rows(session: ConversationSession, head_seq: int | None, upper: int | None, limit: int) -> list[Message]:
+    """The pinned message (when ``head_seq``) and the newest ``limit`` listed non-system messages below
+    ``upper``, in one query."""
+    table = Message._meta.db_table
+    newest = f"SELECT * FROM {table} WHERE session_id = %s AND seq >= %s AND role <> %s"
+    params: list[Any] = [session.pk, session.low_seq, Role.SYSTEM.value]
+    if upper is not None:
+        newest += " AND seq < %s"
+        params.append(upper)
+    sql = f"SELECT * FROM ({newest} ORDER BY seq DESC LIMIT %s) AS newest"
+    params.append(limit)
+    if head_seq is not None:
+        sql = f"SELECT * FROM {table} WHERE session_id = %s AND seq = %s UNION ALL {sql}"
+        params = [session.pk, head_seq, *params]
+    return list(Message.objects.raw(sql, params))
 
 
 def get_context(session: ConversationSession, max_tokens: int | None = None) -> list[Message]:
