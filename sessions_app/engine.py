@@ -567,7 +567,8 @@ def message_append(
     )
 
     connection = transaction.get_connection()
-    if connection.vendor == "postgresql":
+    # (A non-string id goes the ORM's way, which compares it as text.)
+    if connection.vendor == "postgresql" and isinstance(session_id, str):
         for _ in range(_APPEND_TRIES):
             # Outside a transaction the statement commits by itself; inside one, a savepoint keeps a
             # failure from breaking the caller's transaction, as the locking path's atomic() does.

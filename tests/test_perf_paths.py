@@ -189,3 +189,12 @@ def test_context_window_reads_further_when_the_newest_are_smaller_than_average(m
     assert window.total_tokens == 300 and len(window.messages) == 300
     assert window.cut_before_seq == 20  # the newest 4000-character user message
     assert spec_context(engine.messages_all(session), 310) == ([m.seq for m in window.messages], 300, 20)
+
+
+@pytest.mark.django_db
+def test_append_to_a_session_id_given_as_a_number(make_session, now):
+    """The id is compared as text on both paths, as the ORM does."""
+    make_session("42", at=now)
+    assert engine.message_append(42, "user", "hi", now=now).seq == 1
+    with pytest.raises(engine.SessionNotFound):
+        engine.message_append(43, "user", "hi", now=now)
