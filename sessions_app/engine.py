@@ -15,6 +15,7 @@ tests can pass it explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -555,6 +556,10 @@ def message_append(
     completes the last turn (replacing an earlier response, which stays in the list); a system
     message opens nothing; with no turn yet, assistant and tool messages belong to none. Then the
     oldest messages after a pinned system message leave the list past max_messages.
+
+    On PostgreSQL the append is one read and one conditional write statement (see
+    ``_append_in_one_statement``); elsewhere, or when another writer got in between, it runs under the
+    session's row lock.
     """
     try:
         role = Role(role)
@@ -566,46 +571,184 @@ def message_append(
     metadata = _check_string_map("metadata", metadata)
     tokens = estimate_tokens(content)
     now = now or timezone.now()
+    new = Message(
+        session_id=session_id,
+        role=role,
+        content=content,
+        name=name,
+        tool_call_id=tool_call_id,
+        metadata=metadata,
+        created_at=now,
+        tokens=tokens,
+    )
+
+    connection = transaction.get_connection()
+    # (A non-string id goes the ORM's way, which compares it as text.)
+    if connection.vendor == "postgresql" and isinstance(session_id, str):
+        for _ in range(_APPEND_TRIES):
+            # Outside a transaction the statement commits by itself; inside one, a savepoint keeps a
+            # failure from breaking the caller's transaction, as the locking path's atomic() does.
+            with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+                if _append_in_one_statement(connection, new, owner, now):
+                    events.emit(session_id, events.MESSAGE, seq=new.seq, turn=new.turn_number)
+                    return new
 
     with transaction.atomic():
         session = _lock(session_id, owner, now)
-        was_empty = session.message_count == 0
-        seq = session.last_seq + 1
+        _append_bookkeeping(session, new)
+        new.session = session
+        new.save(force_insert=True)
         if role == Role.USER:
-            turn_number = session.turn_count + 1
-        elif role in (Role.ASSISTANT, Role.TOOL) and session.turn_count:
-            turn_number = session.turn_count
-        else:
-            turn_number = None
-        message = Message.objects.create(
-            session=session,
-            seq=seq,
-            role=role,
-            content=content,
-            name=name,
-            tool_call_id=tool_call_id,
-            metadata=metadata,
-            created_at=now,
-            tokens=tokens,
-            turn_number=turn_number,
-        )
-        if role == Role.USER:
-            Turn.objects.create(session=session, number=turn_number, user_message=message, started_at=now)
-            session.turn_count = turn_number
-        elif role == Role.ASSISTANT and turn_number is not None:
-            Turn.objects.filter(session=session, number=turn_number).update(
-                assistant_response=message, completed_at=now
+            Turn.objects.create(session=session, number=new.turn_number, user_message=new, started_at=now)
+        elif role == Role.ASSISTANT and new.turn_number is not None:
+            Turn.objects.filter(session=session, number=new.turn_number).update(
+                assistant_response=new, completed_at=now
             )
-        session.last_seq = seq
-        session.total_tokens += tokens
-        if was_empty and role == Role.SYSTEM:
-            # The first message of the list is a system message: it is pinned from now on.
-            session.head_seq, session.low_seq = seq, seq + 1
         _enforce_limits(session)
         _touch(session, now)
         session.save(update_fields=_BOOKKEEPING)
-        events.emit(session_id, events.MESSAGE, seq=seq, turn=turn_number)
-    return message
+        events.emit(session_id, events.MESSAGE, seq=new.seq, turn=new.turn_number)
+    return new
+
+
+# Optimistic appends tried before falling back to the row lock (a conflict means another writer of
+# the same session committed in between; under heavy contention the lock queues writers fairly).
+_APPEND_TRIES = 2
+
+
+def _append_bookkeeping(session: ConversationSession, new: Message) -> None:
+    """Give ``new`` its sequence and turn numbers and count it in the session's bookkeeping (in memory)."""
+    was_empty = session.message_count == 0
+    new.seq = session.last_seq + 1
+    if new.role == Role.USER:
+        new.turn_number = session.turn_count + 1
+        session.turn_count = new.turn_number
+    elif new.role in (Role.ASSISTANT, Role.TOOL) and session.turn_count:
+        new.turn_number = session.turn_count
+    else:
+        new.turn_number = None
+    session.last_seq = new.seq
+    session.total_tokens += new.tokens
+    if was_empty and new.role == Role.SYSTEM:
+        # The first message of the list is a system message: it is pinned from now on.
+        session.head_seq, session.low_seq = new.seq, new.seq + 1
+
+
+def _append_sql() -> dict[str, str]:
+    s, m, t = (model._meta.db_table for model in (ConversationSession, Message, Turn))
+    # The session's bookkeeping and, when the new message will push the list past max_messages, the
+    # oldest listed messages that _enforce_limits looks at (excess + 2 of them), in one round trip.
+    count = "(GREATEST(s.last_seq - s.low_seq + 1, 0) + (s.head_seq IS NOT NULL)::int + 1 - s.max_messages)"
+    read = f"""
+        SELECT s.last_seq, s.low_seq, s.head_seq, s.turn_count, s.total_tokens, s.max_messages,
+               s.timeout_seconds, s.updated_at, s.expires_at, o.seq, o.role, o.tokens
+        FROM {s} s LEFT JOIN LATERAL (
+            SELECT seq, role, tokens FROM {m}
+            WHERE session_id = s.id AND seq >= s.low_seq ORDER BY seq
+            LIMIT CASE WHEN {count} > 0 THEN {count} + 2 ELSE 0 END
+        ) o ON true
+        WHERE s.id = %s{{owner}} ORDER BY o.seq"""
+    # The write happens only if the session row still holds what was read (every write changes
+    # updated_at or one of these columns), so no other writer got in between; the UPDATE takes the row
+    # lock, so a concurrent appender waits, re-checks and finds it changed.
+    write = f"""
+        WITH s AS (
+            UPDATE {s} SET last_seq = %s, low_seq = %s, head_seq = %s, turn_count = %s, total_tokens = %s,
+                           updated_at = %s, expires_at = %s
+            WHERE id = %s AND last_seq = %s AND low_seq = %s AND head_seq IS NOT DISTINCT FROM %s
+              AND turn_count = %s AND total_tokens = %s AND max_messages = %s
+              AND timeout_seconds IS NOT DISTINCT FROM %s AND updated_at = %s
+            RETURNING id
+        ), m AS (
+            INSERT INTO {m} (session_id, seq, role, content, name, tool_call_id, metadata, created_at, tokens,
+                             turn_number)
+            SELECT s.id, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s FROM s
+            RETURNING id
+        ){{turn}}
+        SELECT id FROM m"""
+    open_turn = f""", t AS (
+            INSERT INTO {t} (session_id, number, user_message_id, assistant_response_id, started_at, completed_at,
+                             metadata)
+            SELECT %s, %s, m.id, NULL, %s, NULL, '{{}}'::jsonb FROM m
+        )"""
+    complete_turn = f""", t AS (
+            UPDATE {t} SET assistant_response_id = m.id, completed_at = %s FROM m
+            WHERE {t}.session_id = %s AND {t}.number = %s
+        )"""
+    return {"read": read, "write": write, "open_turn": open_turn, "complete_turn": complete_turn}
+
+
+_APPEND_SQL: dict[str, str] = {}
+
+
+def _append_in_one_statement(connection: Any, new: Message, owner: Any, now: dt.datetime) -> bool:
+    """Append ``new`` with one read and one write statement, without holding a lock in between.
+
+    Reads the session's bookkeeping (and the oldest listed messages when the list will overflow),
+    applies the same rules as the locking path in memory, then writes the session row, the message
+    and its turn in one statement that does nothing if the session row changed since the read.
+    Returns False in that case (the caller tries again); raises SessionNotFound / SessionExpired.
+    """
+    if not _APPEND_SQL:
+        _APPEND_SQL.update(_append_sql())
+    sql = _APPEND_SQL
+    session_id = new.session_id
+    owner_sql, params = "", [session_id]
+    if owner is not ANY_OWNER:
+        if owner is None:
+            owner_sql = " AND s.owner_id IS NULL"
+        else:
+            owner_sql, params = " AND s.owner_id = %s", [session_id, _owner_pk(owner)]
+    with connection.cursor() as cursor:  # one cursor for both statements: creating one costs
+        cursor.execute(sql["read"].format(owner=owner_sql), params)
+        rows = cursor.fetchall()
+        if not rows:
+            raise SessionNotFound(session_id)
+        last_seq, low_seq, head_seq, turn_count, total, max_messages, timeout, updated_at, expires_at = rows[0][:9]
+        session = ConversationSession(
+            id=session_id,
+            last_seq=last_seq,
+            low_seq=low_seq,
+            head_seq=head_seq,
+            turn_count=turn_count,
+            total_tokens=total,
+            max_messages=max_messages,
+            timeout_seconds=timeout,
+            updated_at=updated_at,
+            expires_at=expires_at,
+        )
+        if session.is_expired(now):
+            raise SessionExpired(session_id)
+        _append_bookkeeping(session, new)
+        # The oldest listed messages as they will be once ``new`` is in: the rows read, then ``new``.
+        oldest = [row[9:] for row in rows if row[9] is not None]
+        oldest.append((new.seq, new.role, new.tokens))
+        _enforce_limits(session, oldest=oldest)
+        _touch(session, now)
+
+        params = [
+            session.last_seq, session.low_seq, session.head_seq, session.turn_count, session.total_tokens,
+            session.updated_at, session.expires_at,
+            session_id, last_seq, low_seq, head_seq, turn_count, total, max_messages, timeout, updated_at,
+            new.seq, new.role.value, new.content, new.name, new.tool_call_id, json.dumps(new.metadata),
+            new.created_at, new.tokens, new.turn_number,
+        ]  # fmt: skip
+        if new.role == Role.USER:
+            turn_sql = sql["open_turn"]
+            params += [session_id, new.turn_number, now]
+        elif new.role == Role.ASSISTANT and new.turn_number is not None:
+            turn_sql = sql["complete_turn"]
+            params += [now, session_id, new.turn_number]
+        else:
+            turn_sql = ""
+        cursor.execute(sql["write"].format(turn=turn_sql), params)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    new.pk = row[0]
+    new._state.adding = False
+    new._state.db = connection.alias
+    return True
 
 
 def message_append_obj(session_id: str, message: ChatMessage, **kwargs: Any) -> Message:
@@ -621,22 +764,25 @@ def message_append_obj(session_id: str, message: ChatMessage, **kwargs: Any) -> 
     )
 
 
-def _enforce_limits(session: ConversationSession) -> None:
+def _enforce_limits(session: ConversationSession, *, oldest: list[tuple[int, str, int]] | None = None) -> None:
     """The spec's enforce_limits: while the list is too long, drop its first message, or its second
     when the first is a system message. Dropped messages stay in the database (their turns show them).
 
     Keeps the invariant that with no pinned head, the first listed message is not a system message.
+    ``oldest``: the (seq, role, tokens) of the oldest listed messages when the caller already has them
+    (at least ``excess + 2``, or all); read from the database otherwise.
     """
     excess = session.message_count - session.max_messages
     if excess <= 0:
         return
     # The oldest listed messages after the head, in order: enough to remove ``excess`` of them,
     # pin one system message on the way, and look at the message that ends up first.
-    oldest = list(
-        Message.objects.filter(session=session, seq__gte=session.low_seq)
-        .order_by("seq")
-        .values_list("seq", "role", "tokens")[: excess + 2]
-    )
+    if oldest is None:
+        oldest = list(
+            Message.objects.filter(session=session, seq__gte=session.low_seq)
+            .order_by("seq")
+            .values_list("seq", "role", "tokens")[: excess + 2]
+        )
     rows = iter(oldest)
     while session.message_count > session.max_messages:
         seq, role, tokens = next(rows)
@@ -715,38 +861,63 @@ def context_window(session: ConversationSession, max_tokens: int | None = None) 
 
     The first listed message is pinned when it is a system message, even over budget; then the
     listed messages from newest to oldest, later system messages skipped, stopping at the first that
-    does not fit; returned in chronological order. Reads only the stored estimates of the newest rows,
-    in growing chunks, then the chosen rows: the cost follows the window, not the session.
+    does not fit; returned in chronological order. Usually one query: the pinned message and the
+    newest rows, as many as the session's average message size says will fill the budget (plus a
+    margin); a further, larger chunk only when those all fit. The cost follows the window, not the
+    session.
     """
     budget = session.max_tokens if max_tokens is None else max_tokens
     head = None
     used = 0
-    if session.head_seq is not None:
-        head = Message.objects.get(session=session, seq=session.head_seq)
-        used = head.tokens
-    recent = Message.objects.filter(session=session, seq__gte=session.low_seq).exclude(role=Role.SYSTEM)
-    oldest_in = None
+    chosen: list[Message] = []
     cut = None
-    upper = None
-    chunk = 64
-    while cut is None:
-        qs = recent if upper is None else recent.filter(seq__lt=upper)
-        rows = list(qs.order_by("-seq").values_list("seq", "tokens")[: max(1, min(chunk, budget - used + 1))])
-        for seq, tokens in rows:
-            if used + tokens > budget:
-                cut = seq
+    upper = None  # the next chunk starts below this sequence number
+    # Rows to read at first: what should fill the budget at the session's average size, plus a margin.
+    average = session.total_tokens / session.message_count if session.message_count else 1
+    chunk = int(max(budget, 0) / max(average, 1) * 1.25) + 8
+    head_seq = session.head_seq
+    while True:
+        # Every message costs at least one token: more than what is left plus one never fit.
+        limit = min(chunk, max(budget - used, 0) + 1)
+        rows = _context_rows(session, head_seq, upper, limit)
+        if head_seq is not None:
+            head = next((m for m in rows if m.seq == head_seq), None)
+            rows = [m for m in rows if m.seq != head_seq]
+            if head is not None:
+                used = head.tokens
+            head_seq = None  # read once
+        rows.sort(key=lambda m: m.seq, reverse=True)
+        for message in rows:
+            if used + message.tokens > budget:
+                cut = message.seq
                 break
-            used += tokens
-            oldest_in = seq
-        if cut is None and (not rows or len(rows) < chunk):
+            used += message.tokens
+            chosen.append(message)
+        if cut is not None or len(rows) < limit:
             break
-        if rows:
-            upper = rows[-1][0]
+        upper = rows[-1].seq
         chunk *= 4
-    chosen = list(recent.filter(seq__gte=oldest_in).order_by("seq")) if oldest_in is not None else []
+    chosen.reverse()
     if head is not None:
         chosen.insert(0, head)
     return ContextWindow(messages=chosen, max_tokens=budget, total_tokens=used, cut_before_seq=cut)
+
+
+def _context_rows(session: ConversationSession, head_seq: int | None, upper: int | None, limit: int) -> list[Message]:
+    """The pinned message (when ``head_seq``) and the newest ``limit`` listed non-system messages below
+    ``upper``, in one query."""
+    table = Message._meta.db_table
+    newest = f"SELECT * FROM {table} WHERE session_id = %s AND seq >= %s AND role <> %s"
+    params: list[Any] = [session.pk, session.low_seq, Role.SYSTEM.value]
+    if upper is not None:
+        newest += " AND seq < %s"
+        params.append(upper)
+    sql = f"SELECT * FROM ({newest} ORDER BY seq DESC LIMIT %s) AS newest"
+    params.append(limit)
+    if head_seq is not None:
+        sql = f"SELECT * FROM {table} WHERE session_id = %s AND seq = %s UNION ALL {sql}"
+        params = [session.pk, head_seq, *params]
+    return list(Message.objects.raw(sql, params))
 
 
 def get_context(session: ConversationSession, max_tokens: int | None = None) -> list[Message]:
