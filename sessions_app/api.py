@@ -466,7 +466,9 @@ def get_context(
 # Assistant replies
 
 
-@api.post("/sessions/{id}/reply", response={202: ReplyOut, **_errors(404, 409, 410, 422)}, tags=["replies"])
+@api.post(
+    "/sessions/{id}/reply", response={202: ReplyOut, **_errors(400, 403, 404, 409, 410, 413, 422)}, tags=["replies"]
+)
 def start_reply(request: HttpRequest, id: str, payload: ReplyIn | None = None):
     """Start the assistant's reply to the last turn (retry an open turn, or ``regenerate`` a complete
     one: the new response completes the turn and the previous one stays in the message list).
@@ -486,7 +488,7 @@ def get_reply(request: HttpRequest, id: str):
     return replies.reply_summary(reply)
 
 
-@api.post("/sessions/{id}/reply/stop", response={200: ReplyStopOut, **_errors(404)}, tags=["replies"])
+@api.post("/sessions/{id}/reply/stop", response={200: ReplyStopOut, **_errors(403, 404)}, tags=["replies"])
 def stop_reply(request: HttpRequest, id: str):
     """Stop the running reply: cancels the provider call itself and stores the partial text with
     finish reason ``stopped``. ``stopped`` is false when no reply was running."""
