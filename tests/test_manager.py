@@ -162,6 +162,6 @@ def test_storage_errors_are_wrapped(make_session, monkeypatch):
     def broken(*args, **kwargs):
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(engine, "_lock", broken)
+    monkeypatch.setattr(engine, "_sessions", broken)
     with pytest.raises(engine.StorageError, match="Storage error: connection refused"):
-        engine.message_append("s", "user", "x")
+        engine.session_get("s")
