@@ -6,13 +6,17 @@ message, its sequence number) and the page re-reads the database, which stays th
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import hashlib
 import logging
+import os
+import threading
 from functools import partial
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
 
 logger = logging.getLogger(__name__)
@@ -50,12 +54,77 @@ def _send(events: list[dict[str, Any]]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    try:
-        async_to_sync(_send_all)(layer, events)
-    except Exception:  # a push failure must never undo or fail a committed write
-        logger.exception("Could not push %d session event(s) to the channel layer", len(events))
+    if isinstance(layer, InMemoryChannelLayer):
+        # Its queues belong to this process's server loop: send there (async_to_sync hops to it).
+        try:
+            async_to_sync(_send_all)(layer, events)
+        except Exception:  # a push failure must never undo or fail a committed write
+            logger.exception("Could not push %d session event(s) to the channel layer", len(events))
+    else:
+        # A network layer (Redis): hand the events to this process's sender, so that the writer does
+        # not wait for Redis, nor pay for a new event loop and connection per write.
+        _sender().submit(layer, events)
 
 
 async def _send_all(layer: Any, events: list[dict[str, Any]]) -> None:
     for event in events:
         await layer.group_send(group_name(event["session_id"]), event)
+
+
+class _Sender:
+    """One long-lived event loop thread per process that sends queued events in order."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.pending = 0
+        self.lock = threading.Lock()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.thread = threading.Thread(target=self._run, name="convo-event-sender", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._work())
+
+    async def _work(self) -> None:
+        while True:
+            layer, events = await self.queue.get()
+            try:
+                await _send_all(layer, events)
+            except Exception:  # a push failure must never undo or fail a committed write
+                logger.exception("Could not push %d session event(s) to the channel layer", len(events))
+            with self.lock:
+                self.pending -= 1
+                if not self.pending:
+                    self.idle.set()
+
+    def submit(self, layer: Any, events: list[dict[str, Any]]) -> None:
+        with self.lock:
+            self.pending += 1
+            self.idle.clear()
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (layer, events))
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything submitted was sent (at exit, so a script's last events go out)."""
+        return self.idle.wait(timeout)
+
+
+_sender_instance: _Sender | None = None
+_sender_lock = threading.Lock()
+
+
+def _sender() -> _Sender:
+    global _sender_instance
+    with _sender_lock:
+        if _sender_instance is None or _sender_instance.pid != os.getpid():
+            _sender_instance = _Sender()
+            atexit.register(_sender_instance.flush, 10.0)
+        return _sender_instance
+
+
+def flush(timeout: float = 10.0) -> bool:
+    """Wait until this process's queued events were handed to the channel layer."""
+    return _sender_instance.flush(timeout) if _sender_instance is not None else True

@@ -36,6 +36,7 @@ class ConversationSession(models.Model):
         blank=True,
         on_delete=models.CASCADE,
         related_name="conversation_sessions",
+        db_index=False,  # the (owner, -updated_at) index serves lookups by owner
         help_text="The spec's user_id: who the session belongs to (none for service sessions).",
     )
     system_prompt = models.TextField(null=True, blank=True)
@@ -108,7 +109,11 @@ class Message(models.Model):
     class Meta:
         ordering = ["session", "seq"]
         constraints = [models.UniqueConstraint(fields=["session", "seq"], name="message_session_seq_unique")]
-        indexes = [models.Index(fields=["session", "turn_number"], name="message_session_turn")]
+        indexes = [
+            # A turn's tool calls (the only lookup by turn: user and assistant messages are referenced
+            # by the turn row), so only tool messages pay for this index.
+            models.Index(fields=["session", "turn_number"], name="message_tool_turn", condition=Q(role="tool")),
+        ]
 
     def __str__(self) -> str:
         return f"{self.session_id}#{self.seq} {self.role}"
@@ -117,8 +122,20 @@ class Message(models.Model):
 class Turn(models.Model):
     session = models.ForeignKey(ConversationSession, on_delete=models.CASCADE, related_name="turns", db_index=False)
     number = models.PositiveIntegerField()
-    user_message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+")
-    assistant_response = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # A turn's messages are always deleted together with the turn (clear, delete, purge in the engine),
+    # so the database need not check these references: that would double the purge's work.
+    user_message = models.ForeignKey(
+        Message, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False, db_index=False
+    )
+    assistant_response = models.ForeignKey(
+        Message,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
     started_at = models.DateTimeField()
     completed_at = models.DateTimeField(null=True, blank=True)
     metadata = models.JSONField(default=dict, blank=True, help_text="E.g. the error of a failed reply.")
