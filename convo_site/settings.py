@@ -161,3 +161,11 @@ CONVO_MAX_MESSAGES = env_int("CONVO_MAX_MESSAGES", 100)
 CONVO_MAX_TOKENS = env_int("CONVO_MAX_TOKENS", 8192)
 CONVO_TIMEOUT_SECONDS = env_int("CONVO_TIMEOUT_SECONDS", 3600)  # "none" = sessions never expire
 CONVO_PERSIST_SYSTEM_PROMPT = env_bool("CONVO_PERSIST_SYSTEM_PROMPT", True)
+
+# Convo UI (issue 3).
+# Sign-up page on/off: switch off for closed deployments (accounts are then made by an admin).
+CONVO_SIGNUP_ENABLED = env_bool("CONVO_SIGNUP_ENABLED", True)
+# The longest message content the chat composer accepts, in characters.
+CONVO_MAX_CONTENT_CHARS = env_int("CONVO_MAX_CONTENT_CHARS", 32000)
+# How many of the newest messages the chat page renders (older ones load on demand, in pages this size).
+CONVO_CHAT_PAGE_SIZE = env_int("CONVO_CHAT_PAGE_SIZE", 50)
