@@ -198,7 +198,7 @@ def turns_earlier(request: HttpRequest, session_id: str) -> HttpResponse:
         return HttpResponse("before must be a turn number", status=400, content_type="text/plain")
     ctx = {"session": session, **rendering.timeline(session, before)}
     if not request.htmx:
-        return _chat_page(request, session, **rendering.timeline(session, before))
+        return _chat_page(request, session, **rendering.timeline(session, before), earlier_turns_shown=True)
     return _partial(request, "earlier-turns-page", ctx)
 
 
@@ -254,23 +254,22 @@ def context_panel(request: HttpRequest, session_id: str) -> HttpResponse:
         status = UNPROCESSABLE
     show_all = request.GET.get("all") == "1"
     ctx = {
-        "session": session,
         "context": rendering.context_view(session, budget, show_all=show_all),
         "budget_form": form if status != 200 else BudgetForm(initial={"budget": budget or session.max_tokens}),
     }
     if not request.htmx:
         return _chat_page(request, session, status=status, **ctx)
-    return _partial(request, "context-panel", ctx, status=status)
+    return _partial(request, "context-panel", {"session": session, **ctx}, status=status)
 
 
 def _state_response(request: HttpRequest, session: ConversationSession, *, status: int = 200, **forms: Any) -> HttpResponse:
     if status == 200 and not request.htmx:
         return _after_write(request, session.id)
     session = _owned(request, session.id)  # re-read: the write changed it
-    ctx = {"session": session, "var_form": VariableForm(), "data_form": DataForm(), **forms}
+    ctx = {"var_form": VariableForm(), "data_form": DataForm(), **forms}
     if not request.htmx:
         return _chat_page(request, session, status=status, **ctx)
-    return _partial(request, "state-panel", ctx, status=status)
+    return _partial(request, "state-panel", {"session": session, **ctx}, status=status)
 
 
 def _state_write(request: HttpRequest, session: ConversationSession, form_name: str, form: Any, write) -> HttpResponse:
