@@ -175,8 +175,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
         session = self._session()
         html = render_cache.get_or_render(
             self._key(session, "refresh", None),
-            lambda: rendering.render_messages_pane_oob(session)
-            + rendering.render_panels_oob(session, self.user, budget=self.budget),
+            lambda: (
+                rendering.render_messages_pane_oob(session)
+                + rendering.render_panels_oob(session, self.user, budget=self.budget)
+            ),
         )
         self.last_seq = session.last_seq
         return html

@@ -65,7 +65,14 @@ class NewSessionForm(ConfigFields):
     )
     system_prompt = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}), label="System prompt")
 
-    field_order = ["session_id", "system_prompt", "max_messages", "max_tokens", "timeout_seconds", "persist_system_prompt"]
+    field_order = [
+        "session_id",
+        "system_prompt",
+        "max_messages",
+        "max_tokens",
+        "timeout_seconds",
+        "persist_system_prompt",
+    ]
 
     def clean_session_id(self) -> str | None:
         value = self.cleaned_data["session_id"].strip()
@@ -132,7 +139,7 @@ class DataForm(forms.Form):
     value = forms.CharField(
         strip=False,
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
-        error_messages={"required": "Enter a JSON value (for example 42, \"text\", [1, 2] or {\"a\": 1})."},
+        error_messages={"required": 'Enter a JSON value (for example 42, "text", [1, 2] or {"a": 1}).'},
     )
 
     def clean_value(self) -> Any:

@@ -35,7 +35,13 @@ _ALLOWED_TAGS = {
     "p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li",
     "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td", "img",
 }  # fmt: skip
-_ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title"}, "ol": {"start"}, "th": {"style"}, "td": {"style"}}
+_ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "title"},
+    "ol": {"start"},
+    "th": {"style"},
+    "td": {"style"},
+}
 
 
 def markdown_html(text: str) -> SafeString:
@@ -91,9 +97,7 @@ def sidebar_entries(user: Any, *, only: str | None = None, now=None) -> list[Sid
     (session, seq) index); ``only`` restricts it to one session, for a live update of its row.
     """
     now = now or timezone.now()
-    first_user = (
-        Message.objects.filter(session=OuterRef("pk"), role=Role.USER).order_by("seq").values("content")[:1]
-    )
+    first_user = Message.objects.filter(session=OuterRef("pk"), role=Role.USER).order_by("seq").values("content")[:1]
     qs = (
         ConversationSession.objects.filter(owner=user)
         .annotate(first_user_message=Substr(Subquery(first_user), 1, 80))

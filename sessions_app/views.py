@@ -262,7 +262,9 @@ def context_panel(request: HttpRequest, session_id: str) -> HttpResponse:
     return _partial(request, "context-panel", {"session": session, **ctx}, status=status)
 
 
-def _state_response(request: HttpRequest, session: ConversationSession, *, status: int = 200, **forms: Any) -> HttpResponse:
+def _state_response(
+    request: HttpRequest, session: ConversationSession, *, status: int = 200, **forms: Any
+) -> HttpResponse:
     if status == 200 and not request.htmx:
         return _after_write(request, session.id)
     session = _owned(request, session.id)  # re-read: the write changed it
@@ -332,7 +334,11 @@ def data_delete(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _owned(request, session_id)
     form = KeyForm(request.POST)
     return _state_write(
-        request, session, "data_form", form, lambda d: engine.state_remove_data(session.id, d["key"], owner=request.user)
+        request,
+        session,
+        "data_form",
+        form,
+        lambda d: engine.state_remove_data(session.id, d["key"], owner=request.user),
     )
 
 
@@ -358,7 +364,9 @@ def session_edit(request: HttpRequest, session_id: str) -> HttpResponse:
         else:
             if not request.htmx:
                 return _after_write(request, session.id)
-            return _partial(request, "settings-panel", {"session": session, "edit_form": _edit_form(session), "saved": True})
+            return _partial(
+                request, "settings-panel", {"session": session, "edit_form": _edit_form(session), "saved": True}
+            )
     if not request.htmx:
         return _chat_page(request, session, edit_form=form, status=UNPROCESSABLE)
     return _partial(request, "settings-panel", {"session": session, "edit_form": form}, status=UNPROCESSABLE)

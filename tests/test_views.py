@@ -76,7 +76,9 @@ def test_sign_up_errors_are_inline(anon, django_user_model):
 def test_sign_up_can_be_switched_off(anon, settings, django_user_model):
     settings.CONVO_SIGNUP_ENABLED = False
     assert anon.get("/accounts/signup/").status_code == 404
-    response = anon.post("/accounts/signup/", {"username": "x", "password1": "s3cret-Pass!", "password2": "s3cret-Pass!"})
+    response = anon.post(
+        "/accounts/signup/", {"username": "x", "password1": "s3cret-Pass!", "password2": "s3cret-Pass!"}
+    )
     assert response.status_code == 404
     assert not django_user_model.objects.filter(username="x").exists()
     assert "Sign-up is closed" in anon.get("/").content.decode()
@@ -148,7 +150,7 @@ def test_sidebar_lists_only_mine_most_recent_first(client, user, other_user, mak
 
 def test_sidebar_shows_expired_badge(client, user, make_session):
     make_session("old", owner=user, timeout_seconds=1, at=timezone.now() - dt.timedelta(hours=1))
-    assert 'badge expired' in client.get("/").content.decode()
+    assert "badge expired" in client.get("/").content.decode()
 
 
 # ---------------------------------------------------------------------------------------------
