@@ -117,7 +117,7 @@
     var delay = reconnectDelay(live.retries);
     live.retries += 1;
     setStatus("disconnected", "Disconnected — reconnecting in " + Math.max(1, Math.round(delay / 1000)) + " s…");
-    if (!auto && !live.hold && byId("chat-main") && byId("chat-main").hasAttribute("ws-connect")) {
+    if (!auto && byId("chat-main") && byId("chat-main").hasAttribute("ws-connect")) {
       clearTimeout(live.timer);
       live.timer = setTimeout(function () { wrapper.reconnect(); }, delay);
     }
