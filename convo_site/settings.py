@@ -169,3 +169,12 @@ CONVO_SIGNUP_ENABLED = env_bool("CONVO_SIGNUP_ENABLED", True)
 CONVO_MAX_CONTENT_CHARS = env_int("CONVO_MAX_CONTENT_CHARS", 32000)
 # How many of the newest messages the chat page renders (older ones load on demand, in pages this size).
 CONVO_CHAT_PAGE_SIZE = env_int("CONVO_CHAT_PAGE_SIZE", 50)
+# Rendered messages and turns are cached per process (their cache keys digest everything they show).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "template_fragments": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "convo-fragments",
+        "OPTIONS": {"MAX_ENTRIES": 20000},
+    },
+}

@@ -7,6 +7,7 @@ byte for byte what a reload would show.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,12 @@ _ALLOWED_ATTRIBUTES = {
 
 def markdown_html(text: str) -> SafeString:
     """Render Markdown to sanitized HTML."""
+    return mark_safe(_markdown_clean(text))  # noqa: S308 - sanitized by nh3
+
+
+@functools.lru_cache(maxsize=4096)
+def _markdown_clean(text: str) -> str:
+    """Markdown → HTML → nh3; a pure function of the text, so the newest results are kept."""
     html = _markdown.render(text)
     clean = nh3.clean(
         html,
@@ -55,7 +62,12 @@ def markdown_html(text: str) -> SafeString:
         link_rel="noopener noreferrer nofollow",
         filter_style_properties={"text-align"},
     )
-    return mark_safe(clean)  # noqa: S308 - sanitized by nh3 just above
+    return clean
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short digest of what a cached fragment depends on (its cache key)."""
+    return hashlib.blake2b(repr(parts).encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
 def dom_id(session_id: str) -> str:
@@ -170,9 +182,17 @@ def status(session: ConversationSession, now=None) -> dict[str, Any]:
     return {"expired": session.is_expired(now), "now": now}
 
 
-def panels_context(session: ConversationSession, *, budget: int | None = None, now=None) -> dict[str, Any]:
-    """What the session header, timeline, state and context panels need."""
-    ctx: dict[str, Any] = {"session": session, "sdom": dom_id(session.id), "context": context_view(session, budget)}
+def panels_context(
+    session: ConversationSession, *, budget: int | None = None, now=None, with_context: bool = True
+) -> dict[str, Any]:
+    """What the session header, timeline, state and context panels need.
+
+    The chat page itself leaves the context panel out (``with_context=False``): it costs as much as
+    the window is long, so the page loads it with a second request right after it opens.
+    """
+    ctx: dict[str, Any] = {"session": session, "sdom": dom_id(session.id)}
+    if with_context:
+        ctx["context"] = context_view(session, budget)
     ctx.update(timeline(session))
     ctx.update(status(session, now))
     return ctx

@@ -72,7 +72,7 @@ def _page_context(request: HttpRequest, session: ConversationSession, **extra: A
     """Everything the chat page renders."""
     now = timezone.now()
     messages, has_earlier = rendering.earlier_messages(session, None)
-    ctx = rendering.panels_context(session, now=now)
+    ctx = rendering.panels_context(session, now=now, with_context=False)
     ctx.update(
         session=session,
         messages=messages,
