@@ -221,11 +221,10 @@ def render_messages_oob(messages: list[Message], session: ConversationSession) -
 def render_panels_oob(session: ConversationSession, user: Any, *, budget: int | None = None, now=None) -> str:
     """Fresh header, timeline, state, context and sidebar row, each replacing its element by id."""
     ctx = panels_context(session, budget=budget, now=now)
-    ctx.update(oob=True, bounds=list_bounds(session))
+    ctx.update(oob=True)
     parts = [
         render_partial("session-header", ctx),
         render_partial("expired-banner", ctx),
-        render_partial("list-bounds", ctx),
         render_partial("timeline", ctx),
         render_partial("state-panel", ctx),
         render_partial("context-panel", ctx),
@@ -234,6 +233,11 @@ def render_panels_oob(session: ConversationSession, user: Any, *, budget: int | 
     if entries:
         parts.append(render_partial("sidebar-item", {"entry": entries[0], "oob": True, "current_id": session.id}))
     return "".join(parts)
+
+
+def render_bounds_oob(session: ConversationSession) -> str:
+    """The page's record of the list: which sequence numbers are in it and the newest one sent."""
+    return render_partial("list-bounds", {"bounds": list_bounds(session), "oob": True})
 
 
 def render_messages_pane_oob(session: ConversationSession) -> str:

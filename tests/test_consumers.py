@@ -56,6 +56,14 @@ async def hello(comm, last_seq):
     return await comm.receive_from(timeout=5)
 
 
+async def settle(comm, quiet=0.4):
+    """Every frame until the socket is quiet (a message frame, then the panels that follow it)."""
+    frames = []
+    while not await comm.receive_nothing(timeout=quiet):
+        frames.append(await comm.receive_from(timeout=5))
+    return frames
+
+
 def msg_seqs(html):
     return [int(s) for s in re.findall(r'<li id="msg-(\d+)"', html)]
 
@@ -106,8 +114,10 @@ async def test_append_is_pushed_after_commit(layer, user, owned):
     assert msg_seqs(html) == [2]
     assert "<em>live</em>" in html
     assert 'hx-swap-oob="beforeend:#message-list"' in html
-    assert 'id="turn-1"' in html  # the timeline came with it
     assert 'data-last-seq="2"' in html
+    panels = await comm.receive_from(timeout=5)  # then the panels, once for a burst of changes
+    assert 'id="turn-1"' in panels and 'id="context-panel"' in panels and msg_seqs(panels) == []
+    assert await comm.receive_nothing(timeout=0.4)
     await comm.disconnect()
 
 
@@ -124,7 +134,7 @@ async def test_rolled_back_write_pushes_nothing(layer, user, owned):
         await database_sync_to_async(_append_then_fail)()
     assert await comm.receive_nothing(timeout=0.5)
     await append("live-1", "user", "committed")
-    html = await comm.receive_from(timeout=5)
+    html = "".join(await settle(comm))
     assert msg_seqs(html) == [2] and "committed" in html and "never committed" not in html
     await comm.disconnect()
 
@@ -133,7 +143,7 @@ async def test_reconnect_catch_up_sends_exactly_the_missing_messages(layer, user
     comm, _ = await connect("live-1", user)
     await hello(comm, 1)
     await append("live-1", "user", "one")
-    assert msg_seqs(await comm.receive_from(timeout=5)) == [2]
+    assert msg_seqs("".join(await settle(comm))) == [2]
     await comm.disconnect()
     # While the page is away: three more messages.
     for text in ("two", "three", "four"):
@@ -144,8 +154,7 @@ async def test_reconnect_catch_up_sends_exactly_the_missing_messages(layer, user
     assert html.index("two") < html.index("three") < html.index("four")
     # Then live as before, with nothing repeated.
     await append("live-1", "user", "five")
-    assert msg_seqs(await comm.receive_from(timeout=5)) == [6]
-    assert await comm.receive_nothing(timeout=0.3)
+    assert msg_seqs("".join(await settle(comm))) == [6]
     await comm.disconnect()
 
 
@@ -155,8 +164,7 @@ async def test_a_lost_notification_is_repaired_by_the_next(layer, user, owned):
     await hello(comm, 1)
     await database_sync_to_async(_append_silently)("live-1", "dropped notification")
     await append("live-1", "user", "second")
-    html = await comm.receive_from(timeout=5)
-    assert msg_seqs(html) == [2, 3]
+    assert msg_seqs("".join(await settle(comm))) == [2, 3]
     await comm.disconnect()
 
 
@@ -183,7 +191,7 @@ async def test_state_change_pushes_the_state_panel(layer, user, owned):
     comm, _ = await connect("live-1", user)
     await hello(comm, 1)
     await database_sync_to_async(engine.state_set)("live-1", "city", "Lyon")
-    html = await comm.receive_from(timeout=5)
+    html = "".join(await settle(comm))
     assert 'id="state-panel"' in html and "Lyon" in html and msg_seqs(html) == []
     await comm.disconnect()
 
@@ -192,13 +200,14 @@ async def test_clear_config_and_delete(layer, user, owned):
     comm, _ = await connect("live-1", user)
     await hello(comm, 1)
     await append("live-1", "user", "to be cleared")
-    await comm.receive_from(timeout=5)
+    await settle(comm)
     await database_sync_to_async(engine.session_clear_messages)("live-1")
     html = await comm.receive_from(timeout=5)
     assert '<section id="messages"' in html and "to be cleared" not in html.split('id="timeline"')[0]
     await database_sync_to_async(engine.session_update)("live-1", system_prompt="Be brief.")
     html = await comm.receive_from(timeout=5)
     assert "Be brief." in html
+    await settle(comm)
     await database_sync_to_async(engine.session_delete)("live-1")
     html = await comm.receive_from(timeout=5)
     assert "This conversation was deleted" in html
@@ -226,7 +235,7 @@ async def test_every_open_page_gets_the_push(layer, user, owned):
         await hello(page, 1)
     await append("live-1", "user", "fan out")
     for page in pages:
-        assert msg_seqs(await page.receive_from(timeout=5)) == [2]
+        assert msg_seqs("".join(await settle(page))) == [2]
         await page.disconnect()
 
 
