@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # A page further behind than this gets the whole (newest page of the) message list instead.
 CATCHUP_MAX = 500
 # Panels are re-rendered at most this often (seconds) while changes keep coming.
-PANEL_DELAY = 0.15
+PANEL_DELAY = 0.25
 CLOSE_GONE = 4404
 
 
@@ -243,10 +243,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=rendering.render_gone_oob(self.session_id))
             await self.close(code=CLOSE_GONE)
 
-    async def _render(self, key: tuple, render) -> str | None:
+    async def _render(self, key: tuple, render, *, slow: bool = False) -> str | None:
         """A cached fragment, or render it in the database thread (a vanished session gives None).
 
-        Sockets asking for the same fragment at once wait for one rendering.
+        Sockets asking for the same fragment at once wait for one rendering. ``slow`` renderings (the
+        panels) run in a worker thread of their own, so that they never hold up new messages or the
+        HTTP views, which share the one database thread.
         """
         html = render_cache.get(key)
         if html is not None:
@@ -264,7 +266,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         future = asyncio.get_running_loop().create_future()
         _rendering[key] = future
         try:
-            html = await database_sync_to_async(build)()
+            html = await database_sync_to_async(build, thread_sensitive=not slow)()
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # marked as retrieved: joiners handle it themselves
@@ -318,7 +320,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         else:
             key = ("messages", *self._version(session), after)
             messages = await self._render(key, lambda: self._messages_html(session, after))
-        panels = await self._render(self._panels_key(session), lambda: self._panels_html(session))
+        panels = await self._render(self._panels_key(session), lambda: self._panels_html(session), slow=True)
         if messages is None or panels is None:
             await self._send_gone()
             return
@@ -349,7 +351,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 session = await self._snapshot(min_seq=self._panels_seq, since=since)
                 if session is None:
                     return
-                html = await self._render(self._panels_key(session), lambda s=session: self._panels_html(s))
+                html = await self._render(self._panels_key(session), lambda s=session: self._panels_html(s), slow=True)
                 if html is None:
                     await self._send_gone()
                     return

@@ -261,3 +261,18 @@ async def test_far_behind_page_gets_the_whole_list(layer, user, owned, monkeypat
     html = await hello(comm, 1)
     assert '<section id="messages"' in html and msg_seqs(html) == [1, 2, 3, 4, 5]
     await comm.disconnect()
+
+
+async def test_a_burst_arrives_once_in_order_with_current_panels(layer, user, owned):
+    """Ten quick appends: every message exactly once, in order; the panels end up current."""
+    comm, _ = await connect("live-1", user)
+    await hello(comm, 1)
+    for i in range(10):
+        await append("live-1", "user" if i % 2 == 0 else "assistant", f"burst {i}")
+    frames = await settle(comm, quiet=0.6)
+    html = "".join(frames)
+    assert msg_seqs(html) == list(range(2, 12))
+    last_panels = [f for f in frames if 'id="timeline"' in f][-1]
+    assert 'id="turn-5" class="turn complete"' in last_panels
+    assert len([f for f in frames if 'id="timeline"' in f]) < 10  # coalesced, not one per message
+    await comm.disconnect()
