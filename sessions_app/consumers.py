@@ -313,9 +313,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if session is None:
             return
         if after is None:
-            key = ("pane", *self._version(session))
+            key = ("pane", *self._version(session), session.max_tokens, session.timeout_seconds)
             messages = await self._render(
-                key, lambda: rendering.render_messages_pane_oob(session) + rendering.render_bounds_oob(session)
+                key,
+                lambda: (
+                    rendering.render_messages_pane_oob(session)
+                    + rendering.render_bounds_oob(session)
+                    + rendering.render_settings_oob(session)
+                ),
             )
         else:
             key = ("messages", *self._version(session), after)

@@ -248,6 +248,16 @@ def render_messages_pane_oob(session: ConversationSession) -> str:
     )
 
 
+def render_settings_oob(session: ConversationSession) -> str:
+    """The settings panel with the stored values (after an edit elsewhere, so no page saves stale ones)."""
+    from .forms import EditSessionForm
+
+    initial = EditSessionForm.initial_from(engine.SessionConfig.of(session))
+    initial["system_prompt"] = session.system_prompt or ""
+    ctx = {"session": session, "edit_form": EditSessionForm(initial=initial), "oob": True}
+    return render_partial("settings-panel", ctx)
+
+
 def render_reply_oob(session_id: str, state: str, text: str) -> str:
     return render_partial("reply-stream", {"reply_state": state, "reply_text": text, "oob": True})
 

@@ -57,7 +57,7 @@ def _new_form(**kwargs: Any) -> NewSessionForm:
 def _edit_form(session: ConversationSession, **kwargs: Any) -> EditSessionForm:
     initial = EditSessionForm.initial_from(engine.SessionConfig.of(session))
     initial["system_prompt"] = session.system_prompt or ""
-    return EditSessionForm(initial=initial, **kwargs)
+    return EditSessionForm(initial=initial, **kwargs)  # the same as rendering.render_settings_oob
 
 
 def _composer_form(data: dict[str, str] | None = None) -> MessageForm:

@@ -207,6 +207,8 @@ async def test_clear_config_and_delete(layer, user, owned):
     await database_sync_to_async(engine.session_update)("live-1", system_prompt="Be brief.")
     html = await comm.receive_from(timeout=5)
     assert "Be brief." in html
+    settings_panel = html[html.index('<section id="settings-panel"') :]
+    assert "Be brief.</textarea>" in settings_panel  # an open page cannot save the old prompt back
     await settle(comm)
     await database_sync_to_async(engine.session_delete)("live-1")
     html = await comm.receive_from(timeout=5)

@@ -122,6 +122,27 @@ def test_two_pages_see_each_others_changes(context, server, alice, login, make_s
     expect(a.locator("#message-list > li")).to_have_count(2)
 
 
+def test_load_earlier_keeps_order(page, server, alice, login, make_session):
+    """The page shows the newest 50; "Load earlier" prepends older pages in order, each once."""
+    login(alice)
+    make_session("long", owner=alice, max_messages=500)
+    for i in range(1, 121):
+        script(engine.message_append, "long", "user" if i % 2 else "assistant", f"message number {i}")
+    open_chat(page, server, "long")
+    items = page.locator("#message-list > li")
+    expect(items).to_have_count(50)
+    page.get_by_role("link", name="Load earlier messages").click()
+    expect(items).to_have_count(100)
+    page.get_by_role("link", name="Load earlier messages").click()
+    expect(items).to_have_count(120)
+    expect(page.get_by_role("link", name="Load earlier messages")).to_have_count(0)
+    seqs = items.evaluate_all("els => els.map(e => Number(e.dataset.seq))")
+    assert seqs == list(range(1, 121))
+    send(page, "and one more")
+    expect(items).to_have_count(121)
+    assert items.last.get_attribute("data-seq") == "121"
+
+
 def test_xss_payload_stays_inert(page, server, alice, login, make_session):
     login(alice)
     make_session("xss", owner=alice)
