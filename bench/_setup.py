@@ -96,4 +96,10 @@ def make_long_session(session_id: str, owner, n_messages: int, *, batch: int = 5
         ConversationSession.objects.filter(pk=session_id).update(
             last_seq=seq, turn_count=turn_number, total_tokens=total
         )
+    # Fresh planner statistics, as autovacuum / a long-running database would have them.
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for model in (Message, Turn, ConversationSession):
+            cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
     return engine.session_get(session_id)

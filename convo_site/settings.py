@@ -178,3 +178,12 @@ CACHES = {
         "OPTIONS": {"MAX_ENTRIES": 20000},
     },
 }
+
+# With Redis, the channel layer's flavour: "core" (RedisChannelLayer, the default) or "pubsub"
+# (RedisPubSubChannelLayer: a group send is one Redis message per process, which each process then
+# fans out to its own sockets).
+CONVO_REDIS_LAYER = os.environ.get("CONVO_REDIS_LAYER", "core").strip().lower()
+if REDIS_URL and CONVO_REDIS_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }

@@ -22,7 +22,7 @@ from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
 from . import engine
-from .models import ConversationSession, Message, Role
+from .models import ConversationSession, Message, Role, Turn
 
 # ---------------------------------------------------------------------------------------------
 # Markdown: CommonMark with tables and strikethrough; raw HTML is not passed through by the parser,
