@@ -105,11 +105,12 @@ SIDEBAR_LIMIT = 200
 def sidebar_entries(user: Any, *, only: str | None = None, now=None) -> list[SidebarEntry]:
     """The user's conversations, most recent activity first, each titled by its first user message.
 
-    One query whatever the number of sessions (the title is a correlated subquery on the
-    (session, seq) index); ``only`` restricts it to one session, for a live update of its row.
+    One query whatever the number of sessions: the title is turn 1's user message (the first user
+    message: every user message opens a turn, and turns outlive max_messages), a correlated subquery
+    on the (session, number) unique index; ``only`` restricts it to one session, for a live update.
     """
     now = now or timezone.now()
-    first_user = Message.objects.filter(session=OuterRef("pk"), role=Role.USER).order_by("seq").values("content")[:1]
+    first_user = Turn.objects.filter(session=OuterRef("pk"), number=1).values("user_message__content")[:1]
     qs = (
         ConversationSession.objects.filter(owner=user)
         .annotate(first_user_message=Substr(Subquery(first_user), 1, 80))
