@@ -278,3 +278,12 @@ async def test_a_burst_arrives_once_in_order_with_current_panels(layer, user, ow
     assert 'id="turn-5" class="turn complete"' in last_panels
     assert len([f for f in frames if 'id="timeline"' in f]) < 10  # coalesced, not one per message
     await comm.disconnect()
+
+
+async def test_session_ids_with_colons_and_dots(layer, user):
+    await create("team:alpha.v2", owner=user)
+    comm, connected = await connect("team:alpha.v2", user)  # daphne hands the path over decoded
+    assert connected
+    html = await hello(comm, 0)
+    assert 'id="session-header"' in html and "team:alpha.v2" in html
+    await comm.disconnect()

@@ -38,9 +38,9 @@ def test_sign_up_create_send_and_see(page, server, transactional_db, shot):
     page.fill("input[name=password2]", "a-Long-passphrase-9")
     page.get_by_role("button", name="Sign up").click()
     expect(page.get_by_role("button", name="Create")).to_be_visible()
-    page.fill("input[name=session_id]", "first-chat")
+    page.fill("input[name=session_id]", "first:chat.1")
     page.get_by_role("button", name="Create").click()
-    expect(page).to_have_url(re.compile(r"/c/first-chat/$"))
+    expect(page).to_have_url(re.compile(r"/c/first:chat.1/$"))
     expect(page.locator(LIVE)).to_be_visible()
 
     box = page.locator("#composer textarea[name=content]")
@@ -57,7 +57,7 @@ def test_sign_up_create_send_and_see(page, server, transactional_db, shot):
     # Empty content is refused inline and stores nothing.
     box.press("Enter")
     expect(page.locator("#composer .field-error")).to_contain_text("empty")
-    assert engine.session_get("first-chat").message_count == 1
+    assert engine.session_get("first:chat.1").message_count == 1
 
 
 def test_composer_and_panels_screenshots(page, server, alice, login, shot, make_session):
