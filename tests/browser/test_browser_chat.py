@@ -143,6 +143,27 @@ def test_load_earlier_keeps_order(page, server, alice, login, make_session):
     assert items.last.get_attribute("data-seq") == "121"
 
 
+def test_clear_and_delete_with_confirmation_reach_the_other_page(context, server, alice, login, make_session):
+    login(alice)
+    make_session("doomed", owner=alice, system_prompt="Stay pinned.")
+    a, b = context.new_page(), context.new_page()
+    open_chat(a, server, "doomed")
+    open_chat(b, server, "doomed")
+    send(a, "soon gone")
+    expect(b.locator("#message-list > li")).to_have_count(2)
+
+    a.get_by_text("Clear messages…").click()
+    a.get_by_role("button", name="Yes, clear the messages").click()
+    expect(b.locator("#message-list > li")).to_have_count(1)  # the pinned system prompt stays
+    expect(b.locator("#timeline")).to_contain_text("No turns yet")
+
+    a.get_by_text("Delete conversation…").click()
+    a.get_by_role("button", name="Yes, delete it permanently").click()
+    expect(a).to_have_url(re.compile(r"/$"))
+    expect(b.get_by_text("This conversation was deleted.")).to_be_visible()
+    assert engine.session_list_for_user(alice) == []
+
+
 def test_xss_payload_stays_inert(page, server, alice, login, make_session):
     login(alice)
     make_session("xss", owner=alice)
