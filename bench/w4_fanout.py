@@ -4,8 +4,9 @@ chat UI; delivery latency from commit to receipt (p50/p99) and lost/duplicated c
     python bench/w4_fanout.py [--clients 50] [--messages 1000] [--rate 25] [--modes memory,redis]
 
 Mode ``memory``: one daphne process on the in-memory channel layer serves the clients and the posts.
-Mode ``redis``: two daphne processes on the Redis channel layer (REDIS_URL); the clients are on one,
-the posts go through the other. Prints one JSON line per mode.
+Mode ``redis``: two daphne processes on the Redis channel layer (REDIS_URL; CONVO_REDIS_LAYER picks
+pubsub, the default, or core); the clients are on one, the posts go through the other. Prints one
+JSON line per mode.
 
 Latency is measured per message and client from the message's ``created_at`` (stamped by the engine
 inside the write, just before the commit, and carried in the pushed HTML as data-created) to the
@@ -167,6 +168,7 @@ async def run_mode(
         "bench": "W4",
         "mode": mode,
         "processes": len(servers),
+        "layer": "InMemoryChannelLayer" if mode == "memory" else _redis_layer(),
         "db": database_label(),
         "clients": clients,
         "messages": messages,
@@ -179,6 +181,12 @@ async def run_mode(
         "duplicated": duplicated,
         "target_p99_ms": 100,
     }
+
+
+def _redis_layer() -> str:
+    from django.conf import settings
+
+    return "RedisPubSubChannelLayer" if settings.CONVO_REDIS_LAYER == "pubsub" else "RedisChannelLayer"
 
 
 def main() -> None:

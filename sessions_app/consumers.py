@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # A page further behind than this gets the whole (newest page of the) message list instead.
 CATCHUP_MAX = 500
 # Panels are re-rendered at most this often (seconds) while changes keep coming.
-PANEL_DELAY = 0.25
+PANEL_DELAY = 0.5
 CLOSE_GONE = 4404
 
 

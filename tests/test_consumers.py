@@ -20,9 +20,15 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 ORIGIN = (b"origin", b"http://localhost")
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-pubsub", marks=pytest.mark.redis),
+    ]
+)
 def layer(request, settings):
-    """Run each test on the in-memory layer and, with REDIS_URL, on Redis (a clean db of its own)."""
+    """Run each test on the in-memory layer and, with REDIS_URL, on both Redis layers."""
     if request.param == "redis":
         settings.CHANNEL_LAYERS = {
             "default": {
@@ -30,9 +36,24 @@ def layer(request, settings):
                 "CONFIG": {"hosts": [os.environ["REDIS_URL"]], "prefix": "convo-test-consumers"},
             }
         }
+    elif request.param == "redis-pubsub":
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {"hosts": [os.environ["REDIS_URL"]], "prefix": "convo-test-consumers"},
+            }
+        }
     else:
         settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     yield request.param
+
+
+@pytest.fixture(autouse=True)
+def _quick_panels(monkeypatch):
+    """Panels follow messages after PANEL_DELAY; keep it short here so that tests settle fast."""
+    from sessions_app import consumers
+
+    monkeypatch.setattr(consumers, "PANEL_DELAY", 0.1)
 
 
 def cookie_for(user):
