@@ -32,12 +32,18 @@ def send(page, text, role="user"):
 def test_sign_up_create_send_and_see(page, server, transactional_db, shot):
     """A newcomer signs up, creates a conversation with the defaults and chats."""
     page.goto(server.url + "/")
+    shot(page, "welcome")
     page.get_by_role("link", name="Sign up").first.click()
     page.fill("input[name=username]", "newcomer")
     page.fill("input[name=password1]", "a-Long-passphrase-9")
     page.fill("input[name=password2]", "a-Long-passphrase-9")
     page.get_by_role("button", name="Sign up").click()
     expect(page.get_by_role("button", name="Create")).to_be_visible()
+    page.fill("input[name=max_messages]", "0")
+    page.get_by_role("button", name="Create").click()
+    expect(page.locator("#new-session .field-error")).to_contain_text("greater than or equal to 1")
+    shot(page, "home-new-conversation-error")
+    page.fill("input[name=max_messages]", "100")
     page.fill("input[name=session_id]", "first:chat.1")
     page.get_by_role("button", name="Create").click()
     expect(page).to_have_url(re.compile(r"/c/first:chat.1/$"))
