@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 
 from sessions_app import api_keys_views
 from sessions_app.api import api, not_found_view
@@ -11,4 +11,5 @@ urlpatterns = [
     re_path(r"^api/v1/(?P<rest>[\s\S]*)\Z", not_found_view),
     path("settings/api-keys/", api_keys_views.api_keys, name="api_keys"),
     path("settings/api-keys/<int:key_id>/revoke/", api_keys_views.api_key_revoke, name="api_key_revoke"),
+    path("", include("sessions_app.urls")),
 ]

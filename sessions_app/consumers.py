@@ -1,0 +1,367 @@
+"""Live push: one websocket per open conversation page.
+
+The consumer joins its session's channel-layer group (``events.group_name``) and, for each change
+notification the engine sends after a commit, re-reads the database and pushes the same partials the
+page is made of, as htmx out-of-band fragments. Notifications carry no content: the database is the
+source of truth, so a lost or late notification is repaired by the next one or by a reconnect.
+
+Protocol (client → server, JSON): ``{"type": "hello", "last_seq": N, "budget": B}`` right after the
+socket opens — the server answers with exactly the listed messages after N, in order, plus fresh
+panels, and from then on pushes every change; ``{"type": "budget", "budget": B}`` when the page's
+context budget changes. Close code 4404: the session is gone (the page does not reconnect).
+
+Cost: new messages go out at once; the panels (timeline, state, context, header) follow within
+PANEL_DELAY, once for a burst of changes. Sockets of one process share their database reads and
+rendered fragments, so fifty pages on one conversation cost about one page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from . import engine, events, rendering
+from .models import ConversationSession
+
+logger = logging.getLogger(__name__)
+
+# A page further behind than this gets the whole (newest page of the) message list instead.
+CATCHUP_MAX = 500
+# Panels are re-rendered at most this often (seconds) while changes keep coming.
+PANEL_DELAY = 0.5
+CLOSE_GONE = 4404
+
+
+class _RenderCache:
+    """Fragments rendered for one version of a session, shared by every socket of this process.
+
+    The key holds everything the fragment depends on (the session's version, the page's position
+    and budget, the owner), so a stale entry is never served.
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        self._items: OrderedDict[tuple, str] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> str | None:
+        with self._lock:
+            html = self._items.get(key)
+            if html is not None:
+                self._items.move_to_end(key)
+            return html
+
+    def put(self, key: tuple, html: str) -> str:
+        with self._lock:
+            self._items[key] = html
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return html
+
+
+render_cache = _RenderCache()
+
+
+class _Snapshots:
+    """Shared reads of a session's row by the sockets of one process.
+
+    A socket may use a read that is recent enough for what it was told: one that includes the
+    notified message (``min_seq``: the row's last_seq has reached it), or one that *started* after
+    the notification arrived (``since``). So the fifty sockets that receive the same notification
+    read the row about once between them.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._latest: OrderedDict[str, tuple[float, ConversationSession | None]] = OrderedDict()
+        self._pending: dict[str, tuple[float, asyncio.Future]] = {}
+        self._size = size
+
+    @staticmethod
+    def _fits(started: float, session: ConversationSession | None, min_seq: int | None, since: float | None) -> bool:
+        if since is not None and started < since:
+            return False
+        if min_seq is not None:
+            return session is not None and session.last_seq >= min_seq
+        return since is not None
+
+    async def get(self, session_id: str, *, min_seq: int | None = None, since: float | None = None):
+        latest = self._latest.get(session_id)
+        if latest is not None and self._fits(*latest, min_seq, since):
+            return latest[1]
+        pending = self._pending.get(session_id)
+        if pending is not None and (since is None or pending[0] >= since):
+            try:
+                session = await asyncio.shield(pending[1])
+            except Exception:
+                session = None
+            else:
+                if self._fits(pending[0], session, min_seq, since if since is not None else pending[0]):
+                    return session
+        return await self._read(session_id)
+
+    async def _read(self, session_id: str) -> ConversationSession | None:
+        started = time.monotonic()
+        future = asyncio.get_running_loop().create_future()
+        self._pending[session_id] = (started, future)
+        try:
+            session = await database_sync_to_async(_read_session)(session_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # marked as retrieved: joiners handle it themselves
+            raise
+        finally:
+            if self._pending.get(session_id, (0, None))[1] is future:
+                del self._pending[session_id]
+        future.set_result(session)
+        current = self._latest.get(session_id)
+        if current is None or current[0] <= started:
+            self._latest[session_id] = (started, session)
+            self._latest.move_to_end(session_id)
+            while len(self._latest) > self._size:
+                self._latest.popitem(last=False)
+        return session
+
+
+def _read_session(session_id: str) -> ConversationSession | None:
+    try:
+        return engine.session_get(session_id)
+    except engine.SessionNotFound:
+        return None
+
+
+snapshots = _Snapshots()
+_rendering: dict[tuple, asyncio.Future] = {}  # fragments being rendered right now
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > engine.MAX_INT:
+        return None
+    return value
+
+
+class SessionConsumer(AsyncWebsocketConsumer):
+    session_id: str
+    group: str | None = None
+    last_seq: int | None = None  # the newest sequence number this page has been sent (None: no hello yet)
+    budget: int | None = None
+    _panels_due: bool = False
+    _panels_task: asyncio.Task | None = None
+    _panels_seq: int = 0  # the panels must show at least this message ...
+    _panels_since: float | None = None  # ... and a read started after this (for changes without a seq)
+    _gone: bool = False
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale database connections before every handler, a hop into the database
+        # thread per notification and socket; session events touch the database only through
+        # database_sync_to_async, which does that itself, so they skip it.
+        if message.get("type") == "session.event":
+            await self.session_event(message)
+        else:
+            await super().dispatch(message)
+
+    async def connect(self) -> None:
+        self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close()  # before accept: the handshake is refused (403)
+            return
+        if not await database_sync_to_async(self._owns)(user):
+            await self.close()
+            return
+        self.user = user
+        self.group = events.group_name(self.session_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        if self._panels_task is not None:
+            self._panels_task.cancel()
+        if self.group is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            message = json.loads(text_data or "")
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        if "budget" in message:
+            budget = message.get("budget")
+            self.budget = budget if _positive_int(budget) and budget > 0 else None
+        if message.get("type") == "hello":
+            after = _positive_int(message.get("last_seq")) or 0
+            await self._refresh(time.monotonic(), after=after)
+        elif message.get("type") == "budget" and self.last_seq is not None:
+            self._schedule_panels(seq=self.last_seq)
+
+    async def session_event(self, event: dict[str, Any]) -> None:
+        t0 = time.monotonic()
+        kind = event.get("kind")
+        if kind == events.REPLY:
+            html = rendering.render_reply_oob(self.session_id, str(event.get("state", "")), str(event.get("text", "")))
+            await self.send(text_data=html)
+            return
+        if self.last_seq is None or self._gone:
+            return  # no hello yet: the hello's catch-up will include this change
+        seq = event.get("seq")
+        if kind in (events.CLEARED, events.CONFIG, events.DELETED):
+            await self._refresh(t0, after=None)
+        elif kind == events.MESSAGE and isinstance(seq, int):
+            await self._new_messages(seq)
+            self._schedule_panels(seq=seq)
+        else:
+            self._schedule_panels(since=t0)
+
+    # -----------------------------------------------------------------------------------------
+
+    def _owns(self, user: Any) -> bool:
+        try:
+            engine.session_get(self.session_id, owner=user)
+        except engine.SessionNotFound:
+            return False
+        return True
+
+    async def _snapshot(self, *, min_seq: int | None = None, since: float | None = None) -> ConversationSession | None:
+        session = await snapshots.get(self.session_id, min_seq=min_seq, since=since)
+        if session is None or session.owner_id != self.user.pk:
+            await self._send_gone()
+            return None
+        return session
+
+    async def _send_gone(self) -> None:
+        if not self._gone:
+            self._gone = True
+            await self.send(text_data=rendering.render_gone_oob(self.session_id))
+            await self.close(code=CLOSE_GONE)
+
+    async def _render(self, key: tuple, render, *, slow: bool = False) -> str | None:
+        """A cached fragment, or render it in the database thread (a vanished session gives None).
+
+        Sockets asking for the same fragment at once wait for one rendering. ``slow`` renderings (the
+        panels) run in a worker thread of their own, so that they never hold up new messages or the
+        HTTP views, which share the one database thread.
+        """
+        html = render_cache.get(key)
+        if html is not None:
+            return html
+        pending = _rendering.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+
+        def build() -> str | None:
+            try:
+                return render_cache.put(key, render())
+            except engine.SessionNotFound:
+                return None
+
+        future = asyncio.get_running_loop().create_future()
+        _rendering[key] = future
+        try:
+            html = await database_sync_to_async(build, thread_sensitive=not slow)()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # marked as retrieved: joiners handle it themselves
+            raise
+        finally:
+            _rendering.pop(key, None)
+        future.set_result(html)
+        return html
+
+    def _version(self, session: ConversationSession) -> tuple:
+        return (session.pk, session.last_seq, session.low_seq, session.head_seq, session.updated_at)
+
+    async def _new_messages(self, seq: int) -> None:
+        """Push exactly the listed messages after the page's last one, up to the snapshot's newest."""
+        session = await self._snapshot(min_seq=seq)
+        if session is None:
+            return
+        after = self.last_seq or 0
+        if session.last_seq <= after:
+            return
+        html = await self._render(
+            ("messages", *self._version(session), after), lambda: self._messages_html(session, after)
+        )
+        if html is None:
+            await self._send_gone()
+            return
+        self.last_seq = session.last_seq
+        await self.send(text_data=html)
+
+    def _messages_html(self, session: ConversationSession, after: int) -> str:
+        if after > session.last_seq:
+            # The page is ahead of the database (the session was replaced): start it over.
+            return rendering.render_messages_pane_oob(session) + rendering.render_bounds_oob(session)
+        missing = engine.messages_page(session, after=after, before=session.last_seq + 1, limit=CATCHUP_MAX + 1)
+        if len(missing) > CATCHUP_MAX:
+            head = rendering.render_messages_pane_oob(session)
+        else:
+            head = rendering.render_messages_oob(missing, session)
+        return head + rendering.render_bounds_oob(session)
+
+    async def _refresh(self, t0: float, *, after: int | None) -> None:
+        """Messages (after ``after``, or the whole list again when None) and every panel, at once."""
+        session = await self._snapshot(since=t0)
+        if session is None:
+            return
+        if after is None:
+            key = ("pane", *self._version(session), session.max_tokens, session.timeout_seconds)
+            messages = await self._render(
+                key,
+                lambda: (
+                    rendering.render_messages_pane_oob(session)
+                    + rendering.render_bounds_oob(session)
+                    + rendering.render_settings_oob(session)
+                ),
+            )
+        else:
+            key = ("messages", *self._version(session), after)
+            messages = await self._render(key, lambda: self._messages_html(session, after))
+        panels = await self._render(self._panels_key(session), lambda: self._panels_html(session), slow=True)
+        if messages is None or panels is None:
+            await self._send_gone()
+            return
+        self.last_seq = session.last_seq
+        await self.send(text_data=messages + panels)
+
+    def _panels_key(self, session: ConversationSession) -> tuple:
+        return ("panels", *self._version(session), session.is_expired(), self.budget, self.user.pk)
+
+    def _panels_html(self, session: ConversationSession) -> str:
+        return rendering.render_panels_oob(session, self.user, budget=self.budget)
+
+    def _schedule_panels(self, *, seq: int | None = None, since: float | None = None) -> None:
+        self._panels_due = True
+        if seq is not None:
+            self._panels_seq = max(self._panels_seq, seq)
+        if since is not None:
+            self._panels_since = since
+        if self._panels_task is None:
+            self._panels_task = asyncio.ensure_future(self._panels_later())
+
+    async def _panels_later(self) -> None:
+        try:
+            while self._panels_due and not self._gone:
+                await asyncio.sleep(PANEL_DELAY)
+                self._panels_due = False
+                since, self._panels_since = self._panels_since, None
+                session = await self._snapshot(min_seq=self._panels_seq, since=since)
+                if session is None:
+                    return
+                html = await self._render(self._panels_key(session), lambda s=session: self._panels_html(s), slow=True)
+                if html is None:
+                    await self._send_gone()
+                    return
+                await self.send(text_data=html)
+        except Exception:
+            logger.exception("Could not push the panels of session %s", self.session_id)
+        finally:
+            self._panels_task = None

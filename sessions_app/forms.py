@@ -1,0 +1,158 @@
+"""Forms of the chat UI: they parse and check input; the engine decides and stores."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth.forms import UserCreationForm
+
+from . import engine
+from .models import Role
+
+
+class SignUpForm(UserCreationForm):
+    class Meta(UserCreationForm.Meta):
+        fields = ("username",)
+
+
+class ConfigFields(forms.Form):
+    """The session config fields (the spec's SessionConfig), shared by the create and edit forms."""
+
+    max_messages = forms.IntegerField(min_value=1, max_value=engine.MAX_INT, label="Max messages")
+    max_tokens = forms.IntegerField(min_value=1, max_value=engine.MAX_INT, label="Max tokens")
+    timeout_seconds = forms.IntegerField(
+        min_value=0,
+        max_value=engine.MAX_INT,
+        required=False,
+        label="Timeout (seconds)",
+        help_text="Inactivity before the conversation expires. Empty: never.",
+    )
+    persist_system_prompt = forms.BooleanField(required=False, label="Keep system prompt")
+
+    def config(self) -> engine.SessionConfig:
+        data = self.cleaned_data
+        return engine.SessionConfig(
+            max_messages=data["max_messages"],
+            max_tokens=data["max_tokens"],
+            timeout_seconds=data["timeout_seconds"],
+            persist_system_prompt=data["persist_system_prompt"],
+        )
+
+    @staticmethod
+    def initial_from(config: engine.SessionConfig) -> dict[str, Any]:
+        return {
+            "max_messages": config.max_messages,
+            "max_tokens": config.max_tokens,
+            "timeout_seconds": config.timeout_seconds,
+            "persist_system_prompt": config.persist_system_prompt,
+        }
+
+    def add_engine_error(self, exc: engine.SessionError) -> None:
+        """Show an engine refusal next to the field it names (or above the form)."""
+        field = getattr(exc, "field", None)
+        self.add_error(field if field in self.fields else None, str(exc))
+
+
+class NewSessionForm(ConfigFields):
+    session_id = forms.CharField(
+        required=False,
+        max_length=128,
+        label="Id (optional)",
+        help_text="Letters, digits, '-', '_', '.' and ':'. Empty: a random id.",
+    )
+    system_prompt = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}), label="System prompt")
+
+    field_order = [
+        "session_id",
+        "system_prompt",
+        "max_messages",
+        "max_tokens",
+        "timeout_seconds",
+        "persist_system_prompt",
+    ]
+
+    def clean_session_id(self) -> str | None:
+        value = self.cleaned_data["session_id"].strip()
+        if not value:
+            return None
+        try:
+            return engine.validate_session_id(value)
+        except engine.SessionValidationError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+class EditSessionForm(ConfigFields):
+    system_prompt = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}), label="System prompt")
+
+    field_order = ["system_prompt", "max_messages", "max_tokens", "timeout_seconds", "persist_system_prompt"]
+
+
+ROLE_CHOICES = [(Role.USER, "User"), (Role.ASSISTANT, "Assistant"), (Role.TOOL, "Tool"), (Role.SYSTEM, "System")]
+
+
+class MessageForm(forms.Form):
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial=Role.USER)
+    content = forms.CharField(
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 2, "placeholder": "Write a message (Enter sends, Shift+Enter: new line)"}),
+        error_messages={"required": "Write something first: the message is empty."},
+    )
+    name = forms.CharField(required=False, max_length=256, label="Name (optional)")
+    tool_call_id = forms.CharField(required=False, max_length=256, label="Tool call id")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_chars = settings.CONVO_MAX_CONTENT_CHARS
+        self.fields["content"].widget.attrs["maxlength"] = str(self.max_chars)
+
+    def clean_content(self) -> str:
+        content = self.cleaned_data["content"]
+        if not content.strip():
+            raise forms.ValidationError("Write something first: the message is empty.")
+        if len(content) > self.max_chars:
+            raise forms.ValidationError(
+                f"The message is too long: {len(content):,} characters, the limit is {self.max_chars:,}."
+            )
+        return content
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("role") == Role.TOOL and not (data.get("tool_call_id") or "").strip():
+            self.add_error("tool_call_id", "A tool message needs the tool_call_id of the call it answers.")
+        return data
+
+    def add_engine_error(self, exc: engine.SessionError) -> None:
+        field = getattr(exc, "field", None)
+        self.add_error(field if field in self.fields else None, str(exc))
+
+
+class VariableForm(forms.Form):
+    key = forms.CharField(max_length=256, strip=True)
+    value = forms.CharField(required=False, strip=False, widget=forms.TextInput)
+
+
+class DataForm(forms.Form):
+    key = forms.CharField(max_length=256, strip=True)
+    value = forms.CharField(
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+        error_messages={"required": 'Enter a JSON value (for example 42, "text", [1, 2] or {"a": 1}).'},
+    )
+
+    def clean_value(self) -> Any:
+        text = self.cleaned_data["value"]
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
+
+
+class KeyForm(forms.Form):
+    key = forms.CharField(max_length=256, strip=False)
+
+
+class BudgetForm(forms.Form):
+    budget = forms.IntegerField(min_value=1, max_value=engine.MAX_INT, required=False, label="Budget (tokens)")

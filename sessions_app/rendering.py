@@ -1,0 +1,267 @@
+"""What the chat UI shows, computed once for the page, the htmx responses and the websocket pushes.
+
+Every piece of the page is a named partial of ``sessions_app/chat.html`` (or ``sidebar.html``); the
+functions here gather what a partial needs (through the engine) and render it, so a pushed update is
+byte for byte what a reload would show.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import nh3
+from django.conf import settings
+from django.db.models import OuterRef, Subquery
+from django.db.models.functions import Substr
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.utils.safestring import SafeString, mark_safe
+from markdown_it import MarkdownIt
+
+from . import engine
+from .models import ConversationSession, Message, Role, Turn
+
+# ---------------------------------------------------------------------------------------------
+# Markdown: CommonMark with tables and strikethrough; raw HTML is not passed through by the parser,
+# and nh3 cleans the result anyway (allow-listed tags and attributes, http(s)/mailto links only), so
+# neither a model nor a user can get a script, an event handler or a javascript: link to run.
+
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable(
+    ["table", "strikethrough"]
+)
+_ALLOWED_TAGS = {
+    "p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li",
+    "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td", "img",
+}  # fmt: skip
+_ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "title"},
+    "ol": {"start"},
+    "th": {"style"},
+    "td": {"style"},
+}
+
+
+def markdown_html(text: str) -> SafeString:
+    """Render Markdown to sanitized HTML."""
+    return mark_safe(_markdown_clean(text))  # noqa: S308 - sanitized by nh3
+
+
+@functools.lru_cache(maxsize=4096)
+def _markdown_clean(text: str) -> str:
+    """Markdown → HTML → nh3; a pure function of the text, so the newest results are kept."""
+    html = _markdown.render(text)
+    clean = nh3.clean(
+        html,
+        tags=_ALLOWED_TAGS,
+        attributes=_ALLOWED_ATTRIBUTES,
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+        filter_style_properties={"text-align"},
+    )
+    return clean
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short digest of what a cached fragment depends on (its cache key)."""
+    return hashlib.blake2b(repr(parts).encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def dom_id(session_id: str) -> str:
+    """A DOM id for a session (session ids may hold ':' and '.', which CSS selectors dislike)."""
+    return "s-" + hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:16]
+
+
+def page_size() -> int:
+    return settings.CONVO_CHAT_PAGE_SIZE
+
+
+TIMELINE_TURNS = 20  # the timeline shows the newest turns; earlier ones load on demand
+CONTEXT_ROWS = 50  # the context panel lists the newest rows of the window; the rest on demand
+
+
+# ---------------------------------------------------------------------------------------------
+# Sidebar.
+
+
+@dataclass
+class SidebarEntry:
+    session: ConversationSession
+    title: str
+    dom_id: str
+    expired: bool
+
+    @property
+    def id(self) -> str:
+        return self.session.id
+
+
+SIDEBAR_LIMIT = 200
+
+
+def sidebar_entries(user: Any, *, only: str | None = None, now=None) -> list[SidebarEntry]:
+    """The user's conversations, most recent activity first, each titled by its first user message.
+
+    One query whatever the number of sessions: the title is turn 1's user message (the first user
+    message: every user message opens a turn, and turns outlive max_messages), a correlated subquery
+    on the (session, number) unique index; ``only`` restricts it to one session, for a live update.
+    """
+    now = now or timezone.now()
+    first_user = Turn.objects.filter(session=OuterRef("pk"), number=1).values("user_message__content")[:1]
+    qs = (
+        ConversationSession.objects.filter(owner=user)
+        .annotate(first_user_message=Substr(Subquery(first_user), 1, 80))
+        .order_by("-updated_at", "id")
+    )
+    if only is not None:
+        qs = qs.filter(pk=only)
+    entries = []
+    for session in qs[:SIDEBAR_LIMIT]:
+        title = " ".join((session.first_user_message or "").split()) or session.id
+        entries.append(SidebarEntry(session, title, dom_id(session.id), session.is_expired(now)))
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------
+# The chat page's pieces.
+
+
+def earlier_messages(session: ConversationSession, before: int | None) -> tuple[list[Message], bool]:
+    """The newest page of listed messages before ``before`` (all: None), and whether older ones exist."""
+    size = page_size()
+    page = engine.messages_page(session, before=before, limit=size + 1, newest=True)
+    has_more = len(page) > size
+    return page[-size:] if has_more else page, has_more
+
+
+def timeline(session: ConversationSession, before: int | None = None) -> dict[str, Any]:
+    """The newest turns before turn number ``before`` (all: None)."""
+    if before is None:
+        turns = engine.turns(session, newest=TIMELINE_TURNS)
+    else:
+        first = max(1, before - TIMELINE_TURNS)
+        turns = engine.turns(session, numbers=range(first, before)) if before > 1 else []
+    return {"turns": turns, "earlier_turns": bool(turns) and turns[0].number > 1}
+
+
+@dataclass
+class ContextView:
+    window: engine.ContextWindow
+    rows: list[Message]
+    hidden: int  # included messages not listed (older than the rows shown)
+    hidden_first_seq: int | None
+    hidden_last_seq: int | None
+    show_all: bool
+
+    @property
+    def budget(self) -> int:
+        return self.window.max_tokens
+
+    @property
+    def over_budget(self) -> bool:
+        return self.window.total_tokens > self.window.max_tokens
+
+
+def context_view(session: ConversationSession, budget: int | None = None, *, show_all: bool = False) -> ContextView:
+    window = engine.context_window(session, budget)
+    messages = window.messages
+    rows, hidden, first, last = messages, 0, None, None
+    if not show_all and len(messages) > CONTEXT_ROWS + 1:
+        head = [messages[0]] if messages[0].role == Role.SYSTEM and messages[0].seq == session.head_seq else []
+        tail = messages[-CONTEXT_ROWS:]
+        middle = messages[len(head) : len(messages) - CONTEXT_ROWS]
+        rows, hidden = head + tail, len(middle)
+        first, last = middle[0].seq, middle[-1].seq
+    return ContextView(window, rows, hidden, first, last, show_all)
+
+
+def status(session: ConversationSession, now=None) -> dict[str, Any]:
+    now = now or timezone.now()
+    return {"expired": session.is_expired(now), "now": now}
+
+
+def panels_context(
+    session: ConversationSession, *, budget: int | None = None, now=None, with_context: bool = True
+) -> dict[str, Any]:
+    """What the session header, timeline, state and context panels need.
+
+    The chat page itself leaves the context panel out (``with_context=False``): it costs as much as
+    the window is long, so the page loads it with a second request right after it opens.
+    """
+    ctx: dict[str, Any] = {"session": session, "sdom": dom_id(session.id)}
+    if with_context:
+        ctx["context"] = context_view(session, budget)
+    ctx.update(timeline(session))
+    ctx.update(status(session, now))
+    return ctx
+
+
+def list_bounds(session: ConversationSession) -> dict[str, Any]:
+    return {"low_seq": session.low_seq, "head_seq": session.head_seq or 0, "last_seq": session.last_seq}
+
+
+def render_partial(name: str, context: dict[str, Any], request=None) -> str:
+    template = "sessions_app/sidebar.html" if name.startswith("sidebar") else "sessions_app/chat.html"
+    return render_to_string(f"{template}#{name}", context, request=request)
+
+
+# ---------------------------------------------------------------------------------------------
+# Live updates: out-of-band fragments for the page, swapped by the htmx ws extension.
+
+
+def render_messages_oob(messages: list[Message], session: ConversationSession) -> str:
+    """New messages, to be placed into #message-list by sequence number (the page skips any it has)."""
+    if not messages:
+        return ""
+    return render_partial("messages-oob", {"messages": messages, "session": session})
+
+
+def render_panels_oob(session: ConversationSession, user: Any, *, budget: int | None = None, now=None) -> str:
+    """Fresh header, timeline, state, context and sidebar row, each replacing its element by id."""
+    ctx = panels_context(session, budget=budget, now=now)
+    ctx.update(oob=True)
+    parts = [
+        render_partial("session-header", ctx),
+        render_partial("expired-banner", ctx),
+        render_partial("timeline", ctx),
+        render_partial("state-panel", ctx),
+        render_partial("context-panel", ctx),
+    ]
+    entries = sidebar_entries(user, only=session.id, now=ctx["now"])
+    if entries:
+        parts.append(render_partial("sidebar-item", {"entry": entries[0], "oob": True, "current_id": session.id}))
+    return "".join(parts)
+
+
+def render_bounds_oob(session: ConversationSession) -> str:
+    """The page's record of the list: which sequence numbers are in it and the newest one sent."""
+    return render_partial("list-bounds", {"bounds": list_bounds(session), "oob": True})
+
+
+def render_messages_pane_oob(session: ConversationSession) -> str:
+    """The whole message list again (after a clear, or when a page is too far behind to catch up)."""
+    messages, has_earlier = earlier_messages(session, None)
+    return render_partial(
+        "messages", {"session": session, "messages": messages, "has_earlier": has_earlier, "oob": True}
+    )
+
+
+def render_settings_oob(session: ConversationSession) -> str:
+    """The settings panel with the stored values (after an edit elsewhere, so no page saves stale ones)."""
+    from .forms import EditSessionForm
+
+    initial = EditSessionForm.initial_from(engine.SessionConfig.of(session))
+    initial["system_prompt"] = session.system_prompt or ""
+    ctx = {"session": session, "edit_form": EditSessionForm(initial=initial), "oob": True}
+    return render_partial("settings-panel", ctx)
+
+
+def render_reply_oob(session_id: str, state: str, text: str) -> str:
+    return render_partial("reply-stream", {"reply_state": state, "reply_text": text, "oob": True})
+
+
+def render_gone_oob(session_id: str) -> str:
+    return render_partial("session-gone", {"session_id": session_id, "oob": True})

@@ -1,0 +1,41 @@
+"""Template filters of the chat UI."""
+
+import json
+
+from django import template
+
+from sessions_app.rendering import fingerprint, markdown_html
+
+register = template.Library()
+
+
+@register.filter
+def markdown(text: str):
+    """Render Markdown to sanitized HTML (markdown-it-py, then nh3)."""
+    return markdown_html(text or "")
+
+
+@register.filter
+def pretty_json(value) -> str:
+    """Indented JSON text (escaped by the template like any other text)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+@register.filter
+def message_key(message) -> str:
+    """The fragment-cache key of a rendered message: everything its partial shows."""
+    return fingerprint(
+        message.session_id, message.pk, message.seq, message.role, message.content, message.name,
+        message.tool_call_id, message.created_at, message.tokens, message.turn_number,
+    )  # fmt: skip
+
+
+@register.filter
+def turn_key(turn) -> str:
+    """The fragment-cache key of a rendered turn (its messages, tool calls, times and metadata)."""
+    return fingerprint(
+        turn.session_id, turn.pk, turn.number, turn.user_message_id, turn.user_message.content,
+        turn.assistant_response_id, turn.assistant_response.content if turn.assistant_response else None,
+        turn.started_at, turn.completed_at, sorted(turn.metadata.items()),
+        [(c.pk, c.content, c.name, c.tool_call_id) for c in getattr(turn, "tool_calls", [])],
+    )  # fmt: skip

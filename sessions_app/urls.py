@@ -1,0 +1,25 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("new/", views.session_new, name="session-new"),
+    path("c/<str:session_id>/", views.chat, name="chat"),
+    path("c/<str:session_id>/messages/", views.messages_earlier, name="messages-earlier"),
+    path("c/<str:session_id>/send/", views.message_send, name="message-send"),
+    path("c/<str:session_id>/turns/", views.turns_earlier, name="turns-earlier"),
+    path("c/<str:session_id>/context/", views.context_panel, name="context"),
+    path("c/<str:session_id>/state/variables/", views.variable_set, name="variable-set"),
+    path("c/<str:session_id>/state/variables/delete/", views.variable_delete, name="variable-delete"),
+    path("c/<str:session_id>/state/data/", views.data_set, name="data-set"),
+    path("c/<str:session_id>/state/data/delete/", views.data_delete, name="data-delete"),
+    path("c/<str:session_id>/edit/", views.session_edit, name="session-edit"),
+    path("c/<str:session_id>/clear/", views.session_clear, name="session-clear"),
+    path("c/<str:session_id>/delete/", views.session_delete, name="session-delete"),
+    path("c/<str:session_id>/fresh/", views.session_fresh, name="session-fresh"),
+]

@@ -1,0 +1,421 @@
+"""The chat UI's views: parse input, call the engine, render partials. They decide nothing.
+
+Each screen is a page template with named partials (``sessions_app/chat.html``); an htmx request
+gets the partial it swaps, a plain request (no JavaScript) gets the page or a redirect back to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from . import engine, rendering
+from .forms import (
+    BudgetForm,
+    DataForm,
+    EditSessionForm,
+    KeyForm,
+    MessageForm,
+    NewSessionForm,
+    SignUpForm,
+    VariableForm,
+)
+from .models import ConversationSession, Role
+
+UNPROCESSABLE = 422
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers.
+
+
+def _owned(request: HttpRequest, session_id: str) -> ConversationSession:
+    """The request user's session, expired or not; anyone else's (or none) is a 404."""
+    try:
+        return engine.session_get(session_id, owner=request.user)
+    except engine.SessionNotFound:
+        raise Http404("No such conversation.") from None
+
+
+def _chat_url(session_id: str) -> str:
+    return reverse("chat", args=[session_id])
+
+
+def _new_form(**kwargs: Any) -> NewSessionForm:
+    return NewSessionForm(initial=NewSessionForm.initial_from(engine.SessionConfig.default()), **kwargs)
+
+
+def _edit_form(session: ConversationSession, **kwargs: Any) -> EditSessionForm:
+    initial = EditSessionForm.initial_from(engine.SessionConfig.of(session))
+    initial["system_prompt"] = session.system_prompt or ""
+    return EditSessionForm(initial=initial, **kwargs)  # the same as rendering.render_settings_oob
+
+
+def _composer_form(data: dict[str, str] | None = None) -> MessageForm:
+    """A fresh composer, keeping the role, name and tool call id of the last send."""
+    initial = {"role": Role.USER}
+    if data:
+        initial.update({k: data.get(k, "") for k in ("role", "name", "tool_call_id")})
+    return MessageForm(initial=initial)
+
+
+def _page_context(request: HttpRequest, session: ConversationSession, **extra: Any) -> dict[str, Any]:
+    """Everything the chat page renders."""
+    now = timezone.now()
+    messages, has_earlier = rendering.earlier_messages(session, None)
+    ctx = rendering.panels_context(session, now=now, with_context=False)
+    ctx.update(
+        session=session,
+        messages=messages,
+        has_earlier=has_earlier,
+        bounds=rendering.list_bounds(session),
+        entries=rendering.sidebar_entries(request.user, now=now),
+        current_id=session.id,
+        composer=_composer_form(),
+        edit_form=_edit_form(session),
+        new_form=_new_form(),
+        var_form=VariableForm(),
+        data_form=DataForm(),
+        budget_form=BudgetForm(initial={"budget": session.max_tokens}),
+        max_content_chars=settings.CONVO_MAX_CONTENT_CHARS,
+    )
+    ctx.update(extra)
+    return ctx
+
+
+def _chat_page(request: HttpRequest, session: ConversationSession, *, status: int = 200, **extra: Any) -> HttpResponse:
+    return render(request, "sessions_app/chat.html", _page_context(request, session, **extra), status=status)
+
+
+def _partial(request: HttpRequest, name: str, context: dict[str, Any], *, status: int = 200) -> HttpResponse:
+    template = "sessions_app/sidebar.html" if name.startswith("sidebar") else "sessions_app/chat.html"
+    return render(request, f"{template}#{name}", context, status=status)
+
+
+def _after_write(request: HttpRequest, session_id: str) -> HttpResponse:
+    """A plain (non-htmx) form went through: back to the page (post/redirect/get)."""
+    return redirect(_chat_url(session_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounts and home.
+
+
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    if not request.user.is_authenticated:
+        return render(request, "sessions_app/welcome.html", {"signup_enabled": settings.CONVO_SIGNUP_ENABLED})
+    return render(
+        request,
+        "sessions_app/home.html",
+        {"entries": rendering.sidebar_entries(request.user), "new_form": _new_form(), "new_open": True},
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    if not settings.CONVO_SIGNUP_ENABLED:
+        return render(request, "registration/signup_closed.html", status=404)
+    if request.user.is_authenticated:
+        return redirect("home")
+    form = SignUpForm(request.POST or None)
+    if request.method == "POST":
+        if form.is_valid():
+            user = form.save()
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            return redirect("home")
+        return render(request, "registration/signup.html", {"form": form}, status=UNPROCESSABLE)
+    return render(request, "registration/signup.html", {"form": form})
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions: create, open, edit, clear, delete, start fresh.
+
+
+@login_required
+@require_POST
+def session_new(request: HttpRequest) -> HttpResponse:
+    form = NewSessionForm(request.POST)
+    if form.is_valid():
+        try:
+            session = engine.session_create(
+                form.cleaned_data["session_id"],
+                owner=request.user,
+                system_prompt=form.cleaned_data["system_prompt"] or None,
+                config=form.config(),
+            )
+        except engine.SessionAlreadyExists:
+            form.add_error("session_id", "That id is taken: choose another, or leave it empty for a random one.")
+        except engine.SessionError as exc:
+            form.add_engine_error(exc)
+        else:
+            url = _chat_url(session.id)
+            return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    if request.htmx:
+        return _partial(request, "sidebar-new-form", {"new_form": form, "new_open": True}, status=UNPROCESSABLE)
+    ctx = {"entries": rendering.sidebar_entries(request.user), "new_form": form, "new_open": True}
+    return render(request, "sessions_app/home.html", ctx, status=UNPROCESSABLE)
+
+
+@login_required
+@require_GET
+def chat(request: HttpRequest, session_id: str) -> HttpResponse:
+    return _chat_page(request, _owned(request, session_id))
+
+
+@login_required
+@require_GET
+def messages_earlier(request: HttpRequest, session_id: str) -> HttpResponse:
+    """The page of messages before ``?before=<seq>``, with a button for the next older page."""
+    session = _owned(request, session_id)
+    try:
+        before = int(request.GET.get("before", ""))
+    except ValueError:
+        return HttpResponse("before must be a sequence number", status=400, content_type="text/plain")
+    messages, has_earlier = rendering.earlier_messages(session, before)
+    ctx = {"session": session, "messages": messages, "has_earlier": has_earlier}
+    if not request.htmx:
+        return _chat_page(request, session, messages=messages, has_earlier=has_earlier)
+    return _partial(request, "earlier-page", ctx)
+
+
+@login_required
+@require_GET
+def turns_earlier(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _owned(request, session_id)
+    try:
+        before = int(request.GET.get("before", ""))
+    except ValueError:
+        return HttpResponse("before must be a turn number", status=400, content_type="text/plain")
+    ctx = {"session": session, **rendering.timeline(session, before)}
+    if not request.htmx:
+        return _chat_page(request, session, **rendering.timeline(session, before), earlier_turns_shown=True)
+    return _partial(request, "earlier-turns-page", ctx)
+
+
+@login_required
+@require_POST
+def message_send(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Append a message written in the composer (the one place the UI appends; replies start here).
+
+    Success returns a fresh composer plus the stored message (out of band); every open page of the
+    conversation, this one included, also receives it over its websocket, and the page keeps one copy.
+    """
+    session = _owned(request, session_id)
+    form = MessageForm(request.POST)
+    message = None
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            message = engine.message_append(
+                session.id,
+                data["role"],
+                data["content"],
+                name=data["name"] or None,
+                tool_call_id=(data["tool_call_id"] or None) if data["role"] == Role.TOOL else None,
+                owner=request.user,
+            )
+        except engine.SessionExpired:
+            form.add_error(None, "This conversation has expired: start it fresh to write again.")
+        except engine.SessionNotFound:
+            raise Http404("No such conversation.") from None
+        except engine.SessionError as exc:
+            form.add_engine_error(exc)
+    if message is None:
+        if not request.htmx:
+            return _chat_page(request, session, composer=form, status=UNPROCESSABLE)
+        return _partial(request, "composer", {"session": session, "composer": form}, status=UNPROCESSABLE)
+    if not request.htmx:
+        return _after_write(request, session.id)
+    ctx = {"session": session, "composer": _composer_form(request.POST), "sent": [message], "focus": True}
+    return _partial(request, "composer", ctx)
+
+
+@login_required
+@require_GET
+def context_panel(request: HttpRequest, session_id: str) -> HttpResponse:
+    """The context window for ``?budget=<tokens>`` (default: the session's max_tokens)."""
+    session = _owned(request, session_id)
+    form = BudgetForm(request.GET)
+    budget = None
+    status = 200
+    if form.is_valid():
+        budget = form.cleaned_data["budget"]
+    else:
+        status = UNPROCESSABLE
+    show_all = request.GET.get("all") == "1"
+    ctx = {
+        "context": rendering.context_view(session, budget, show_all=show_all),
+        "budget_form": form if status != 200 else BudgetForm(initial={"budget": budget or session.max_tokens}),
+    }
+    if not request.htmx:
+        return _chat_page(request, session, status=status, **ctx)
+    return _partial(request, "context-panel", {"session": session, **ctx}, status=status)
+
+
+def _state_response(
+    request: HttpRequest, session: ConversationSession, *, status: int = 200, **forms: Any
+) -> HttpResponse:
+    if status == 200 and not request.htmx:
+        return _after_write(request, session.id)
+    session = _owned(request, session.id)  # re-read: the write changed it
+    ctx = {"var_form": VariableForm(), "data_form": DataForm(), **forms}
+    if not request.htmx:
+        return _chat_page(request, session, status=status, **ctx)
+    return _partial(request, "state-panel", {"session": session, **ctx}, status=status)
+
+
+def _state_write(request: HttpRequest, session: ConversationSession, form_name: str, form: Any, write) -> HttpResponse:
+    """Run an engine state write for a valid form; engine refusals become the form's errors."""
+    if form.is_valid():
+        try:
+            write(form.cleaned_data)
+        except engine.SessionExpired:
+            form.add_error(None, "This conversation has expired: its state can no longer change.")
+        except engine.SessionNotFound:
+            raise Http404("No such conversation.") from None
+        except engine.SessionError as exc:
+            field = getattr(exc, "field", None)
+            form.add_error(field if field in form.fields else "value" if "value" in form.fields else None, str(exc))
+        else:
+            return _state_response(request, session)
+    return _state_response(request, session, status=UNPROCESSABLE, **{form_name: form})
+
+
+@login_required
+@require_POST
+def variable_set(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _owned(request, session_id)
+    form = VariableForm(request.POST)
+
+    def write(data):
+        engine.state_set(session.id, data["key"], data["value"], owner=request.user)
+
+    return _state_write(request, session, "var_form", form, write)
+
+
+@login_required
+@require_POST
+def variable_delete(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _owned(request, session_id)
+    form = KeyForm(request.POST)
+    return _state_write(
+        request, session, "var_form", form, lambda d: engine.state_remove(session.id, d["key"], owner=request.user)
+    )
+
+
+@login_required
+@require_POST
+def data_set(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _owned(request, session_id)
+    form = DataForm(request.POST)
+    response = _state_write(
+        request,
+        session,
+        "data_form",
+        form,
+        lambda d: engine.state_set_data(session.id, d["key"], d["value"], owner=request.user),
+    )
+    return response
+
+
+@login_required
+@require_POST
+def data_delete(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _owned(request, session_id)
+    form = KeyForm(request.POST)
+    return _state_write(
+        request,
+        session,
+        "data_form",
+        form,
+        lambda d: engine.state_remove_data(session.id, d["key"], owner=request.user),
+    )
+
+
+@login_required
+@require_POST
+def session_edit(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Edit the system prompt and config (allowed on an expired session, which stays expired)."""
+    session = _owned(request, session_id)
+    form = EditSessionForm(request.POST)
+    if form.is_valid():
+        try:
+            session = engine.session_update(
+                session.id,
+                owner=request.user,
+                system_prompt=form.cleaned_data["system_prompt"] or None,
+                config=form.config(),
+                allow_expired=True,
+            )
+        except engine.SessionNotFound:
+            raise Http404("No such conversation.") from None
+        except engine.SessionError as exc:
+            form.add_engine_error(exc)
+        else:
+            if not request.htmx:
+                return _after_write(request, session.id)
+            return _partial(
+                request, "settings-panel", {"session": session, "edit_form": _edit_form(session), "saved": True}
+            )
+    if not request.htmx:
+        return _chat_page(request, session, edit_form=form, status=UNPROCESSABLE)
+    return _partial(request, "settings-panel", {"session": session, "edit_form": form}, status=UNPROCESSABLE)
+
+
+def _confirmed(request: HttpRequest) -> bool:
+    return request.POST.get("confirm") == "yes"
+
+
+@login_required
+@require_POST
+def session_clear(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _owned(request, session_id)
+    if not _confirmed(request):
+        return HttpResponse("Confirm first: send confirm=yes.", status=400, content_type="text/plain")
+    engine.session_clear_messages(session.id, owner=request.user, allow_expired=True)
+    url = _chat_url(session.id)
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@login_required
+@require_POST
+def session_delete(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _owned(request, session_id)
+    if not _confirmed(request):
+        return HttpResponse("Confirm first: send confirm=yes.", status=400, content_type="text/plain")
+    try:
+        engine.session_delete(session.id, owner=request.user)
+    except engine.SessionNotFound:
+        raise Http404("No such conversation.") from None
+    url = reverse("home")
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@login_required
+@require_POST
+def session_fresh(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Start an expired conversation fresh under the same id, with the same prompt and config
+    (the spec's get_or_create: a live session is returned as it is)."""
+    session = _owned(request, session_id)
+    try:
+        engine.session_get_or_create(
+            session.id,
+            owner=request.user,
+            system_prompt=session.system_prompt,
+            metadata=session.metadata,
+            config=engine.SessionConfig.of(session),
+        )
+    except engine.SessionNotFound:
+        raise Http404("No such conversation.") from None
+    url = _chat_url(session.id)
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)

@@ -1,0 +1,156 @@
+/* Convo chat page: live updates over the htmx ws extension, ordered de-duplicated message inserts,
+   the reconnect indicator and catch-up, and the composer's keyboard behaviour. */
+(function () {
+  "use strict";
+
+  // Swap 422 (form errors) and 409 responses like successes; other errors show a notice.
+  htmx.config.responseHandling = [
+    { code: "204", swap: false },
+    { code: "[23]..", swap: true },
+    { code: "422", swap: true, error: false },
+    { code: "409", swap: true, error: false },
+    { code: "[45]..", swap: false, error: true },
+  ];
+
+  // Exponential backoff with jitter: 0.5-1x of 500 ms * 2^n, capped at 15 s.
+  function reconnectDelay(retry) {
+    var base = Math.min(15000, 500 * Math.pow(2, Math.min(retry, 8)));
+    return base / 2 + Math.random() * (base / 2);
+  }
+  htmx.config.wsReconnectDelay = reconnectDelay;
+
+  var live = { socket: null, retries: 0, timer: null, opened: false };
+  window.convoLive = live;
+
+  function byId(id) { return document.getElementById(id); }
+  function seqOf(el) { return parseInt(el.getAttribute("data-seq"), 10); }
+  function pane() { return byId("messages"); }
+  function lastSeq() {
+    var b = byId("list-bounds");
+    return b ? parseInt(b.getAttribute("data-last-seq"), 10) || 0 : 0;
+  }
+  function budget() {
+    var input = byId("budget");
+    var value = input ? parseInt(input.value, 10) : NaN;
+    return isNaN(value) ? null : value;
+  }
+  function nearBottom(el) { return el.scrollHeight - el.scrollTop - el.clientHeight < 80; }
+  function scrollToEnd() { var p = pane(); if (p) p.scrollTop = p.scrollHeight; }
+
+  // Messages arrive from the page's own posts, from pushes and from "load earlier": place each by
+  // its sequence number and skip the ones the page already shows, so nothing appears twice.
+  function insertMessages(list, fragment) {
+    var p = pane();
+    var stick = p && nearBottom(p);
+    var before = p ? p.scrollHeight : 0;
+    var prepended = false;
+    Array.prototype.slice.call(fragment.children || fragment.childNodes).forEach(function (node) {
+      if (node.nodeType !== 1 || !node.hasAttribute("data-seq")) return;
+      if (byId(node.id)) return;
+      var seq = seqOf(node);
+      var next = null;
+      var items = list.children;
+      for (var i = 0; i < items.length; i++) {
+        if (items[i].hasAttribute("data-seq") && seqOf(items[i]) > seq) { next = items[i]; break; }
+      }
+      if (next === list.firstElementChild && next) prepended = true;
+      list.insertBefore(node, next);
+    });
+    var hint = document.querySelector(".empty-hint");
+    if (hint && list.children.length) hint.remove();
+    if (!p) return;
+    if (prepended && !stick) p.scrollTop += p.scrollHeight - before;
+    else if (stick) scrollToEnd();
+  }
+
+  document.addEventListener("htmx:oobBeforeSwap", function (e) {
+    var target = e.detail.target;
+    if (target && target.id === "message-list") {
+      e.detail.shouldSwap = false;
+      insertMessages(target, e.detail.fragment);
+    }
+  });
+
+  // Messages that left the session's list (max_messages) leave the page too.
+  function prune() {
+    var b = byId("list-bounds");
+    var list = byId("message-list");
+    if (!b || !list) return;
+    var low = parseInt(b.getAttribute("data-low-seq"), 10);
+    var head = parseInt(b.getAttribute("data-head-seq"), 10);
+    Array.prototype.slice.call(list.children).forEach(function (li) {
+      var seq = seqOf(li);
+      if (seq < low && seq !== head) li.remove();
+    });
+  }
+
+  function setStatus(state, text) {
+    var el = byId("live-status");
+    if (!el) return;
+    el.setAttribute("data-state", state);
+    el.textContent = text;
+  }
+
+  function send(payload) {
+    if (live.socket) live.socket.send(JSON.stringify(payload));
+  }
+
+  document.addEventListener("htmx:wsConnecting", function () {
+    setStatus(live.opened ? "reconnecting" : "connecting", live.opened ? "Reconnecting live updates…" : "Connecting live updates…");
+  });
+  document.addEventListener("htmx:wsOpen", function (e) {
+    live.socket = e.detail.socketWrapper;
+    live.retries = 0;
+    live.opened = true;
+    setStatus("live", "Live");
+    // Tell the server what the page has: it answers with exactly the missing messages and fresh panels.
+    send({ type: "hello", last_seq: lastSeq(), budget: budget() });
+  });
+  document.addEventListener("htmx:wsClose", function (e) {
+    var code = e.detail.event.code;
+    var wrapper = e.detail.socketWrapper;
+    if (code >= 4000) {
+      setStatus("refused", code === 4404 ? "This conversation is gone." : "Live updates refused: log in again.");
+      return;
+    }
+    var auto = [1006, 1011, 1012, 1013].indexOf(code) >= 0; // the extension retries these itself
+    var delay = reconnectDelay(live.retries);
+    live.retries += 1;
+    setStatus("disconnected", "Disconnected — reconnecting in " + Math.max(1, Math.round(delay / 1000)) + " s…");
+    if (!auto && byId("chat-main") && byId("chat-main").hasAttribute("ws-connect")) {
+      clearTimeout(live.timer);
+      live.timer = setTimeout(function () { wrapper.reconnect(); }, delay);
+    }
+  });
+  document.addEventListener("htmx:wsAfterMessage", function () { prune(); });
+
+  // The context budget is per page: the server renders pushed context panels with it.
+  document.addEventListener("htmx:afterRequest", function (e) {
+    var elt = e.detail.elt;
+    if (elt && elt.id === "context-form") send({ type: "budget", budget: budget() });
+  });
+
+  // Composer: Enter sends, Shift+Enter adds a line (and IME composition is left alone).
+  document.addEventListener("keydown", function (e) {
+    var t = e.target;
+    if (e.key !== "Enter" || e.shiftKey || e.isComposing || !t || t.name !== "content") return;
+    var form = t.closest("#composer");
+    if (!form) return;
+    e.preventDefault();
+    form.requestSubmit();
+  });
+  document.addEventListener("htmx:afterSwap", function (e) {
+    if (e.detail.target && e.detail.target.id === "composer") {
+      var box = document.querySelector("#composer textarea[name=content]");
+      if (box) box.focus();
+    }
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var toggle = byId("sidebar-toggle");
+    if (toggle && window.matchMedia("(max-width: 1100px)").matches) toggle.open = false;
+    scrollToEnd();
+    var box = document.querySelector("#composer textarea[name=content]");
+    if (box && window.matchMedia("(min-width: 900px)").matches) box.focus();
+  });
+})();

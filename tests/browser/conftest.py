@@ -1,0 +1,163 @@
+"""Real-browser tests: Debian's chromium driven by Playwright, against daphne subprocesses (websockets
+need ASGI; pytest-django's live_server is WSGI only) that share the test database.
+
+SQLite: the test database is a file, so the daphne processes can open it. PostgreSQL: daphne is
+pointed at the test database by name. With REDIS_URL the processes share the Redis channel layer.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.test import Client
+
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API keeps a loop running
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+PORTS = (8150, 8151)
+SQLITE_FILE = Path(tempfile.gettempdir()) / f"convo-ui-browser-{os.getpid()}.sqlite3"
+ON_SQLITE = django_settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    return {**browser_type_launch_args, "executable_path": "/usr/bin/chromium", "args": ARGS}
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings():
+    """On SQLite, a test database file the servers can share (instead of an in-memory one)."""
+    if ON_SQLITE:
+        django_settings.DATABASES["default"]["TEST"]["NAME"] = str(SQLITE_FILE)
+
+
+class Daphne:
+    """A daphne process serving the project on the test database; stop() and start() again to
+    simulate a server restart."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = ARTIFACTS / f"daphne-{port}.log"
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "convo_site.settings", "DJANGO_DEBUG": "true"}
+        db = django_settings.DATABASES["default"]
+        if ON_SQLITE:
+            env["CONVO_SQLITE_PATH"] = db["NAME"]
+        else:
+            env["DATABASE_URL"] = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        return env
+
+    def start(self) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise RuntimeError(f"port {self.port} is already in use")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "convo_site.asgi:application"],
+            cwd=ROOT,
+            env=self.env(),
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daphne exited: see {self.log}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"daphne did not start on {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def servers(django_db_setup, django_db_blocker):
+    started = []
+    try:
+        for port in PORTS:
+            server = Daphne(port)
+            server.start()
+            started.append(server)
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+        if ON_SQLITE:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(SQLITE_FILE) + suffix).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def server(servers):
+    return servers[0]
+
+
+@pytest.fixture
+def server2(servers):
+    server = servers[1]
+    if server.proc is None:  # a test stopped it and failed before restarting it
+        server.start()
+    return server
+
+
+@pytest.fixture
+def login(transactional_db, context, server):
+    """Log a user in for the browser context (the session cookie works on every test server)."""
+
+    def do(user):
+        client = Client(HTTP_HOST="localhost")
+        client.force_login(user)
+        value = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+        context.add_cookies([{"name": django_settings.SESSION_COOKIE_NAME, "value": value, "url": server.url}])
+
+    return do
+
+
+@pytest.fixture
+def shot():
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    def take(page, name):
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=False)
+
+    return take
+
+
+def script(func, *args, **kwargs):
+    """Call the engine as a script would, outside Playwright's event loop thread (so that the
+    engine's after-commit push can run), and return the result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    def run():
+        try:
+            return func(*args, **kwargs)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result(timeout=30)
