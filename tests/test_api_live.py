@@ -4,17 +4,16 @@ session's channel-layer group after the commit, as an open chat page would recei
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-from django.db import connection
+from channels.db import database_sync_to_async
+from django.db import connection, connections
 
 from sessions_app import events
 from sessions_app.models import ConversationSession, Message
 
+from .channel_support import Listener
 from .test_api_support import Api, api_for
 
 THREADS = 8
@@ -81,35 +80,26 @@ def test_concurrent_appends_with_different_keys_all_land_gap_free(user):
     assert {status for status, _ in results} == {201}
 
 
-def _receive_until(layer, channel: str, kind: str, limit: int = 20) -> dict:
-    async def receive() -> dict:
-        return await asyncio.wait_for(layer.receive(channel), timeout=10)
-
-    for _ in range(limit):
-        event = async_to_sync(receive)()
-        if event["kind"] == kind:
-            return event
-    raise AssertionError(f"no {kind} event in {limit} events")
+def _call(func, *args, **kwargs):
+    return database_sync_to_async(func)(*args, **kwargs)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_api_append_reaches_the_sessions_channel_group_after_commit(user):
-    api = api_for(user)
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.group_name("live"), channel)
-    try:
-        assert api.put("/sessions/live").status_code == 201
+async def test_an_api_append_reaches_the_sessions_channel_group_after_commit(user):
+    api = await _call(api_for, user)
+    async with Listener("live") as listener:
+        assert (await _call(api.put, "/sessions/live")).status_code == 201
         body = {"role": "user", "content": "hello page"}
-        first = api.post("/sessions/live/messages", body, headers={"Idempotency-Key": "k1"}).json()
-        replay = api.post("/sessions/live/messages", body, headers={"Idempotency-Key": "k1"})
+        first = (await _call(api.post, "/sessions/live/messages", body, headers={"Idempotency-Key": "k1"})).json()
+        replay = await _call(api.post, "/sessions/live/messages", body, headers={"Idempotency-Key": "k1"})
         assert replay["Idempotent-Replayed"] == "true"
-        ConversationSession.objects.filter(pk="live").update(expires_at="2000-01-01T00:00:00Z")
-        assert api.post("/sessions/live/messages", {"role": "user", "content": "refused"}).status_code == 410
-        api.put("/sessions/live")  # replaces the expired session
-        second = api.post("/sessions/live/messages", {"role": "user", "content": "again"}).json()
+        await _call(ConversationSession.objects.filter(pk="live").update, expires_at="2000-01-01T00:00:00Z")
+        refused = await _call(api.post, "/sessions/live/messages", {"role": "user", "content": "refused"})
+        assert refused.status_code == 410
+        await _call(api.put, "/sessions/live")  # replaces the expired session
+        second = (await _call(api.post, "/sessions/live/messages", {"role": "user", "content": "again"})).json()
 
-        event = _receive_until(layer, channel, events.MESSAGE)
+        event = await listener.until(events.MESSAGE)
         assert event == {
             "type": "session.event",
             "session_id": "live",
@@ -118,24 +108,19 @@ def test_an_api_append_reaches_the_sessions_channel_group_after_commit(user):
             "turn": 1,
         }
         # The replay and the refused append pushed nothing: the next message event is the new session's.
-        assert _receive_until(layer, channel, events.DELETED)["session_id"] == "live"
-        event = _receive_until(layer, channel, events.MESSAGE)
+        assert (await listener.until(events.DELETED))["session_id"] == "live"
+        event = await listener.until(events.MESSAGE)
         assert (event["seq"], event["turn"]) == (second["seq"], 1)
-    finally:
-        async_to_sync(layer.group_discard)(events.group_name("live"), channel)
+    await _call(connections.close_all)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_api_state_and_clear_reach_the_channel_group(user):
-    api = api_for(user)
-    api.put("/sessions/panel")
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.group_name("panel"), channel)
-    try:
-        api.put("/sessions/panel/state/variables/color", {"value": "blue"})
-        assert _receive_until(layer, channel, events.STATE)["session_id"] == "panel"
-        api.post("/sessions/panel/clear")
-        assert _receive_until(layer, channel, events.CLEARED)["session_id"] == "panel"
-    finally:
-        async_to_sync(layer.group_discard)(events.group_name("panel"), channel)
+async def test_api_state_and_clear_reach_the_channel_group(user):
+    api = await _call(api_for, user)
+    await _call(api.put, "/sessions/panel")
+    async with Listener("panel") as listener:
+        await _call(api.put, "/sessions/panel/state/variables/color", {"value": "blue"})
+        assert (await listener.until(events.STATE))["session_id"] == "panel"
+        await _call(api.post, "/sessions/panel/clear")
+        assert (await listener.until(events.CLEARED))["session_id"] == "panel"
+    await _call(connections.close_all)

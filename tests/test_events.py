@@ -4,26 +4,13 @@ import asyncio
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.db import transaction
 
 from sessions_app import engine, events
 
+from .channel_support import Listener
+
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-async def subscribe(session_id: str) -> str:
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(events.group_name(session_id), channel)
-    return channel
-
-
-async def receive(channel: str, timeout: float = 2.0):
-    try:
-        return await asyncio.wait_for(get_channel_layer().receive(channel), timeout)
-    except TimeoutError:
-        return None
 
 
 def sync(func, *args, **kwargs):
@@ -32,9 +19,9 @@ def sync(func, *args, **kwargs):
 
 async def test_append_notifies_with_sequence_and_turn():
     await sync(engine.session_create, "ev")
-    channel = await subscribe("ev")
-    await sync(engine.message_append, "ev", "user", "hi")
-    event = await receive(channel)
+    async with Listener("ev") as listener:
+        await sync(engine.message_append, "ev", "user", "hi")
+        event = await listener.get()
     assert event == {"type": "session.event", "session_id": "ev", "kind": "message", "seq": 1, "turn": 1}
 
 
@@ -51,9 +38,13 @@ def rolled_back_writes():
 
 async def test_nothing_is_sent_after_rollback_and_only_after_commit():
     await sync(engine.session_create, "ev")
-    channel = await subscribe("ev")
-    await sync(rolled_back_writes)
-    assert await receive(channel, timeout=0.5) is None
+    async with Listener("ev") as listener:
+        await sync(rolled_back_writes)
+        assert await listener.get(timeout=0.5) is None
+        await _commit_slowly(listener)
+
+
+async def _commit_slowly(listener):
 
     opened, committed = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -67,20 +58,20 @@ async def test_nothing_is_sent_after_rollback_and_only_after_commit():
 
     writer = asyncio.ensure_future(sync(slow_commit))
     await opened.wait()
-    assert await receive(channel, timeout=0.3) is None  # written, not yet committed
+    assert await listener.get(timeout=0.3) is None  # written, not yet committed
     committed.set()
     await writer
-    assert (await receive(channel))["kind"] == "state"
+    assert (await listener.get())["kind"] == "state"
 
 
 async def test_each_kind_of_change_is_announced():
     await sync(engine.session_create, "ev")
-    channel = await subscribe("ev")
-    await sync(engine.session_update, "ev", metadata={"a": "b"})
-    await sync(engine.state_set_data, "ev", "k", [1])
-    await sync(engine.session_clear_messages, "ev")
-    await sync(engine.session_delete, "ev")
-    kinds = [(await receive(channel))["kind"] for _ in range(4)]
+    async with Listener("ev") as listener:
+        await sync(engine.session_update, "ev", metadata={"a": "b"})
+        await sync(engine.state_set_data, "ev", "k", [1])
+        await sync(engine.session_clear_messages, "ev")
+        await sync(engine.session_delete, "ev")
+        kinds = [(await listener.get())["kind"] for _ in range(4)]
     assert kinds == ["config", "state", "cleared", "deleted"]
 
 
