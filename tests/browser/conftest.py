@@ -105,8 +105,8 @@ def servers(django_db_setup, django_db_blocker):
     finally:
         for server in started:
             server.stop()
-        if ON_SQLITE:
-            for suffix in ("", "-wal", "-shm"):
+        if ON_SQLITE:  # the database file itself goes with pytest-django's teardown
+            for suffix in ("-wal", "-shm"):
                 Path(str(SQLITE_FILE) + suffix).unlink(missing_ok=True)
 
 
