@@ -36,7 +36,6 @@ class ConversationSession(models.Model):
         blank=True,
         on_delete=models.CASCADE,
         related_name="conversation_sessions",
-        db_index=False,  # the (owner, -updated_at) index serves lookups by owner
         help_text="The spec's user_id: who the session belongs to (none for service sessions).",
     )
     system_prompt = models.TextField(null=True, blank=True)
@@ -66,7 +65,9 @@ class ConversationSession(models.Model):
     total_tokens = models.PositiveBigIntegerField(default=0, help_text="Sum of the estimates of the listed messages.")
 
     class Meta:
-        indexes = [models.Index(fields=["owner", "-updated_at"], name="session_owner_recent")]
+        # No index holds updated_at: every write changes it, and an indexed column would make each
+        # update of the session row a non-HOT one (new entries in every index, bloat on busy sessions).
+        # A user's sessions are few enough to sort by activity after the owner index finds them.
         verbose_name = "conversation session"
 
     def __str__(self) -> str:
