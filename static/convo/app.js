@@ -73,6 +73,8 @@
     var stick = pane() && nearBottom(pane());
     current.querySelector(".stream-text").innerHTML = incoming.querySelector(".stream-text").innerHTML;
     current.querySelector(".typing").textContent = incoming.querySelector(".typing").textContent;
+    var body = current.querySelector(".msg-body");
+    if (body) body.scrollTop = body.scrollHeight; // a long reply scrolls inside its box, newest words in view
     if (stick) scrollToEnd();
     return true;
   }

@@ -9,6 +9,7 @@ from playwright.sync_api import expect
 from sessions_app import engine, replies
 from sessions_app.replies import BUILTIN_LABEL
 
+from .conftest import script
 from .test_browser_chat import LIVE, open_chat, send
 
 STREAM = "#reply-stream .streaming"
@@ -119,3 +120,30 @@ def test_stop_stores_the_partial_reply(context, slow_server, alice, login, make_
     expect(a.locator("#message-list > li.role-assistant").last).to_contain_text("regenerated")
     expect(a.locator(LIVE)).to_be_visible()
     assert re.search(r"turn 1", a.locator("#message-list > li.role-assistant").last.inner_text())
+
+
+def test_a_failed_reply_is_shown_and_retry_answers_it(page, slow_server, alice, login, make_session, shot):
+    """A turn whose reply failed (here: interrupted, as after a server restart) shows the error in the
+    chat and in the timeline, with Retry; Retry answers it and the error goes away."""
+    login(alice)
+    make_session("flaky", owner=alice)
+    script(engine.message_append, "flaky", "user", "what is 2+2?")
+    error = "The language model server returned HTTP 500: model overloaded"
+    script(engine.turn_set_metadata, "flaky", 1, {"reply_error": error, "reply_error_at": "2026-11-27T03:00:00+00:00"})
+    page.set_viewport_size({"width": 1366, "height": 860})
+    open_chat(page, slow_server, "flaky")
+    expect(page.locator("#reply-stream .reply-error")).to_contain_text("could not reply to turn 1")
+    expect(page.locator("#reply-stream .reply-error")).to_contain_text("model overloaded")
+    expect(page.locator("#turn-1 .turn-error")).to_contain_text("model overloaded")
+    retry = page.get_by_role("button", name="Retry")
+    expect(retry).to_be_visible()
+    shot(page, "reply-error-desktop")
+
+    retry.click()
+    answer = page.locator("#message-list > li.role-assistant")
+    expect(answer).to_contain_text("2+2 = 4.")
+    expect(page.locator("#reply-stream .reply-error")).to_have_count(0)
+    expect(page.locator("#turn-1")).to_contain_text("complete")
+    expect(page.locator("#turn-1 .turn-error")).to_have_count(0)
+    expect(page.get_by_role("button", name="Regenerate")).to_be_visible()
+    assert "reply_error" not in engine.last_turn(engine.session_get("flaky")).metadata
