@@ -10,6 +10,11 @@ socket opens — the server answers with exactly the listed messages after N, in
 panels, and from then on pushes every change; ``{"type": "budget", "budget": B}`` when the page's
 context budget changes. Close code 4404: the session is gone (the page does not reconnect).
 
+Assistant replies: a REPLY event is rendered from the event itself (the streamed text and Stop while
+it runs, an alert when it failed), since deltas come many times a second; when it ends, Regenerate /
+Retry follow from the database. The hello's answer includes the reply as the database has it, so a
+page that opens or reconnects mid-reply shows the text so far and follows the next events.
+
 Cost: new messages go out at once; the panels (timeline, state, context, header) follow within
 PANEL_DELAY, once for a burst of changes. Sockets of one process share their database reads and
 rendered fragments, so fifty pages on one conversation cost about one page.

@@ -228,6 +228,16 @@ def test_retry_needs_an_open_turn(client, chat):
     assert Reply.objects.count() == 1
 
 
+def test_an_unanswered_turn_offers_a_reply(client, chat):
+    """A user message stored without a reply (by the API or a script) gets a Reply button."""
+    engine.message_append("talk", "user", "what is 6*7?")
+    assert "Reply</button>" in actions(page(client)) and "no reply yet" in actions(page(client))
+    response = client.post("/c/talk/reply/retry/", **HX)
+    assert response.status_code == 200
+    assert finished().text == "6*7 = 42."
+    assert "Regenerate</button>" in actions(page(client))
+
+
 def test_a_failed_reply_shows_the_error_and_retry_completes_the_turn(client, chat, fake_llm):
     fake_llm.error(500, {"error": {"message": "The model crashed", "type": "server_error"}})
     send(client, "hello there")

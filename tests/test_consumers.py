@@ -288,7 +288,9 @@ async def test_an_ended_reply_clears_the_stream_and_offers_the_next_step(layer, 
     """done / stopped: the stream empties and Regenerate is offered (the turn is complete); error: an
     alert with the error, and Retry (the turn stays open)."""
     await append("live-1", "user", "What is 12*7?")
-    if state != "error":
+    if state == "error":  # as the reply runner does before it sends the event
+        await database_sync_to_async(engine.turn_set_metadata)("live-1", 1, {"reply_error": "HTTP 500: boom"})
+    else:
         await append("live-1", "assistant", "84, stored")
     comm, _ = await connect("live-1", user)
     await hello(comm, 3)
