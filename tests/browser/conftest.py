@@ -26,7 +26,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 # Two servers for the chat tests and a third whose built-in responder types slowly (to watch a reply
 # stream and stop it). CONVO_BROWSER_PORTS moves them, e.g. when several checkouts test at once.
-PORTS = tuple(int(p) for p in os.environ.get("CONVO_BROWSER_PORTS", "8150,8151,8152").split(","))[:3]
+PORTS = tuple(int(p) for p in os.environ.get("CONVO_BROWSER_PORTS", "8150,8151,8152").split(","))
+SLOW_PORT = PORTS[2] if len(PORTS) > 2 else PORTS[-1] + 1
 FAST_WORD_DELAY = "0.005"  # seconds per streamed word: replies finish quickly, tests stay fast
 SLOW_WORD_DELAY = "0.25"
 SQLITE_FILE = Path(tempfile.gettempdir()) / f"convo-ui-browser-{os.getpid()}.sqlite3"
@@ -129,7 +130,7 @@ def server(servers):
 @pytest.fixture(scope="session")
 def slow_server(servers):
     """A server whose built-in responder streams a word every SLOW_WORD_DELAY seconds (started on demand)."""
-    server = Daphne(PORTS[2], word_delay=SLOW_WORD_DELAY)
+    server = Daphne(SLOW_PORT, word_delay=SLOW_WORD_DELAY)
     server.start()
     try:
         yield server
