@@ -10,6 +10,11 @@ socket opens — the server answers with exactly the listed messages after N, in
 panels, and from then on pushes every change; ``{"type": "budget", "budget": B}`` when the page's
 context budget changes. Close code 4404: the session is gone (the page does not reconnect).
 
+Assistant replies: a REPLY event is rendered from the event itself (the streamed text and Stop while
+it runs, an alert when it failed), since deltas come many times a second; when it ends, Regenerate /
+Retry follow from the database. The hello's answer includes the reply as the database has it, so a
+page that opens or reconnects mid-reply shows the text so far and follows the next events.
+
 Cost: new messages go out at once; the panels (timeline, state, context, header) follow within
 PANEL_DELAY, once for a burst of changes. Sockets of one process share their database reads and
 rendered fragments, so fifty pages on one conversation cost about one page.
@@ -38,6 +43,7 @@ CATCHUP_MAX = 500
 # Panels are re-rendered at most this often (seconds) while changes keep coming.
 PANEL_DELAY = 0.5
 CLOSE_GONE = 4404
+REPLY_ENDS = ("done", "stopped", "error")
 
 
 class _RenderCache:
@@ -157,6 +163,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     _panels_seq: int = 0  # the panels must show at least this message ...
     _panels_since: float | None = None  # ... and a read started after this (for changes without a seq)
     _gone: bool = False
+    _reply_events: int = 0  # REPLY events handled (a refresh's database view of the reply yields to them)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale database connections before every handler, a hop into the database
@@ -207,8 +214,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         t0 = time.monotonic()
         kind = event.get("kind")
         if kind == events.REPLY:
-            html = rendering.render_reply_oob(self.session_id, str(event.get("state", "")), str(event.get("text", "")))
-            await self.send(text_data=html)
+            await self._reply_event(t0, event)
             return
         if self.last_seq is None or self._gone:
             return  # no hello yet: the hello's catch-up will include this change
@@ -220,6 +226,28 @@ class SessionConsumer(AsyncWebsocketConsumer):
             self._schedule_panels(seq=seq)
         else:
             self._schedule_panels(since=t0)
+
+    async def _reply_event(self, t0: float, event: dict[str, Any]) -> None:
+        """The reply stream from the event itself (no database: deltas come many times a second);
+        when the reply ends, Regenerate / Retry from the database as well."""
+        self._reply_events += 1
+        state = str(event.get("state", ""))
+        html = rendering.render_reply_oob(
+            self.session_id,
+            state,
+            str(event.get("text", "")),
+            error=str(event.get("error") or ""),
+            reply_id=event.get("reply"),
+            turn=event.get("turn"),
+        )
+        if state in REPLY_ENDS and self.last_seq is not None and not self._gone:
+            session = await self._snapshot(since=t0)
+            if session is None:
+                return
+            key = ("reply-actions", *self._version(session), session.is_expired())
+            actions = await self._render(key, lambda: rendering.render_reply_actions_oob(session))
+            html += actions or ""
+        await self.send(text_data=html)
 
     # -----------------------------------------------------------------------------------------
 
@@ -325,12 +353,19 @@ class SessionConsumer(AsyncWebsocketConsumer):
         else:
             key = ("messages", *self._version(session), after)
             messages = await self._render(key, lambda: self._messages_html(session, after))
+        reply_events = self._reply_events
+        try:
+            stream = await database_sync_to_async(rendering.render_reply_state_oob)(session)
+        except engine.SessionNotFound:
+            stream = None
         panels = await self._render(self._panels_key(session), lambda: self._panels_html(session), slow=True)
-        if messages is None or panels is None:
+        if messages is None or panels is None or stream is None:
             await self._send_gone()
             return
+        if self._reply_events != reply_events:
+            stream = ""  # a REPLY event arrived meanwhile and showed a newer state than that read
         self.last_seq = session.last_seq
-        await self.send(text_data=messages + panels)
+        await self.send(text_data=messages + stream + panels)
 
     def _panels_key(self, session: ConversationSession) -> tuple:
         return ("panels", *self._version(session), session.is_expired(), self.budget, self.user.pk)

@@ -196,7 +196,17 @@ def panels_context(
         ctx["context"] = context_view(session, budget)
     ctx.update(timeline(session))
     ctx.update(status(session, now))
+    ctx["last_turn"] = last_turn(session, ctx["turns"])
     return ctx
+
+
+def last_turn(session: ConversationSession, turns: list[Turn] | None = None) -> Turn | None:
+    """The session's last turn (from the newest turns when at hand), which Regenerate and Retry answer."""
+    if not session.turn_count:
+        return None
+    if turns and turns[-1].number == session.turn_count:
+        return turns[-1]
+    return Turn.objects.filter(session=session, number=session.turn_count).first()
 
 
 def list_bounds(session: ConversationSession) -> dict[str, Any]:
@@ -229,6 +239,7 @@ def render_panels_oob(session: ConversationSession, user: Any, *, budget: int | 
         render_partial("timeline", ctx),
         render_partial("state-panel", ctx),
         render_partial("context-panel", ctx),
+        render_partial("reply-actions", ctx),
     ]
     entries = sidebar_entries(user, only=session.id, now=ctx["now"])
     if entries:
@@ -259,8 +270,59 @@ def render_settings_oob(session: ConversationSession) -> str:
     return render_partial("settings-panel", ctx)
 
 
-def render_reply_oob(session_id: str, state: str, text: str) -> str:
-    return render_partial("reply-stream", {"reply_state": state, "reply_text": text, "oob": True})
+def reply_context(
+    session_id: str,
+    state: str,
+    text: str = "",
+    *,
+    error: str = "",
+    reply_id: Any = None,
+    turn: Any = None,
+    announce: bool = True,
+) -> dict[str, Any]:
+    """What the reply-stream partial shows: the running reply's text and Stop, or a failed reply's error."""
+    return {
+        "session_id": session_id,
+        "reply_state": state,
+        "reply_text": text,
+        "reply_error": error,
+        "reply_id": reply_id,
+        "reply_turn": turn,
+        "announce": announce,
+    }
+
+
+def reply_state(session: ConversationSession, turn: Turn | None = None) -> dict[str, Any]:
+    """The reply area as the database has it: the running reply (its text so far and a Stop button),
+    or the last turn's failed reply, or nothing. For a page that opens or reconnects mid-reply."""
+    from . import replies
+
+    running = replies.running_reply(session)
+    if running is not None:
+        return reply_context(session.id, "delta", running.text, reply_id=running.pk, turn=running.turn_number)
+    turn = turn if turn is not None else last_turn(session)
+    if turn is not None and not turn.is_complete and turn.metadata.get("reply_error"):
+        return reply_context(session.id, "error", error=turn.metadata["reply_error"], turn=turn.number, announce=False)
+    return reply_context(session.id, "")
+
+
+def render_reply_oob(
+    session_id: str, state: str, text: str, *, error: str = "", reply_id: Any = None, turn: Any = None
+) -> str:
+    """The reply stream for a REPLY event: text and Stop while it runs, an alert when it failed, else empty."""
+    ctx = reply_context(session_id, state, text, error=error, reply_id=reply_id, turn=turn)
+    return render_partial("reply-stream", {**ctx, "oob": True})
+
+
+def render_reply_state_oob(session: ConversationSession) -> str:
+    """The reply stream as the database has it (see reply_state), after a (re)connect."""
+    return render_partial("reply-stream", {**reply_state(session), "announce": False, "oob": True})
+
+
+def render_reply_actions_oob(session: ConversationSession) -> str:
+    """Regenerate (last turn complete) or Retry (last turn open), from the database."""
+    ctx = {"session": session, "last_turn": last_turn(session), "oob": True, **status(session)}
+    return render_partial("reply-actions", ctx)
 
 
 def render_gone_oob(session_id: str) -> str:

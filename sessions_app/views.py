@@ -11,6 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ImproperlyConfigured
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -18,7 +19,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import engine, rendering
+from . import engine, rendering, replies
 from .forms import (
     BudgetForm,
     DataForm,
@@ -32,6 +33,8 @@ from .forms import (
 from .models import ConversationSession, Role
 
 UNPROCESSABLE = 422
+CONFLICT = 409
+UNAVAILABLE = 503
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +76,7 @@ def _page_context(request: HttpRequest, session: ConversationSession, **extra: A
     now = timezone.now()
     messages, has_earlier = rendering.earlier_messages(session, None)
     ctx = rendering.panels_context(session, now=now, with_context=False)
+    ctx.update(rendering.reply_state(session, ctx["last_turn"]))
     ctx.update(
         session=session,
         messages=messages,
@@ -205,25 +209,40 @@ def turns_earlier(request: HttpRequest, session_id: str) -> HttpResponse:
 @login_required
 @require_POST
 def message_send(request: HttpRequest, session_id: str) -> HttpResponse:
-    """Append a message written in the composer (the one place the UI appends; replies start here).
+    """Append a message written in the composer (the one place the UI appends).
 
-    Success returns a fresh composer plus the stored message (out of band); every open page of the
-    conversation, this one included, also receives it over its websocket, and the page keeps one copy.
+    A user message starts the assistant's reply (in the background: this returns at once); while a
+    reply runs it is refused with a message and nothing is stored. Other roles are an operator
+    writing a transcript by hand and start nothing. Success returns a fresh composer plus the stored
+    message (out of band); every open page of the conversation, this one included, also receives it
+    over its websocket (and the reply as it streams), and the page keeps one copy.
     """
     session = _owned(request, session_id)
     form = MessageForm(request.POST)
     message = None
+    status = UNPROCESSABLE
     if form.is_valid():
         data = form.cleaned_data
         try:
-            message = engine.message_append(
-                session.id,
-                data["role"],
-                data["content"],
-                name=data["name"] or None,
-                tool_call_id=(data["tool_call_id"] or None) if data["role"] == Role.TOOL else None,
-                owner=request.user,
-            )
+            if data["role"] == Role.USER:
+                message, _ = replies.append_and_reply(
+                    session.id, data["content"], owner=request.user, name=data["name"] or None
+                )
+            else:
+                message = engine.message_append(
+                    session.id,
+                    data["role"],
+                    data["content"],
+                    name=data["name"] or None,
+                    tool_call_id=(data["tool_call_id"] or None) if data["role"] == Role.TOOL else None,
+                    owner=request.user,
+                )
+        except replies.ReplyInProgress as exc:
+            form.add_error(None, str(exc))
+            status = CONFLICT
+        except ImproperlyConfigured as exc:
+            form.add_error(None, f"The assistant is not configured, so the message was not sent: {exc}")
+            status = UNAVAILABLE
         except engine.SessionExpired:
             form.add_error(None, "This conversation has expired: start it fresh to write again.")
         except engine.SessionNotFound:
@@ -232,12 +251,71 @@ def message_send(request: HttpRequest, session_id: str) -> HttpResponse:
             form.add_engine_error(exc)
     if message is None:
         if not request.htmx:
-            return _chat_page(request, session, composer=form, status=UNPROCESSABLE)
-        return _partial(request, "composer", {"session": session, "composer": form}, status=UNPROCESSABLE)
+            return _chat_page(request, session, composer=form, status=status)
+        return _partial(request, "composer", {"session": session, "composer": form}, status=status)
     if not request.htmx:
         return _after_write(request, session.id)
     ctx = {"session": session, "composer": _composer_form(request.POST), "sent": [message], "focus": True}
     return _partial(request, "composer", ctx)
+
+
+def _reply_actions(request: HttpRequest, session_id: str, *, notice: str = "", status: int = 200) -> HttpResponse:
+    """The Regenerate / Retry buttons as they now stand (htmx), or back to the page (plain form)."""
+    session = _owned(request, session_id)  # re-read: the action may have changed it
+    if not request.htmx:
+        if not notice:
+            return _after_write(request, session.id)
+        return _chat_page(request, session, reply_notice=notice, status=status)
+    ctx = {"session": session, "last_turn": rendering.last_turn(session), "reply_notice": notice}
+    ctx.update(rendering.status(session))
+    return _partial(request, "reply-actions", ctx, status=status)
+
+
+def _start_reply(request: HttpRequest, session_id: str, *, regenerate: bool) -> HttpResponse:
+    session = _owned(request, session_id)
+    try:
+        replies.start_reply(session.id, owner=request.user, regenerate=regenerate)
+    except (replies.ReplyInProgress, replies.NothingToReply) as exc:
+        return _reply_actions(request, session.id, notice=str(exc), status=CONFLICT)
+    except engine.SessionExpired:
+        notice = "This conversation has expired: start it fresh to write again."
+        return _reply_actions(request, session.id, notice=notice, status=CONFLICT)
+    except ImproperlyConfigured as exc:
+        return _reply_actions(request, session.id, notice=f"The assistant is not configured: {exc}", status=UNAVAILABLE)
+    except engine.SessionNotFound:
+        raise Http404("No such conversation.") from None
+    return _reply_actions(request, session.id)
+
+
+@login_required
+@require_POST
+def reply_regenerate(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Answer the last turn again; the new response completes it and the previous one stays listed."""
+    return _start_reply(request, session_id, regenerate=True)
+
+
+@login_required
+@require_POST
+def reply_retry(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Reply to the last turn while it is open (after a failed, stopped or interrupted reply)."""
+    return _start_reply(request, session_id, regenerate=False)
+
+
+@login_required
+@require_POST
+def reply_stop(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Stop the running reply: the provider call is cancelled and the partial text is stored (finish
+    reason "stopped"); every page learns of it from the REPLY event that follows."""
+    session = _owned(request, session_id)
+    try:
+        stopped = replies.stop_reply(session.id, owner=request.user)
+    except engine.SessionNotFound:
+        raise Http404("No such conversation.") from None
+    if stopped:
+        if not request.htmx:
+            return _after_write(request, session.id)
+        return HttpResponse(status=204)  # the stream stays until the stored partial reply replaces it
+    return _reply_actions(request, session.id, notice="There is no reply to stop: it had already finished.")
 
 
 @login_required

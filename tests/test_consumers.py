@@ -242,13 +242,112 @@ async def test_reply_events_fill_and_empty_the_reply_stream(layer, user, owned):
     comm, _ = await connect("live-1", user)
     await hello(comm, 1)
     channel_layer = get_channel_layer()
-    event = {"type": "session.event", "session_id": "live-1", "kind": events.REPLY}
+    event = {"type": "session.event", "session_id": "live-1", "kind": events.REPLY, "reply": 7, "turn": 1}
     await channel_layer.group_send(events.group_name("live-1"), {**event, "state": "delta", "text": "Hel<b>lo"})
     html = await comm.receive_from(timeout=5)
     assert 'id="reply-stream"' in html and "role-assistant" in html and "Hel&lt;b&gt;lo" in html
     await channel_layer.group_send(events.group_name("live-1"), {**event, "state": "done", "text": "Hello"})
     html = await comm.receive_from(timeout=5)
     assert 'id="reply-stream"' in html and "Hello" not in html
+    await comm.disconnect()
+
+
+def stream_of(html):
+    """The inside of the pushed #reply-stream fragment (its divs balanced)."""
+    start = html.find('<div id="reply-stream"')
+    assert start >= 0 and 'hx-swap-oob="innerHTML"' in html[start : html.index(">", start)], html[:300]
+    body = html.index(">", start) + 1
+    depth = 1
+    for tag in re.finditer(r"<(/?)div\b", html[body:]):
+        depth += -1 if tag.group(1) else 1
+        if depth == 0:
+            return html[body : body + tag.start()]
+    raise AssertionError("unbalanced #reply-stream fragment")
+
+
+@pytest.mark.parametrize("state", ["started", "delta"])
+async def test_a_running_reply_shows_its_text_and_stop(layer, user, owned, state):
+    comm, _ = await connect("live-1", user)
+    await hello(comm, 1)
+    text = "" if state == "started" else "Twelve times seven"
+    await get_channel_layer().group_send(
+        events.group_name("live-1"),
+        {"type": "session.event", "session_id": "live-1", "kind": events.REPLY, "state": state, "text": text,
+         "reply": 41, "turn": 3},
+    )  # fmt: skip
+    html = stream_of(await comm.receive_from(timeout=5))
+    assert 'class="msg role-assistant streaming" data-reply="41"' in html
+    assert ("replying…" if text else "thinking…") in html and text in html and "turn 3" in html
+    assert 'action="/c/live-1/reply/stop/"' in html and "Stop</button>" in html
+    assert 'role="alert"' not in html
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize("state", ["done", "stopped", "error"])
+async def test_an_ended_reply_clears_the_stream_and_offers_the_next_step(layer, user, owned, state):
+    """done / stopped: the stream empties and Regenerate is offered (the turn is complete); error: an
+    alert with the error, and Retry (the turn stays open)."""
+    await append("live-1", "user", "What is 12*7?")
+    if state == "error":  # as the reply runner does before it sends the event
+        await database_sync_to_async(engine.turn_set_metadata)("live-1", 1, {"reply_error": "HTTP 500: boom"})
+    else:
+        await append("live-1", "assistant", "84, stored")
+    comm, _ = await connect("live-1", user)
+    await hello(comm, 3)
+    await settle(comm)
+    event = {"type": "session.event", "session_id": "live-1", "kind": events.REPLY, "state": state, "text": "84",
+             "reply": 5, "turn": 1}  # fmt: skip
+    if state == "error":
+        event["error"] = "The language model server returned HTTP 500: boom"
+    await get_channel_layer().group_send(events.group_name("live-1"), event)
+    html = await comm.receive_from(timeout=5)
+    stream = stream_of(html)
+    assert "streaming" not in stream and "Stop</button>" not in stream
+    assert 'id="reply-actions" class="reply-actions" hx-swap-oob="true"' in html
+    if state == "error":
+        assert 'role="alert"' in stream and "HTTP 500: boom" in stream and "could not reply to turn 1" in stream
+        assert "Retry</button>" in html and "Regenerate" not in html
+    else:
+        assert stream.strip() == ""
+        assert "Regenerate</button>" in html and "Retry" not in html
+    await comm.disconnect()
+
+
+async def test_the_hello_brings_the_running_reply(layer, user, owned, replies_env, close_async_db):
+    """A page that connects mid-reply gets the running reply's text and Stop from the database."""
+    replies_env.CONVO_BUILTIN_WORD_DELAY = 0.2
+    from sessions_app import replies
+
+    _, reply = await database_sync_to_async(replies.append_and_reply)("live-1", "hello there")
+    comm, _ = await connect("live-1", user)
+    html = await hello(comm, 0)
+    assert f'data-reply="{reply.pk}"' in stream_of(html) and "Stop</button>" in html
+    await database_sync_to_async(replies.stop_reply)("live-1")
+    await database_sync_to_async(replies.wait_reply)(reply.pk)
+    frames = await settle(comm)
+    assert any('id="reply-stream"' in f and "streaming" not in stream_of(f) for f in frames if "reply-stream" in f)
+    await comm.disconnect()
+
+
+async def test_a_builtin_reply_streams_to_the_page_with_its_tool_call(layer, user, owned, replies_env, close_async_db):
+    """Send "what is 12*7?": the page sees the stream, the calculator's tool message and the stored
+    answer as they happen, then the timeline with the tool call and Regenerate."""
+    from sessions_app import replies
+
+    comm, _ = await connect("live-1", user)
+    await hello(comm, 1)
+    _, reply = await database_sync_to_async(replies.append_and_reply)("live-1", "what is 12*7?")
+    await database_sync_to_async(replies.wait_reply)(reply.pk)
+    frames = await settle(comm, quiet=0.6)
+    joined = "".join(frames)
+    assert f'data-reply="{reply.pk}"' in joined  # the stream was shown
+    assert msg_seqs(joined) == [2, 3, 4]  # user, tool, assistant: each once, in order
+    assert re.search(r'<li id="msg-3" class="msg role-tool"', joined) and "calculator" in joined
+    ends = [f for f in frames if 'id="reply-stream"' in f and 'id="reply-actions"' in f]
+    assert ends and "streaming" not in stream_of(ends[-1]) and "Regenerate</button>" in ends[-1]
+    timeline = [f for f in frames if 'id="timeline"' in f][-1]
+    assert re.search(r"tool calculator <code>call_\w+</code></span> 84", timeline)
+    assert 'id="turn-1" class="turn complete"' in timeline
     await comm.disconnect()
 
 

@@ -3,6 +3,7 @@
 import json
 
 from django import template
+from django.core.exceptions import ImproperlyConfigured
 
 from sessions_app.rendering import fingerprint, markdown_html
 
@@ -39,3 +40,23 @@ def turn_key(turn) -> str:
         turn.started_at, turn.completed_at, sorted(turn.metadata.items()),
         [(c.pk, c.content, c.name, c.tool_call_id) for c in getattr(turn, "tool_calls", [])],
     )  # fmt: skip
+
+
+@register.simple_tag
+def responder_label() -> str:
+    """Who answers the conversation: the built-in responder, or "<model> on <host>" (never a key)."""
+    from sessions_app.replies import responder_label as label
+
+    try:
+        return label()
+    except ImproperlyConfigured as exc:
+        return f"not configured ({exc})"
+
+
+REPLY_ERROR_KEYS = ("reply_error", "reply_error_at")
+
+
+@register.filter
+def without_reply_error(metadata) -> dict:
+    """A turn's metadata without the failed-reply keys (the timeline shows those on their own line)."""
+    return {k: v for k, v in (metadata or {}).items() if k not in REPLY_ERROR_KEYS}

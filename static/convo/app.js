@@ -9,6 +9,7 @@
     { code: "[23]..", swap: true },
     { code: "422", swap: true, error: false },
     { code: "409", swap: true, error: false },
+    { code: "503", swap: true, error: false },
     { code: "[45]..", swap: false, error: true },
   ];
 
@@ -63,12 +64,111 @@
     else if (stick) scrollToEnd();
   }
 
+  // The reply stream: while one reply runs, only its text changes (the Stop button stays the same
+  // element, so keyboard focus on it survives the many updates a second).
+  function updateStream(target, fragment) {
+    var incoming = fragment.querySelector && fragment.querySelector(".streaming");
+    var current = target.querySelector(".streaming");
+    if (!incoming || !current || incoming.getAttribute("data-reply") !== current.getAttribute("data-reply")) return false;
+    var stick = pane() && nearBottom(pane());
+    current.querySelector(".stream-text").innerHTML = incoming.querySelector(".stream-text").innerHTML;
+    current.querySelector(".typing").textContent = incoming.querySelector(".typing").textContent;
+    var body = current.querySelector(".msg-body");
+    if (body) body.scrollTop = body.scrollHeight; // a long reply scrolls inside its box, newest words in view
+    if (stick) scrollToEnd();
+    return true;
+  }
+
+  // Focus stays on a button that an update replaces (Stop, Regenerate, Retry), or goes back to the
+  // composer when that button is gone.
+  var focusKey = null;
+  function rememberFocus(target) {
+    var active = document.activeElement;
+    if (active && target.contains(active) && active.hasAttribute("data-focus-key")) {
+      focusKey = active.getAttribute("data-focus-key");
+    }
+  }
+  function restoreFocus() {
+    if (!focusKey) return;
+    var key = focusKey;
+    focusKey = null;
+    if (document.activeElement && document.activeElement !== document.body) return;
+    var candidates = [
+      document.querySelector('[data-focus-key="' + key + '"]:not([disabled])'),
+      document.querySelector('[data-focus-key="reply-stop"]'),
+      document.querySelector("#composer textarea[name=content]"),
+    ];
+    for (var i = 0; i < candidates.length; i++) {
+      if (candidates[i] && candidates[i].offsetParent !== null) { candidates[i].focus(); return; }
+    }
+  }
+
+  // Pushed panels replace forms the user may be typing in (a reply's changes arrive while they type):
+  // edited fields keep their text, caret and focus across the swap.
+  var edits = null;
+  function fieldKey(el) {
+    var form = el.form;
+    var key = form && form.querySelector("input[type=hidden][name=key]");
+    return [form ? form.getAttribute("action") : "", key ? key.value : "", el.name, el.getAttribute("placeholder") || ""].join("|");
+  }
+  function saveEdits(target) {
+    target.querySelectorAll("input:not([type=hidden]), textarea").forEach(function (el) {
+      if (el.value === el.defaultValue) return;
+      var saved = { value: el.value, focused: el === document.activeElement, start: null, end: null };
+      try { saved.start = el.selectionStart; saved.end = el.selectionEnd; } catch (err) { /* number inputs */ }
+      edits = edits || {};
+      edits[fieldKey(el)] = saved;
+    });
+  }
+  function restoreEdits() {
+    if (!edits) return;
+    var saved = edits;
+    edits = null;
+    document.querySelectorAll("#panels input:not([type=hidden]), #panels textarea").forEach(function (el) {
+      var edit = saved[fieldKey(el)];
+      if (!edit) return;
+      el.value = edit.value;
+      if (edit.focused) {
+        el.focus();
+        try { if (edit.start !== null) el.setSelectionRange(edit.start, edit.end); } catch (err) { /* number inputs */ }
+      }
+    });
+  }
+  var KEEP_EDITS = ["state-panel", "context-panel"];
+
+  function afterReplyUpdate() {
+    var stream = byId("reply-stream");
+    if (!stream) return;
+    var streaming = !!stream.querySelector(".streaming");
+    // Screen readers wait for the stored message (announced by the message log) instead of
+    // reading every streamed word.
+    stream.setAttribute("aria-busy", streaming ? "true" : "false");
+    // A failed reply's notice belongs to its turn: it goes once that turn is answered or superseded.
+    var error = stream.querySelector(".reply-error");
+    var turns = document.querySelectorAll("#turn-list > li.turn");
+    var last = turns.length ? turns[turns.length - 1] : null;
+    if (error && last && (last.getAttribute("data-number") !== error.getAttribute("data-turn") || last.classList.contains("complete"))) {
+      error.remove();
+    }
+  }
+
   document.addEventListener("htmx:oobBeforeSwap", function (e) {
     var target = e.detail.target;
-    if (target && target.id === "message-list") {
+    if (!target) return;
+    if (target.id === "message-list") {
       e.detail.shouldSwap = false;
       insertMessages(target, e.detail.fragment);
+    } else if (target.id === "reply-stream") {
+      if (updateStream(target, e.detail.fragment)) e.detail.shouldSwap = false;
+      else rememberFocus(target);
+    } else if (target.id === "reply-actions") {
+      rememberFocus(target);
+    } else if (KEEP_EDITS.indexOf(target.id) >= 0) {
+      saveEdits(target);
     }
+  });
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (e.detail.target && e.detail.target.id === "reply-actions") rememberFocus(e.detail.target);
   });
 
   // Messages that left the session's list (max_messages) leave the page too.
@@ -122,7 +222,12 @@
       live.timer = setTimeout(function () { wrapper.reconnect(); }, delay);
     }
   });
-  document.addEventListener("htmx:wsAfterMessage", function () { prune(); });
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    prune();
+    afterReplyUpdate();
+    restoreEdits();
+    restoreFocus();
+  });
 
   // The context budget is per page: the server renders pushed context panels with it.
   document.addEventListener("htmx:afterRequest", function (e) {
@@ -140,6 +245,7 @@
     form.requestSubmit();
   });
   document.addEventListener("htmx:afterSwap", function (e) {
+    restoreFocus();
     if (e.detail.target && e.detail.target.id === "composer") {
       var box = document.querySelector("#composer textarea[name=content]");
       if (box) box.focus();
@@ -149,6 +255,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     var toggle = byId("sidebar-toggle");
     if (toggle && window.matchMedia("(max-width: 1100px)").matches) toggle.open = false;
+    afterReplyUpdate();
     scrollToEnd();
     var box = document.querySelector("#composer textarea[name=content]");
     if (box && window.matchMedia("(min-width: 900px)").matches) box.focus();

@@ -24,7 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
-PORTS = (8150, 8151)
+# Two servers for the chat tests and a third whose built-in responder types slowly (to watch a reply
+# stream and stop it). CONVO_BROWSER_PORTS moves them, e.g. when several checkouts test at once.
+PORTS = tuple(int(p) for p in os.environ.get("CONVO_BROWSER_PORTS", "8150,8151,8152").split(","))
+SLOW_PORT = PORTS[2] if len(PORTS) > 2 else PORTS[-1] + 1
+FAST_WORD_DELAY = "0.005"  # seconds per streamed word: replies finish quickly, tests stay fast
+SLOW_WORD_DELAY = "0.25"
 SQLITE_FILE = Path(tempfile.gettempdir()) / f"convo-ui-browser-{os.getpid()}.sqlite3"
 ON_SQLITE = django_settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
 
@@ -45,14 +50,21 @@ class Daphne:
     """A daphne process serving the project on the test database; stop() and start() again to
     simulate a server restart."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, word_delay: str = FAST_WORD_DELAY) -> None:
         self.port = port
+        self.word_delay = word_delay
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self.log = ARTIFACTS / f"daphne-{port}.log"
 
     def env(self) -> dict[str, str]:
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "convo_site.settings", "DJANGO_DEBUG": "true"}
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "convo_site.settings",
+            "DJANGO_DEBUG": "true",
+            "CONVO_RESPONDER": "builtin",
+            "CONVO_BUILTIN_WORD_DELAY": self.word_delay,
+        }
         db = django_settings.DATABASES["default"]
         if ON_SQLITE:
             env["CONVO_SQLITE_PATH"] = db["NAME"]
@@ -97,7 +109,7 @@ class Daphne:
 def servers(django_db_setup, django_db_blocker):
     started = []
     try:
-        for port in PORTS:
+        for port in PORTS[:2]:
             server = Daphne(port)
             server.start()
             started.append(server)
@@ -113,6 +125,17 @@ def servers(django_db_setup, django_db_blocker):
 @pytest.fixture
 def server(servers):
     return servers[0]
+
+
+@pytest.fixture(scope="session")
+def slow_server(servers):
+    """A server whose built-in responder streams a word every SLOW_WORD_DELAY seconds (started on demand)."""
+    server = Daphne(SLOW_PORT, word_delay=SLOW_WORD_DELAY)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -59,11 +59,13 @@ def test_sign_up_create_send_and_see(page, server, transactional_db, shot):
     expect(message).to_have_count(1)
     expect(message.locator("strong")).to_have_text("Convo")
     expect(box).to_have_value("")
-    expect(page.locator("#turn-1")).to_contain_text("open")
+    # The built-in responder answers and completes the turn.
+    expect(page.locator("#message-list > li.role-assistant")).to_contain_text("built-in responder")
+    expect(page.locator("#turn-1")).to_contain_text("complete")
     # Empty content is refused inline and stores nothing.
     box.press("Enter")
     expect(page.locator("#composer .field-error")).to_contain_text("empty")
-    assert engine.session_get("first:chat.1").message_count == 1
+    assert engine.session_get("first:chat.1").message_count == 2
 
 
 def test_composer_and_panels_screenshots(page, server, alice, login, shot, make_session):
@@ -108,10 +110,13 @@ def test_two_pages_see_each_others_changes(context, server, alice, login, make_s
 
     send(a, "ping from A")
     expect(b.locator("#message-list > li.role-user")).to_have_text(re.compile("ping from A"))
-    expect(b.locator("#turn-1")).to_contain_text("open")
-    send(a, "pong, by hand", role="assistant")
+    # The reply streams into both pages and completes the turn there.
+    expect(b.locator("#message-list > li.role-assistant")).to_contain_text("For turn 1 I received")
     expect(b.locator("#turn-1")).to_contain_text("complete")
-    expect(b.locator("#message-list > li")).to_have_count(2)
+    send(a, "pong, by hand", role="assistant")  # an operator's message starts no reply
+    expect(b.locator("#message-list > li")).to_have_count(3)
+    # The panels follow the messages (within half a second): let them land before typing in one.
+    expect(a.locator("#session-header [data-stat=messages]")).to_have_text("3 messages")
 
     a.fill("#state-panel input[name=key][placeholder=key]", "mood")
     a.fill("#state-panel input[name=value][placeholder=value]", "cheerful")
@@ -125,7 +130,7 @@ def test_two_pages_see_each_others_changes(context, server, alice, login, make_s
     expect(a.locator("#state-panel .field-error")).to_contain_text("Not valid JSON")
     assert "cfg" not in engine.session_get("pair").data
     # Each page shows each message once.
-    expect(a.locator("#message-list > li")).to_have_count(2)
+    expect(a.locator("#message-list > li")).to_have_count(3)
 
 
 def test_load_earlier_keeps_order(page, server, alice, login, make_session):
@@ -145,8 +150,9 @@ def test_load_earlier_keeps_order(page, server, alice, login, make_session):
     seqs = items.evaluate_all("els => els.map(e => Number(e.dataset.seq))")
     assert seqs == list(range(1, 121))
     send(page, "and one more")
-    expect(items).to_have_count(121)
-    assert items.last.get_attribute("data-seq") == "121"
+    expect(items).to_have_count(122)  # the message and its reply
+    seqs = items.evaluate_all("els => els.map(e => Number(e.dataset.seq))")
+    assert seqs == list(range(1, 123))
 
 
 def test_clear_and_delete_with_confirmation_reach_the_other_page(context, server, alice, login, make_session):
@@ -156,7 +162,7 @@ def test_clear_and_delete_with_confirmation_reach_the_other_page(context, server
     open_chat(a, server, "doomed")
     open_chat(b, server, "doomed")
     send(a, "soon gone")
-    expect(b.locator("#message-list > li")).to_have_count(2)
+    expect(b.locator("#message-list > li")).to_have_count(3)  # the prompt, the message, its reply
 
     a.get_by_text("Clear messages…").click()
     a.get_by_role("button", name="Yes, clear the messages").click()
@@ -180,11 +186,13 @@ def test_xss_payload_stays_inert(page, server, alice, login, make_session):
         "[click me](javascript:window.pwned=3)",
         '<a href="javascript:window.pwned=4">raw link</a>',
     ]
+    count = 0
     for n, payload in enumerate(payloads, start=1):
         send(page, payload, role="assistant" if n % 2 else "user")
-        expect(page.locator("#message-list > li")).to_have_count(n)
+        count += 1 if n % 2 else 2  # a user message gets a reply (wait for it: one reply at a time)
+        expect(page.locator("#message-list > li")).to_have_count(count)
     send(page, '<svg onload="window.pwned=5"></svg> **bold**', role="assistant")
-    expect(page.locator("#message-list > li")).to_have_count(5)
+    expect(page.locator("#message-list > li")).to_have_count(count + 1)
     for link in page.locator("#message-list a").all():
         link.click()
     assert page.evaluate("window.pwned") is None
@@ -200,22 +208,23 @@ def test_reconnect_after_a_server_restart_catches_up_exactly_once(context, serve
     open_chat(a, server2, "blip")
     open_chat(b, server, "blip")
     send(a, "before the blip")
-    expect(a.locator("#message-list > li")).to_have_count(1)
+    expect(a.locator("#message-list > li")).to_have_count(2)  # and its reply, before the server goes
 
     server2.stop()
     expect(a.locator("#live-status")).to_have_attribute("data-state", re.compile("disconnected|reconnecting"))
     expect(a.locator("#live-status")).to_contain_text("connect")
     send(b, "sent while A was away")
-    expect(b.locator("#message-list > li")).to_have_count(2)
+    expect(b.locator("#message-list > li")).to_have_count(4)
     server2.start()
 
     expect(a.locator(LIVE)).to_be_visible(timeout=20_000)
-    expect(a.locator("#message-list > li")).to_have_count(2)
+    expect(a.locator("#message-list > li")).to_have_count(4)
     expect(a.locator("#message-list > li", has_text="sent while A was away")).to_have_count(1)
     send(b, "after the blip")
+    expect(b.locator("#message-list > li")).to_have_count(6)
     if engine.settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer"):
         # Two processes without Redis do not share pushes: A learns of it at its next catch-up.
-        send(a, "from A again")
+        send(a, "from A again", role="assistant")
     expect(a.locator("#message-list > li", has_text="after the blip")).to_have_count(1)
     seqs = [int(s) for s in a.locator("#message-list > li").evaluate_all("els => els.map(e => e.dataset.seq)")]
     assert seqs == sorted(set(seqs))
@@ -232,6 +241,8 @@ def test_changes_cross_processes_over_redis(context, server, server2, alice, log
     send(b, "from process two")
     expect(a.locator("#message-list > li", has_text="from process two")).to_have_count(1)
     expect(a.locator("#turn-1")).to_be_visible()
+    # The reply runs in process two; its stored answer reaches the page of process one.
+    expect(a.locator("#message-list > li.role-assistant")).to_contain_text("For turn 1 I received")
     b.fill("#state-panel input[name=key][placeholder=key]", "where")
     b.fill("#state-panel input[name=value][placeholder=value]", "elsewhere")
     b.get_by_role("button", name="Add", exact=True).click()
