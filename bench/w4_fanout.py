@@ -145,8 +145,10 @@ async def run_mode(
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            # Written as the assistant (the composer's transcript mode): a user message would start a reply,
+            # and the next one would be refused while it runs. The fan-out path is the same for every role.
             response = await http.post(
-                f"/c/{session_id}/send/", data={"role": "user", "content": f"fan-out message {i}"}, headers=headers
+                f"/c/{session_id}/send/", data={"role": "assistant", "content": f"fan-out message {i}"}, headers=headers
             )
             response.raise_for_status()
         post_seconds = time.perf_counter() - started
