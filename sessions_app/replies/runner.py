@@ -306,15 +306,7 @@ def recover_stale_replies(*, session_id: str | None = None, now: dt.datetime | N
             "Reply %s of session %s was interrupted (worker %s stopped)", reply.pk, reply.session_id, reply.worker
         )
         _mark_turn_error(reply, INTERRUPTED_MESSAGE, now)
-        events.emit(
-            reply.session_id,
-            events.REPLY,
-            state="error",
-            text=reply.text,
-            error=INTERRUPTED_MESSAGE,
-            reply=reply.pk,
-            turn=reply.turn_number,
-        )
+        _emit_error(reply, reply.text, INTERRUPTED_MESSAGE)
     return count
 
 
@@ -434,12 +426,19 @@ def _mark_turn_error(reply: Reply, message: str, now: dt.datetime) -> None:
     ).exists():
         return
     with contextlib.suppress(engine.SessionError):  # deleted or expired meanwhile: nothing to annotate
-        engine.turn_set_metadata(
-            reply.session_id,
-            reply.turn_number,
-            {"reply_error": message, "reply_error_at": now.isoformat(timespec="seconds")},
-            now=now,
-        )
+        engine.turn_set_metadata(reply.session_id, reply.turn_number, _turn_error(message, now), now=now)
+
+
+def _turn_error(message: str, now: dt.datetime) -> dict[str, str]:
+    """What a failed reply leaves in its turn's metadata (cleared when a later reply succeeds)."""
+    return {"reply_error": message, "reply_error_at": now.isoformat(timespec="seconds")}
+
+
+def _emit_error(reply: Reply, text: str, message: str) -> None:
+    """Tell open pages that the reply ended in an error (the text so far, and why)."""
+    events.emit(
+        reply.session_id, events.REPLY, state="error", text=text, error=message, reply=reply.pk, turn=reply.turn_number
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -694,21 +693,9 @@ class _Run:
         logger.warning("Reply %s of session %s failed: %s", self.reply.pk, self.sid, message)
 
         def write(reply: Reply) -> None:
-            engine.turn_set_metadata(
-                self.sid,
-                reply.turn_number,
-                {"reply_error": message, "reply_error_at": timezone.now().isoformat(timespec="seconds")},
-            )
+            engine.turn_set_metadata(self.sid, reply.turn_number, _turn_error(message, timezone.now()))
             self._finish_row(reply, Reply.Status.ERROR, "error", error=message)
-            events.emit(
-                self.sid,
-                events.REPLY,
-                state="error",
-                text=self.text,
-                error=message,
-                reply=reply.pk,
-                turn=reply.turn_number,
-            )
+            _emit_error(reply, self.text, message)
 
         if annotate_turn:
             try:
