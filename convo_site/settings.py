@@ -29,6 +29,18 @@ def env_int(name: str, default: int | None) -> int | None:
     return int(value)
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"{name} must be a number (got {value!r})") from None
+
+
 DEBUG = env_bool("DJANGO_DEBUG", True)
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
@@ -114,18 +126,6 @@ else:
         }
     }
 
-# Channel layer: Redis when REDIS_URL is set (several daphne processes share it), else in-memory.
-REDIS_URL = os.environ.get("REDIS_URL", "")
-if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
-        }
-    }
-else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -152,11 +152,13 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
 
+# Log level of the sessions_app logger.
+CONVO_LOG_LEVEL = os.environ.get("CONVO_LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"sessions_app": {"handlers": ["console"], "level": os.environ.get("CONVO_LOG_LEVEL", "INFO")}},
+    "loggers": {"sessions_app": {"handlers": ["console"], "level": CONVO_LOG_LEVEL}},
 }
 
 # Convo: project-wide defaults of a session's config (the spec's SessionConfig::default()).
@@ -180,17 +182,25 @@ CACHES = {
     },
 }
 
-# With Redis, the channel layer's flavour: "pubsub" (the default: RedisPubSubChannelLayer, where a
+# Channel layer: Redis when REDIS_URL is set (several daphne processes share it), else in-memory.
+# CONVO_REDIS_LAYER picks the Redis flavour: "pubsub" (the default: RedisPubSubChannelLayer, where a
 # group send is one Redis message per process, which each process fans out to its own sockets; W4
 # measured p99 75 ms against 109 ms) or "core" (RedisChannelLayer: one Redis list entry per socket).
 # Either may drop a notification; pages lose nothing, as the next one or a reconnect catches up.
+REDIS_URL = os.environ.get("REDIS_URL", "")
 CONVO_REDIS_LAYER = os.environ.get("CONVO_REDIS_LAYER", "pubsub").strip().lower()
 if CONVO_REDIS_LAYER not in {"pubsub", "core"}:
     raise RuntimeError('CONVO_REDIS_LAYER must be "pubsub" or "core"')
-if REDIS_URL and CONVO_REDIS_LAYER == "pubsub":
-    CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+if not REDIS_URL:
+    _layer = {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+elif CONVO_REDIS_LAYER == "pubsub":
+    _layer = {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+else:
+    _layer = {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
     }
+CHANNEL_LAYERS = {"default": _layer}
 
 # Largest message content (and system prompt) in characters, for the UI and the API (413 beyond).
 CONVO_MAX_CONTENT_CHARS = env_int("CONVO_MAX_CONTENT_CHARS", 32000)
@@ -198,18 +208,6 @@ CONVO_MAX_CONTENT_CHARS = env_int("CONVO_MAX_CONTENT_CHARS", 32000)
 # Idempotency-Key is remembered.
 CONVO_API_MAX_BODY_BYTES = env_int("CONVO_API_MAX_BODY_BYTES", 1024 * 1024)
 CONVO_API_IDEMPOTENCY_TTL_SECONDS = env_int("CONVO_API_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
-
-
-def env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        from django.core.exceptions import ImproperlyConfigured
-
-        raise ImproperlyConfigured(f"{name} must be a number (got {value!r})") from None
 
 
 # Convo: assistant replies (sessions_app.replies). CONVO_RESPONDER: "builtin" (offline, no model) or
@@ -226,3 +224,8 @@ CONVO_BUILTIN_WORD_DELAY = env_float("CONVO_BUILTIN_WORD_DELAY", 0.04)  # second
 CONVO_REPLY_HEARTBEAT_SECONDS = env_float("CONVO_REPLY_HEARTBEAT_SECONDS", 2.0)
 # A running reply whose process has not reported for this long is marked interrupted.
 CONVO_REPLY_STALE_SECONDS = env_float("CONVO_REPLY_STALE_SECONDS", 15.0)
+# Internal pacing of a running reply: REPLY delta events at most this often, the partial text saved to
+# its row at most this often, and how often a reply's watcher polls for Stop (all in seconds).
+CONVO_REPLY_EVENT_INTERVAL = env_float("CONVO_REPLY_EVENT_INTERVAL", 0.05)
+CONVO_REPLY_SAVE_INTERVAL = env_float("CONVO_REPLY_SAVE_INTERVAL", 1.0)
+CONVO_REPLY_POLL_SECONDS = env_float("CONVO_REPLY_POLL_SECONDS", 0.2)

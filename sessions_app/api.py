@@ -453,7 +453,7 @@ def get_context(
     """The context window to send to a model: a pinned system prompt, then the newest messages
     that fit the budget, in order."""
     session = _session(request, id)
-    window = engine.context_window(session, max_tokens)
+    window = replies.reply_context_window(session, max_tokens)
     return {
         "messages": [message_out(m) for m in window.messages],
         "total_tokens": window.total_tokens,

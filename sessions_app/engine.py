@@ -79,7 +79,7 @@ class SessionAlreadyExists(SessionError):
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _storage_errors(func: F) -> F:
+def storage_errors(func: F) -> F:
     """Turn database failures into the spec's StorageError (deliberate errors pass through)."""
 
     @functools.wraps(func)
@@ -300,8 +300,8 @@ def _sessions(owner: Any = ANY_OWNER):
     return qs
 
 
-def _lock(session_id: str, owner: Any, now: dt.datetime, *, allow_expired: bool = False) -> ConversationSession:
-    """Load and lock a session for a write. Call inside ``transaction.atomic()``."""
+def lock_session(session_id: str, owner: Any, now: dt.datetime, *, allow_expired: bool = False) -> ConversationSession:
+    """Load and lock a session for a write (SELECT ... FOR UPDATE); call inside atomic()."""
     session = _sessions(owner).select_for_update().filter(pk=session_id).first()
     if session is None:
         raise SessionNotFound(session_id)
@@ -317,7 +317,7 @@ _BOOKKEEPING = ["last_seq", "low_seq", "head_seq", "turn_count", "total_tokens",
 # The manager: create, get, get_or_create, update, delete, list, cleanup.
 
 
-@_storage_errors
+@storage_errors
 def session_create(
     session_id: str | None = None,
     *,
@@ -374,7 +374,7 @@ def _insert_session(
     return session
 
 
-@_storage_errors
+@storage_errors
 def session_get(session_id: str, *, owner: Any = ANY_OWNER) -> ConversationSession:
     """Load a session, expired or not (the spec's store.load); raise SessionNotFound."""
     if not isinstance(session_id, str):
@@ -385,7 +385,7 @@ def session_get(session_id: str, *, owner: Any = ANY_OWNER) -> ConversationSessi
     return session
 
 
-@_storage_errors
+@storage_errors
 def session_get_live(session_id: str, *, owner: Any = ANY_OWNER, now: dt.datetime | None = None) -> ConversationSession:
     """Load a session that has not expired; raise SessionNotFound or SessionExpired."""
     session = session_get(session_id, owner=owner)
@@ -394,7 +394,7 @@ def session_get_live(session_id: str, *, owner: Any = ANY_OWNER, now: dt.datetim
     return session
 
 
-@_storage_errors
+@storage_errors
 def session_get_or_create(
     session_id: str,
     *,
@@ -440,7 +440,7 @@ def session_get_or_create(
 _UNSET: Any = object()
 
 
-@_storage_errors
+@storage_errors
 def session_update(
     session_id: str,
     *,
@@ -464,7 +464,7 @@ def session_update(
         config.validated()
     now = now or timezone.now()
     with transaction.atomic():
-        session = _lock(session_id, owner, now, allow_expired=allow_expired)
+        session = lock_session(session_id, owner, now, allow_expired=allow_expired)
         if system_prompt is not _UNSET:
             session.system_prompt = system_prompt
             if session.head_seq is not None and system_prompt is not None:
@@ -487,7 +487,7 @@ def session_update(
     return session
 
 
-@_storage_errors
+@storage_errors
 def session_delete(session_id: str, *, owner: Any = ANY_OWNER) -> None:
     """Delete a session with its messages and turns; raise SessionNotFound."""
     with transaction.atomic():
@@ -510,25 +510,25 @@ def _delete_rows(session_ids: list[str]) -> tuple[int, int]:
     return messages, sessions
 
 
-@_storage_errors
+@storage_errors
 def session_list() -> list[str]:
     """Every session id (the spec's manager.list)."""
     return list(ConversationSession.objects.order_by("id").values_list("id", flat=True))
 
 
-@_storage_errors
+@storage_errors
 def session_list_for_user(owner: Any) -> list[str]:
     """The ids of one owner's sessions, most recent activity first (the spec's list_for_user)."""
     return list(_sessions(owner).order_by("-updated_at", "id").values_list("id", flat=True))
 
 
-@_storage_errors
+@storage_errors
 def sessions_page_for_user(owner: Any, *, offset: int = 0, limit: int = 50) -> list[ConversationSession]:
     """A page of one owner's sessions, in session_list_for_user's order (most recent activity first)."""
     return list(_sessions(owner).order_by("-updated_at", "id")[offset : offset + limit])
 
 
-@_storage_errors
+@storage_errors
 def session_count_for_user(owner: Any) -> int:
     """How many sessions one owner has, expired or not."""
     return _sessions(owner).count()
@@ -538,7 +538,7 @@ def session_count_for_user(owner: Any) -> int:
 # Appending messages: turn bookkeeping and limits (the spec's add_message_obj).
 
 
-@_storage_errors
+@storage_errors
 def message_append(
     session_id: str,
     role: str,
@@ -594,7 +594,7 @@ def message_append(
                     return new
 
     with transaction.atomic():
-        session = _lock(session_id, owner, now)
+        session = lock_session(session_id, owner, now)
         _append_bookkeeping(session, new)
         new.session = session
         new.save(force_insert=True)
@@ -806,13 +806,13 @@ def listed_messages(session: ConversationSession):
     return Message.objects.filter(session=session).filter(session.in_list_q()).order_by("seq")
 
 
-@_storage_errors
+@storage_errors
 def messages_all(session: ConversationSession) -> list[Message]:
     """The spec's get_all_messages."""
     return list(listed_messages(session))
 
 
-@_storage_errors
+@storage_errors
 def messages_recent(session: ConversationSession, n: int) -> list[Message]:
     """The spec's get_recent(n): the last n messages of the list, in order."""
     if n <= 0:
@@ -824,13 +824,13 @@ def messages_recent(session: ConversationSession, n: int) -> list[Message]:
     return newest
 
 
-@_storage_errors
+@storage_errors
 def messages_by_role(session: ConversationSession, role: str) -> list[Message]:
     """The spec's get_by_role."""
     return list(listed_messages(session).filter(role=role))
 
 
-@_storage_errors
+@storage_errors
 def messages_page(
     session: ConversationSession, *, after: int = 0, before: int | None = None, limit: int = 50, newest: bool = False
 ) -> list[Message]:
@@ -855,9 +855,14 @@ class ContextWindow:
     cut_before_seq: int | None
 
 
-@_storage_errors
-def context_window(session: ConversationSession, max_tokens: int | None = None) -> ContextWindow:
+@storage_errors
+def context_window(
+    session: ConversationSession, max_tokens: int | None = None, *, exclude_seqs: Iterable[int] = ()
+) -> ContextWindow:
     """The spec's get_context, with the numbers around it.
+
+    ``exclude_seqs``: listed messages left out before the budget is counted (a regenerated reply does
+    not send the turn's earlier responses, and they take no room in the budget).
 
     The first listed message is pinned when it is a system message, even over budget; then the
     listed messages from newest to oldest, later system messages skipped, stopping at the first that
@@ -867,6 +872,7 @@ def context_window(session: ConversationSession, max_tokens: int | None = None) 
     session.
     """
     budget = session.max_tokens if max_tokens is None else max_tokens
+    excluded = frozenset(exclude_seqs)
     head = None
     used = 0
     chosen: list[Message] = []
@@ -888,6 +894,8 @@ def context_window(session: ConversationSession, max_tokens: int | None = None) 
             head_seq = None  # read once
         rows.sort(key=lambda m: m.seq, reverse=True)
         for message in rows:
+            if message.seq in excluded:
+                continue
             if used + message.tokens > budget:
                 cut = message.seq
                 break
@@ -929,7 +937,7 @@ def current_turn(session: ConversationSession) -> int:
     return session.turn_count
 
 
-@_storage_errors
+@storage_errors
 def turns(
     session: ConversationSession, *, numbers: Iterable[int] | None = None, newest: int | None = None
 ) -> list[Turn]:
@@ -973,7 +981,7 @@ def last_turn(session: ConversationSession) -> Turn | None:
     return get_turn(session, session.turn_count)
 
 
-@_storage_errors
+@storage_errors
 def turn_set_metadata(
     session_id: str,
     number: int,
@@ -986,7 +994,7 @@ def turn_set_metadata(
     when the session or the turn does not exist."""
     now = now or timezone.now()
     with transaction.atomic():
-        session = _lock(session_id, owner, now)
+        session = lock_session(session_id, owner, now)
         turn = Turn.objects.filter(session=session, number=number).first()
         if turn is None:
             raise SessionNotFound(f"{session_id} turn {number}")
@@ -1016,7 +1024,7 @@ def _state_write(
 ) -> Any:
     now = now or timezone.now()
     with transaction.atomic():
-        session = _lock(session_id, owner, now)
+        session = lock_session(session_id, owner, now)
         result = change(session)
         _touch(session, now)
         session.save(update_fields=["variables", "data", "updated_at", "expires_at"])
@@ -1024,7 +1032,7 @@ def _state_write(
     return result
 
 
-@_storage_errors
+@storage_errors
 def state_set(session_id: str, key: str, value: str, *, owner: Any = ANY_OWNER, now: dt.datetime | None = None) -> None:
     """Set a string variable (the spec's state.set)."""
     _check_text("key", key)
@@ -1038,13 +1046,13 @@ def state_get(session: ConversationSession, key: str) -> str | None:
     return session.variables.get(key)
 
 
-@_storage_errors
+@storage_errors
 def state_remove(session_id: str, key: str, *, owner: Any = ANY_OWNER, now: dt.datetime | None = None) -> str | None:
     """Remove a string variable; return its value, or None when there was none (the spec's state.remove)."""
     return _state_write(session_id, owner, now, lambda s: s.variables.pop(key, None))
 
 
-@_storage_errors
+@storage_errors
 def state_set_data(
     session_id: str, key: str, value: Any, *, owner: Any = ANY_OWNER, now: dt.datetime | None = None
 ) -> Any:
@@ -1068,13 +1076,13 @@ def state_has_data(session: ConversationSession, key: str) -> bool:
     return key in session.data
 
 
-@_storage_errors
+@storage_errors
 def state_remove_data(session_id: str, key: str, *, owner: Any = ANY_OWNER, now: dt.datetime | None = None) -> bool:
     """Remove a data entry; return whether there was one."""
     return _state_write(session_id, owner, now, lambda s: s.data.pop(key, _MISSING) is not _MISSING)
 
 
-@_storage_errors
+@storage_errors
 def state_clear(session_id: str, *, owner: Any = ANY_OWNER, now: dt.datetime | None = None) -> None:
     """Clear variables and data (the spec's state.clear)."""
 
@@ -1088,7 +1096,7 @@ def state_clear(session_id: str, *, owner: Any = ANY_OWNER, now: dt.datetime | N
 # Clear and purge.
 
 
-@_storage_errors
+@storage_errors
 def session_clear_messages(
     session_id: str, *, owner: Any = ANY_OWNER, allow_expired: bool = False, now: dt.datetime | None = None
 ) -> ConversationSession:
@@ -1096,7 +1104,7 @@ def session_clear_messages(
     when persist_system_prompt; turn numbering restarts at 1 (sequence numbers go on)."""
     now = now or timezone.now()
     with transaction.atomic():
-        session = _lock(session_id, owner, now, allow_expired=allow_expired)
+        session = lock_session(session_id, owner, now, allow_expired=allow_expired)
         keep = session.head_seq if session.persist_system_prompt else None
         db = transaction.get_connection().alias
         Turn.objects.filter(session=session)._raw_delete(db)
@@ -1117,7 +1125,7 @@ class PurgeResult:
     messages: int = 0
 
 
-@_storage_errors
+@storage_errors
 def purge_sessions(session_ids: Iterable[str], *, now: dt.datetime | None = None) -> PurgeResult:
     """Delete those of the given sessions that are expired at ``now``, with their messages and turns.
 
@@ -1138,7 +1146,7 @@ def purge_sessions(session_ids: Iterable[str], *, now: dt.datetime | None = None
     return result
 
 
-@_storage_errors
+@storage_errors
 def count_expired(*, now: dt.datetime | None = None) -> PurgeResult:
     now = now or timezone.now()
     return PurgeResult(
@@ -1147,7 +1155,7 @@ def count_expired(*, now: dt.datetime | None = None) -> PurgeResult:
     )
 
 
-@_storage_errors
+@storage_errors
 def purge_expired(
     *,
     now: dt.datetime | None = None,

@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
-from . import engine
+from . import engine, replies
 from .models import ConversationSession, Message, Role, Turn
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +166,7 @@ class ContextView:
 
 
 def context_view(session: ConversationSession, budget: int | None = None, *, show_all: bool = False) -> ContextView:
-    window = engine.context_window(session, budget)
+    window = replies.reply_context_window(session, budget)
     messages = window.messages
     rows, hidden, first, last = messages, 0, None, None
     if not show_all and len(messages) > CONTEXT_ROWS + 1:

@@ -41,7 +41,7 @@ class BuiltinResponder:
 
     @classmethod
     def from_settings(cls) -> BuiltinResponder:
-        return cls(word_delay=getattr(settings, "CONVO_BUILTIN_WORD_DELAY", 0.04))
+        return cls(word_delay=settings.CONVO_BUILTIN_WORD_DELAY)
 
     def stream(self, request: ProviderRequest, handle: CancelHandle) -> Iterator[Any]:
         messages = request.messages

@@ -136,7 +136,7 @@ def shutdown_socket(sock: socket.socket | None) -> None:
 def redact(text: str) -> str:
     """Remove the configured API key, any piece of it of 10+ characters (servers echo parts of a
     wrong key: "sk-proj-abc…xyz"), and bearer tokens."""
-    key = getattr(settings, "CONVO_LLM_API_KEY", "") or ""
+    key = settings.CONVO_LLM_API_KEY
     if len(key) >= 4:
         text = text.replace(key, "[redacted]")
     if len(key) >= KEY_PIECE:
@@ -168,7 +168,7 @@ def _without_key_pieces(text: str, key: str) -> str:
 
 
 def configured_name() -> str:
-    name = getattr(settings, "CONVO_RESPONDER", "builtin") or "builtin"
+    name = settings.CONVO_RESPONDER
     if name not in RESPONDERS:
         raise ImproperlyConfigured(f"CONVO_RESPONDER must be one of {', '.join(RESPONDERS)} (got {name!r}).")
     return name

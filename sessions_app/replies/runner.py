@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from asgiref.sync import SyncToAsync
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from sessions_app import engine, events
@@ -143,20 +144,16 @@ _local: dict[int, _Local] = {}
 _local_lock = threading.Lock()
 
 
-def _setting(name: str, default: float) -> float:
-    return float(getattr(settings, name, default))
-
-
 def _max_rounds() -> int:
-    value = getattr(settings, "CONVO_REPLY_MAX_TOOL_ROUNDS", 5)
-    return max(0, int(value)) if value is not None else 5
+    value = settings.CONVO_REPLY_MAX_TOOL_ROUNDS
+    return 5 if value is None else max(0, value)  # "none" in the environment: the default
 
 
 # ---------------------------------------------------------------------------------------------
 # The service API.
 
 
-@engine._storage_errors
+@engine.storage_errors
 def start_reply(
     session_id: str, *, owner: Any = engine.ANY_OWNER, regenerate: bool = False, now: dt.datetime | None = None
 ) -> Reply:
@@ -170,11 +167,11 @@ def start_reply(
     now = now or timezone.now()
     recover_stale_replies(session_id=session_id, now=now)
     with transaction.atomic():
-        session = engine._lock(session_id, owner, now)
+        session = engine.lock_session(session_id, owner, now)
         return _begin(session, regenerate=regenerate)
 
 
-@engine._storage_errors
+@engine.storage_errors
 def append_and_reply(
     session_id: str,
     content: str,
@@ -189,16 +186,16 @@ def append_and_reply(
     now = now or timezone.now()
     recover_stale_replies(session_id=session_id, now=now)
     with transaction.atomic():
-        engine._lock(session_id, owner, now)
+        engine.lock_session(session_id, owner, now)
         _refuse_if_running(session_id)
         message = engine.message_append(
             session_id, Role.USER, content, name=name, metadata=metadata, owner=owner, now=now
         )
-        session = engine._lock(session_id, owner, now)  # re-read: the append moved the bookkeeping
+        session = engine.lock_session(session_id, owner, now)  # re-read: the append moved the bookkeeping
         return message, _begin(session, regenerate=False)
 
 
-@engine._storage_errors
+@engine.storage_errors
 def stop_reply(session_id: str, *, owner: Any = engine.ANY_OWNER) -> bool:
     """Ask the session's running reply to stop; return whether one was running.
 
@@ -217,7 +214,7 @@ def stop_reply(session_id: str, *, owner: Any = engine.ANY_OWNER) -> bool:
     return True
 
 
-@engine._storage_errors
+@engine.storage_errors
 def running_reply(session: ConversationSession | str) -> Reply | None:
     """The session's running reply, if any (after marking a dead process's reply interrupted).
 
@@ -227,6 +224,29 @@ def running_reply(session: ConversationSession | str) -> Reply | None:
     session_id = session if isinstance(session, str) else session.pk
     recover_stale_replies(session_id=session_id)
     return Reply.objects.filter(session_id=session_id, status=Reply.Status.RUNNING).first()
+
+
+def earlier_responses(reply: Reply) -> list[int]:
+    """The seqs of the turn's responses from before ``reply`` (regenerate/retry): its assistant messages
+    and the tool messages earlier replies stored. They are not sent to the model."""
+    return list(
+        Message.objects.filter(session_id=reply.session_id, turn_number=reply.turn_number, seq__lte=reply.base_seq)
+        .filter(Q(role=Role.ASSISTANT) | Q(role=Role.TOOL, metadata__has_key="reply"))
+        .values_list("seq", flat=True)
+    )
+
+
+@engine.storage_errors
+def reply_context_window(
+    session: ConversationSession, max_tokens: int | None = None, *, reply: Reply | None = None
+) -> engine.ContextWindow:
+    """The context window a reply sends: ``reply``'s, or the running reply's when there is one, else
+    the plain window. The one function behind the reply's request, the context panel and the API's
+    context endpoint, so what they show is what is sent."""
+    if reply is None:
+        reply = Reply.objects.filter(session_id=session.pk, status=Reply.Status.RUNNING).first()
+    exclude = earlier_responses(reply) if reply is not None else ()
+    return engine.context_window(session, max_tokens, exclude_seqs=exclude)
 
 
 def reply_summary(reply: Reply) -> dict[str, Any]:
@@ -249,7 +269,7 @@ def reply_summary(reply: Reply) -> dict[str, Any]:
     }
 
 
-@engine._storage_errors
+@engine.storage_errors
 def latest_reply(session: ConversationSession | str) -> Reply | None:
     """The session's most recent reply in any state (e.g. to show why the last one failed)."""
     session_id = session if isinstance(session, str) else session.pk
@@ -281,8 +301,8 @@ def recover_stale_replies(*, session_id: str | None = None, now: dt.datetime | N
     turn stays open with the error in its metadata, and pages get a REPLY error event.
     """
     now = now or timezone.now()
-    heartbeat = _setting("CONVO_REPLY_HEARTBEAT_SECONDS", 2.0)
-    stale_cutoff = now - dt.timedelta(seconds=_setting("CONVO_REPLY_STALE_SECONDS", 15.0))
+    heartbeat = settings.CONVO_REPLY_HEARTBEAT_SECONDS
+    stale_cutoff = now - dt.timedelta(seconds=settings.CONVO_REPLY_STALE_SECONDS)
     dead_cutoff = now - dt.timedelta(seconds=max(2 * heartbeat, 1.0))
     candidates = Reply.objects.filter(status=Reply.Status.RUNNING, heartbeat_at__lt=max(stale_cutoff, dead_cutoff))
     if session_id is not None:
@@ -531,9 +551,9 @@ class _Run:
     def _request(self, *, tools_allowed: bool) -> ProviderRequest:
         session = engine.session_get(self.sid)
         self._check_turn(session)
-        window = engine.context_window(session, session.max_tokens)
-        messages = [m for m in window.messages if not self._earlier_response(m)]
-        self.estimated_prompt = sum(m.tokens for m in messages)
+        window = reply_context_window(session, reply=self.reply)
+        messages = window.messages
+        self.estimated_prompt = window.total_tokens
         return ProviderRequest(
             messages=wire_messages(messages),
             tools=tools.definitions() if tools_allowed else None,
@@ -545,12 +565,6 @@ class _Run:
             ),
             session_id=self.sid,
         )
-
-    def _earlier_response(self, m: Message) -> bool:
-        """A response to this turn from before this reply (regenerate/retry): not sent to the model."""
-        if m.turn_number != self.reply.turn_number or m.seq > self.reply.base_seq:
-            return False
-        return m.role == Role.ASSISTANT or (m.role == Role.TOOL and "reply" in m.metadata)
 
     def _check_turn(self, session: ConversationSession) -> None:
         if (
@@ -565,12 +579,12 @@ class _Run:
         if self.first_text_ms is None:
             self.first_text_ms = self._elapsed_ms()
         now = time.monotonic()
-        if now - self._last_event >= _setting("CONVO_REPLY_EVENT_INTERVAL", 0.05):
+        if now - self._last_event >= settings.CONVO_REPLY_EVENT_INTERVAL:
             self._last_event = now
             events.emit(
                 self.sid, events.REPLY, state="delta", text=self.text, reply=self.reply.pk, turn=self.reply.turn_number
             )
-        if now - self._last_save >= _setting("CONVO_REPLY_SAVE_INTERVAL", 1.0):
+        if now - self._last_save >= settings.CONVO_REPLY_SAVE_INTERVAL:
             self._last_save = now
             Reply.objects.filter(pk=self.reply.pk, status=Reply.Status.RUNNING).update(text=self.text)
 
@@ -760,7 +774,7 @@ class _Watcher:
                         self._thread = None
                         return
                 try:
-                    if time.monotonic() - last_beat >= _setting("CONVO_REPLY_HEARTBEAT_SECONDS", 2.0):
+                    if time.monotonic() - last_beat >= settings.CONVO_REPLY_HEARTBEAT_SECONDS:
                         last_beat = time.monotonic()
                         Reply.objects.filter(pk__in=ids, status=Reply.Status.RUNNING).update(
                             heartbeat_at=timezone.now()
@@ -769,7 +783,7 @@ class _Watcher:
                         _cancel_local(pk)
                 except DatabaseError:
                     logger.exception("The reply watcher could not reach the database")
-                time.sleep(_setting("CONVO_REPLY_POLL_SECONDS", 0.2))
+                time.sleep(settings.CONVO_REPLY_POLL_SECONDS)
         except Exception:
             logger.exception("The reply watcher stopped")
         finally:
