@@ -4,7 +4,8 @@ Life of a reply: ``start_reply`` checks the last turn and inserts a running ``Re
 session's row lock (a partial unique constraint makes a second running reply impossible); after the
 commit ``workers.launch`` runs it in a daemon thread (the loop itself is ``run.py``). Stop sets the
 row's flag, which the process running the reply polls (``workers.py``); every check for a running
-reply first marks a dead process's reply interrupted (``workers.recover_stale_replies``).
+reply first marks a dead process's reply interrupted (``workers.recover_stale_replies``). What a
+reply sends (``reply_context_window``) is in ``run.py``, next to the request it builds.
 """
 
 from __future__ import annotations
