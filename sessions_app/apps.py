@@ -10,7 +10,7 @@ class SessionsAppConfig(AppConfig):
     def ready(self) -> None:
         from django.core.signals import request_started
 
-        from .replies.runner import recover_on_startup
+        from .replies.workers import recover_on_startup
 
         # A process's first request marks the replies of dead processes interrupted (no database
         # access at import time: ready() also runs for migrate and friends).

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from sessions_app import replies
-from sessions_app.replies import runner
+from sessions_app.replies import workers
 
 API_KEY = "sk-test-" + "Zq7xW" * 8  # what a real key looks like: long, unique
 
 
 def drain_replies(timeout: float = 10.0) -> None:
     """Stop and join every reply thread of this process, then the watcher (it holds a connection)."""
-    for local in list(runner._local.values()):
+    for local in list(workers._local.values()):
         local.handle.cancel()
         local.thread.join(timeout)
-    watcher = runner._watcher._thread
+    watcher = workers._watcher._thread
     if watcher is not None:
         watcher.join(timeout)
 

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from sessions_app import engine, replies
 from sessions_app.models import Reply, Role
-from sessions_app.replies import runner
+from sessions_app.replies import workers
 
 from .replies_support import drain_replies, reply_to
 
@@ -338,7 +338,7 @@ def test_session_deleted_mid_reply(make_session, replies_env):
     engine.session_delete("s")
     drain_replies()
     assert not Reply.objects.filter(session_id="s").exists()  # deleted with the session
-    assert not runner._local
+    assert not workers._local
 
 
 def test_clear_messages_mid_reply(make_session, replies_env):
@@ -369,15 +369,15 @@ def test_a_dead_process_on_this_host_is_recovered_sooner(make_session, replies_e
 
     gone = subprocess.Popen(["true"])
     gone.wait()
-    host, boot = runner._machine()
-    workers = {
+    host, boot = workers._machine()
+    worker_ids = {
         "gone": f"{host}:{boot}:{gone.pid}:abcd1234",
         "rebooted": f"{host}:00000000:{os.getpid()}:abcd1234",
         "alive": f"{host}:{boot}:{os.getppid()}:abcd1234",
         "elsewhere": f"otherhost:{boot}:{gone.pid}:abcd1234",
     }
     old = timezone.now() - timezone.timedelta(seconds=replies_env.CONVO_REPLY_HEARTBEAT_SECONDS * 2 + 1)
-    for sid, worker in workers.items():
+    for sid, worker in worker_ids.items():
         make_session(sid)
         message = engine.message_append(sid, "user", "hi")
         Reply.objects.create(
@@ -414,7 +414,7 @@ def test_a_starting_process_recovers_on_its_first_request(make_session, replies_
         heartbeat_at=old,
         started_at=old,
     )
-    request_started.connect(runner.recover_on_startup, dispatch_uid="convo-replies-recover")
+    request_started.connect(workers.recover_on_startup, dispatch_uid="convo-replies-recover")
     client.get("/admin/login/")
     for thread in threading.enumerate():
         if thread.name == "convo-reply-recovery":
@@ -422,4 +422,4 @@ def test_a_starting_process_recovers_on_its_first_request(make_session, replies_
     reply.refresh_from_db()
     assert reply.status == "interrupted"
     # Once per process: the receiver removed itself.
-    assert request_started.disconnect(runner.recover_on_startup, dispatch_uid="convo-replies-recover") is False
+    assert request_started.disconnect(workers.recover_on_startup, dispatch_uid="convo-replies-recover") is False

@@ -63,7 +63,7 @@ def test_stop_and_recovery_across_processes(make_session):
     try:
         reply_id = int(worker.stdout.readline())
         reply = Reply.objects.get(pk=reply_id)
-        assert reply.worker != replies.runner.worker_id()
+        assert reply.worker != replies.workers.worker_id()
         for _ in range(300):  # until some text has arrived over there (bounded: 15 s)
             reply.refresh_from_db()
             if len(reply.text.split()) >= 3:

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from sessions_app.replies import tools
-from sessions_app.replies.builtin import BuiltinResponder
 from sessions_app.replies.responders import CancelHandle, ContextInfo, Finish, ProviderRequest, TextDelta, ToolCall
+from sessions_app.replies.responders.builtin import BuiltinResponder
 
 CONTEXT = ContextInfo(message_count=3, tokens=42, turn_number=2, max_tokens=8192)
 

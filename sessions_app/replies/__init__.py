@@ -1,5 +1,11 @@
 """Assistant replies: pluggable responders, streaming, tool calls, Stop and retry (issue 5).
 
+Modules: ``service`` (the API below and its errors), ``run`` (the reply loop: the request, tool
+rounds, endings; ``reply_context_window``), ``workers`` (worker ids, liveness, recovery, threads,
+the watcher), ``responders`` (``RESPONDERS``, the CONVO_RESPONDER registry; ``base`` with the
+request/event types and the ``Responder`` protocol, ``builtin``, ``openai_compat``) and ``tools``.
+Imports only go down: service → workers → run → responders, tools.
+
 The service API (all synchronous; call from views, API handlers, or consumers via
 ``database_sync_to_async``). ``owner`` scopes to a user as everywhere in the engine (a foreign
 session raises ``engine.SessionNotFound``); the default ``ANY_OWNER`` is for operators and tests.
@@ -32,6 +38,9 @@ session raises ``engine.SessionNotFound``); the default ``ANY_OWNER`` is for ope
 ``latest_reply(session_or_id) -> Reply | None``  the newest reply in any state (``status``, ``error``).
 ``wait_reply(reply_id, timeout=30.0) -> Reply``  wait until it is no longer running (tests, scripts, or a
     Stop endpoint that wants to answer with the stored result).
+``reply_context_window(session, max_tokens=None, *, reply=None) -> engine.ContextWindow``  what the
+    reply (``reply``'s, else the running one's) sends: the context window without the turn's earlier
+    responses when regenerating. The context panel and the API's context endpoint show the same.
 ``reply_summary(reply) -> dict``  id, session_id, turn, status, regenerate, responder, model, text,
     finish_reason, error, tool_rounds, message_seq, started_at, finished_at (JSON-ready).
 ``responder_label() -> str``  "built-in responder — no language model configured", or
@@ -53,9 +62,9 @@ message of the turn (name, tool_call_id, content = result; metadata arguments, s
 tool_round, reply). A failed reply leaves the turn open with ``reply_error`` / ``reply_error_at`` in
 the turn's metadata (cleared when a later reply succeeds) and the Reply row's ``error``.
 
-Settings: CONVO_RESPONDER (builtin | openai), CONVO_LLM_BASE_URL, CONVO_LLM_API_KEY,
-CONVO_LLM_MODEL, CONVO_LLM_TIMEOUT, CONVO_REPLY_MAX_TOOL_ROUNDS, CONVO_BUILTIN_WORD_DELAY,
-CONVO_REPLY_HEARTBEAT_SECONDS, CONVO_REPLY_STALE_SECONDS; internal knobs (getattr defaults):
+Settings: CONVO_RESPONDER (a key of ``responders.RESPONDERS``: builtin | openai), CONVO_LLM_BASE_URL,
+CONVO_LLM_API_KEY, CONVO_LLM_MODEL, CONVO_LLM_TIMEOUT, CONVO_REPLY_MAX_TOOL_ROUNDS,
+CONVO_BUILTIN_WORD_DELAY, CONVO_REPLY_HEARTBEAT_SECONDS, CONVO_REPLY_STALE_SECONDS; internal knobs:
 CONVO_REPLY_EVENT_INTERVAL 0.05, CONVO_REPLY_SAVE_INTERVAL 1.0, CONVO_REPLY_POLL_SECONDS 0.2.
 
 Tools: ``sessions_app.replies.tools`` (``register``/``@tool``): calculator, get_state_variable,
@@ -65,20 +74,20 @@ set_state_variable, current_time.
 from sessions_app.engine import ANY_OWNER
 
 from .responders import BUILTIN_LABEL, ProviderError, responder_label
-from .runner import (
+from .run import reply_context_window
+from .service import (
     NothingToReply,
     ReplyError,
     ReplyInProgress,
     append_and_reply,
     latest_reply,
-    recover_stale_replies,
-    reply_context_window,
     reply_summary,
     running_reply,
     start_reply,
     stop_reply,
     wait_reply,
 )
+from .workers import recover_stale_replies
 
 __all__ = [
     "ANY_OWNER",

@@ -21,7 +21,7 @@ import httpx
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from .responders import (
+from .base import (
     CancelHandle,
     Finish,
     ProviderError,
@@ -86,6 +86,10 @@ class OpenAIResponder:
             model=settings.CONVO_LLM_MODEL,
             timeout=float(settings.CONVO_LLM_TIMEOUT),
         )
+
+    @classmethod
+    def label(cls) -> str:
+        return f"{settings.CONVO_LLM_MODEL} on {public_server_name(settings.CONVO_LLM_BASE_URL)}"
 
     def stream(self, request: ProviderRequest, handle: CancelHandle) -> Iterator[Any]:
         body: dict[str, Any] = {

@@ -2,9 +2,11 @@
 
 A responder turns one request (the context window as Chat Completions messages, plus the tool
 definitions) into a stream of events: ``TextDelta`` as text arrives, then any ``ToolCall``s, an
-optional ``Usage`` and a ``Finish``. The runner executes tool calls, stores them as tool messages
-and asks again; the responder never touches the database. Failures raise ``ProviderError`` with a
-message fit for the chat (and already free of the API key).
+optional ``Usage`` and a ``Finish``. The reply loop (``replies.run``) executes tool calls, stores them
+as tool messages and asks again; the responder never touches the database. Failures raise
+``ProviderError`` with a message fit for the chat (and already free of the API key).
+
+This module imports nothing else of ``replies``: responders build on it, the reply loop uses it.
 """
 
 from __future__ import annotations
@@ -18,12 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 
 from sessions_app.models import Message, Role
-
-BUILTIN_LABEL = "built-in responder — no language model configured"
-RESPONDERS = ("builtin", "openai")
 
 
 class ProviderError(Exception):
@@ -83,8 +81,20 @@ Event = TextDelta | ToolCall | Usage | Finish
 
 
 class Responder(Protocol):
-    name: str
+    """What the registry (``responders.RESPONDERS``) holds: a class, configured from the settings."""
+
+    name: str  # stored on the Reply row and in the answer's metadata
     model: str
+
+    @classmethod
+    def from_settings(cls) -> Responder:
+        """The responder the CONVO_* settings describe; ImproperlyConfigured when they are wrong."""
+        ...
+
+    @classmethod
+    def label(cls) -> str:
+        """How the UI names it, from the settings without checking them (never a key or full URL)."""
+        ...
 
     def stream(self, request: ProviderRequest, handle: CancelHandle) -> Iterator[Event]: ...
 
@@ -161,39 +171,6 @@ def _without_key_pieces(text: str, key: str) -> str:
             out.append(text[i])
             i += 1
     return "".join(out)
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration.
-
-
-def configured_name() -> str:
-    name = settings.CONVO_RESPONDER
-    if name not in RESPONDERS:
-        raise ImproperlyConfigured(f"CONVO_RESPONDER must be one of {', '.join(RESPONDERS)} (got {name!r}).")
-    return name
-
-
-def get_responder() -> Responder:
-    """The configured responder (settings are read each time, so tests can override them)."""
-    name = configured_name()
-    if name == "openai":
-        from .openai_compat import OpenAIResponder
-
-        return OpenAIResponder.from_settings()
-    from .builtin import BuiltinResponder
-
-    return BuiltinResponder.from_settings()
-
-
-def responder_label() -> str:
-    """How the UI names the responder: the built-in label, or the model and the server's host."""
-    name = configured_name()
-    if name == "builtin":
-        return BUILTIN_LABEL
-    from .openai_compat import public_server_name
-
-    return f"{settings.CONVO_LLM_MODEL} on {public_server_name(settings.CONVO_LLM_BASE_URL)}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ from typing import Any
 
 from django.conf import settings
 
-from .responders import BUILTIN_LABEL, CancelHandle, ContextInfo, Finish, ProviderRequest, TextDelta, ToolCall
+from .base import CancelHandle, ContextInfo, Finish, ProviderRequest, TextDelta, ToolCall
+
+BUILTIN_LABEL = "built-in responder — no language model configured"
 
 _REMEMBER = re.compile(r"^\s*(?:please\s+)?remember\s+(?:that\s+)?my\s+(.+?)\s+(?:is|are)\s+(.+?)[\s.!]*$", re.I | re.S)
 _RECALL = re.compile(r"^\s*(?:what(?:'s|\s+is|\s+are)|tell\s+me)\s+my\s+(.+?)[\s?.!]*$", re.I | re.S)
@@ -34,7 +36,6 @@ def normalise_key(text: str) -> str:
 class BuiltinResponder:
     name = "builtin"
     model = "builtin"
-    label = BUILTIN_LABEL
 
     def __init__(self, word_delay: float = 0.0) -> None:
         self.word_delay = max(0.0, word_delay)
@@ -42,6 +43,10 @@ class BuiltinResponder:
     @classmethod
     def from_settings(cls) -> BuiltinResponder:
         return cls(word_delay=settings.CONVO_BUILTIN_WORD_DELAY)
+
+    @classmethod
+    def label(cls) -> str:
+        return BUILTIN_LABEL
 
     def stream(self, request: ProviderRequest, handle: CancelHandle) -> Iterator[Any]:
         messages = request.messages

@@ -1,0 +1,400 @@
+"""The reply loop: ask the responder, run the tool rounds, store the answer or the failure.
+
+``run_reply`` runs one reply (in the thread ``workers.launch`` started): it asks the responder with
+the reply's context window (``reply_context_window``), streams the text as REPLY events, stores each
+tool call as a tool message of the turn and asks again (at most CONVO_REPLY_MAX_TOOL_ROUNDS rounds
+with tools offered), then appends the assistant message, which completes the turn. Every write
+re-checks, under the session's lock, that the row is still running and the turn is still the one it
+answers, so a reply never lands on a newer turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from typing import TypeVar
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from sessions_app import engine, events
+from sessions_app.models import ConversationSession, Message, Reply, Role, Turn
+
+from . import tools
+from .responders import (
+    CancelHandle,
+    ContextInfo,
+    Finish,
+    ProviderError,
+    ProviderRequest,
+    Responder,
+    TextDelta,
+    ToolCall,
+    Usage,
+    redact,
+    wire_messages,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CHANGED_MESSAGE = "The conversation changed while the assistant was replying, so the reply was dropped."
+GONE_MESSAGE = "The session was deleted while the assistant was replying."
+
+
+def run_reply(reply: Reply, handle: CancelHandle, responder: Responder) -> None:
+    """Run ``reply`` to its end (done, stopped, error); ``handle`` is how Stop reaches it."""
+    _Run(reply, handle, responder).run()
+
+
+# ---------------------------------------------------------------------------------------------
+# What a reply sends.
+
+
+def earlier_responses(reply: Reply) -> list[int]:
+    """The seqs of the turn's responses from before ``reply`` (regenerate/retry): its assistant messages
+    and the tool messages earlier replies stored. They are not sent to the model."""
+    return list(
+        Message.objects.filter(session_id=reply.session_id, turn_number=reply.turn_number, seq__lte=reply.base_seq)
+        .filter(Q(role=Role.ASSISTANT) | Q(role=Role.TOOL, metadata__has_key="reply"))
+        .values_list("seq", flat=True)
+    )
+
+
+@engine.storage_errors
+def reply_context_window(
+    session: ConversationSession, max_tokens: int | None = None, *, reply: Reply | None = None
+) -> engine.ContextWindow:
+    """The context window a reply sends: ``reply``'s, or the running reply's when there is one, else
+    the plain window. The one function behind the reply's request, the context panel and the API's
+    context endpoint, so what they show is what is sent."""
+    if reply is None:
+        reply = Reply.objects.filter(session_id=session.pk, status=Reply.Status.RUNNING).first()
+    exclude = earlier_responses(reply) if reply is not None else ()
+    return engine.context_window(session, max_tokens, exclude_seqs=exclude)
+
+
+def _max_rounds() -> int:
+    value = settings.CONVO_REPLY_MAX_TOOL_ROUNDS
+    return 5 if value is None else max(0, value)  # "none" in the environment: the default
+
+
+# ---------------------------------------------------------------------------------------------
+# What a failed reply leaves (also used by recovery, for interrupted replies).
+
+
+def mark_turn_error(reply: Reply, message: str, now: dt.datetime) -> None:
+    """Record a failed reply in its turn's metadata, if that turn is still the one it answered."""
+    if not Turn.objects.filter(
+        session_id=reply.session_id, number=reply.turn_number, user_message__seq=reply.user_seq
+    ).exists():
+        return
+    with contextlib.suppress(engine.SessionError):  # deleted or expired meanwhile: nothing to annotate
+        engine.turn_set_metadata(reply.session_id, reply.turn_number, _turn_error(message, now), now=now)
+
+
+def _turn_error(message: str, now: dt.datetime) -> dict[str, str]:
+    """What a failed reply leaves in its turn's metadata (cleared when a later reply succeeds)."""
+    return {"reply_error": message, "reply_error_at": now.isoformat(timespec="seconds")}
+
+
+def emit_error(reply: Reply, text: str, message: str) -> None:
+    """Tell open pages that the reply ended in an error (the text so far, and why)."""
+    events.emit(
+        reply.session_id, events.REPLY, state="error", text=text, error=message, reply=reply.pk, turn=reply.turn_number
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Running.
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _Abandoned(Exception):
+    """The reply cannot land: the session is gone or its turn is not the last one any more."""
+
+
+class _Lost(Exception):
+    """The row is no longer running (marked interrupted by another process): stop quietly."""
+
+
+class _Run:
+    def __init__(self, reply: Reply, handle: CancelHandle, responder: Responder) -> None:
+        self.reply = reply
+        self.sid = reply.session_id
+        self.handle = handle
+        self.responder = responder
+        self.text = ""
+        self.rounds = 0
+        self.usage: dict[str, int] = {}
+        self.estimated_prompt = 0
+        self.started = time.monotonic()
+        self.first_text_ms: int | None = None
+        self._last_event = self._last_save = 0.0
+
+    def run(self) -> None:
+        try:
+            finish = self._converse()
+        except _Lost:
+            return
+        except _Stopped:
+            return self._end_stopped()
+        except _Abandoned as exc:
+            return self._end_error(str(exc), annotate_turn=False)
+        except ProviderError as exc:
+            if self.handle.is_cancelled:
+                return self._end_stopped()
+            return self._end_error(str(exc))
+        except engine.SessionNotFound:
+            return self._end_error(GONE_MESSAGE, annotate_turn=False)
+        except engine.SessionError as exc:
+            return self._end_error(f"The reply could not be stored: {exc}")
+        except Exception:
+            if self.handle.is_cancelled:
+                return self._end_stopped()
+            logger.error("Reply %s failed: %s", self.reply.pk, redact(traceback.format_exc()))
+            return self._end_error("The reply failed because of an internal error.")
+        self._end_done(finish)
+
+    def _converse(self) -> str:
+        max_rounds = _max_rounds()
+        while True:  # one pass per model call; tool rounds are bounded by max_rounds
+            request = self._request(tools_allowed=self.rounds < max_rounds)
+            calls: list[ToolCall] = []
+            finish = "stop"
+            round_text = ""
+            for event in self.responder.stream(request, self.handle):
+                if self.handle.is_cancelled:
+                    raise _Stopped
+                if isinstance(event, TextDelta):
+                    if not round_text and self.text:
+                        self.text += "\n\n"
+                    round_text += event.text
+                    self.text += event.text
+                    self._progress()
+                elif isinstance(event, ToolCall):
+                    calls.append(event)
+                elif isinstance(event, Usage):
+                    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                        if getattr(event, key) is not None:
+                            self.usage[key] = self.usage.get(key, 0) + getattr(event, key)
+                elif isinstance(event, Finish):
+                    finish = event.reason
+            if self.handle.is_cancelled:
+                raise _Stopped
+            if not calls:
+                return finish
+            if self.rounds >= max_rounds:
+                return "max_tool_rounds"
+            self.rounds += 1
+            self._run_tools(calls, round_text)
+
+    def _request(self, *, tools_allowed: bool) -> ProviderRequest:
+        session = engine.session_get(self.sid)
+        self._check_turn(session)
+        window = reply_context_window(session, reply=self.reply)
+        messages = window.messages
+        self.estimated_prompt = window.total_tokens
+        return ProviderRequest(
+            messages=wire_messages(messages),
+            tools=tools.definitions() if tools_allowed else None,
+            context=ContextInfo(
+                message_count=len(messages),
+                tokens=self.estimated_prompt,
+                turn_number=self.reply.turn_number,
+                max_tokens=window.max_tokens,
+            ),
+            session_id=self.sid,
+        )
+
+    def _check_turn(self, session: ConversationSession) -> None:
+        if (
+            session.turn_count != self.reply.turn_number
+            or not Turn.objects.filter(
+                session_id=self.sid, number=self.reply.turn_number, user_message__seq=self.reply.user_seq
+            ).exists()
+        ):
+            raise _Abandoned(CHANGED_MESSAGE)
+
+    def _progress(self) -> None:
+        if self.first_text_ms is None:
+            self.first_text_ms = self._elapsed_ms()
+        now = time.monotonic()
+        if now - self._last_event >= settings.CONVO_REPLY_EVENT_INTERVAL:
+            self._last_event = now
+            events.emit(
+                self.sid, events.REPLY, state="delta", text=self.text, reply=self.reply.pk, turn=self.reply.turn_number
+            )
+        if now - self._last_save >= settings.CONVO_REPLY_SAVE_INTERVAL:
+            self._last_save = now
+            Reply.objects.filter(pk=self.reply.pk, status=Reply.Status.RUNNING).update(text=self.text)
+
+    def _run_tools(self, calls: list[ToolCall], round_text: str) -> None:
+        context = tools.ToolContext(session_id=self.sid)
+        for i, call in enumerate(calls):
+            if self.handle.is_cancelled:
+                raise _Stopped
+            result = tools.run(call.name, call.arguments, context)
+            metadata = {
+                "reply": str(self.reply.pk),
+                "tool_round": f"{self.reply.pk}:{self.rounds}",
+                "arguments": _clean(call.arguments),
+                "status": "ok" if result.ok else "error",
+            }
+            if i == 0 and round_text:
+                metadata["assistant_content"] = _clean(round_text)
+            self._guarded(
+                lambda reply, call=call, result=result, metadata=metadata: engine.message_append(
+                    self.sid,
+                    Role.TOOL,
+                    _clean(result.content),
+                    name=_clean(call.name)[:256],
+                    tool_call_id=_clean(call.id)[:256],
+                    metadata=metadata,
+                )
+            )
+        Reply.objects.filter(pk=self.reply.pk, status=Reply.Status.RUNNING).update(tool_rounds=self.rounds)
+
+    def _guarded(self, write: Callable[[Reply], T]) -> T:
+        """Run ``write`` holding the session's row lock and the reply's, once both are checked."""
+        with transaction.atomic():
+            session = ConversationSession.objects.select_for_update().filter(pk=self.sid).first()
+            if session is None:
+                raise _Abandoned(GONE_MESSAGE)
+            reply = Reply.objects.select_for_update().filter(pk=self.reply.pk).first()
+            if reply is None:
+                raise _Abandoned(GONE_MESSAGE)
+            if not reply.is_running:
+                raise _Lost
+            self._check_turn(session)
+            return write(reply)
+
+    def _elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+    def _metadata(self, finish: str) -> dict[str, str]:
+        meta = {
+            "responder": self.responder.name,
+            "model": self.responder.model,
+            "finish_reason": finish,
+            "latency_ms": str(self._elapsed_ms()),
+            "reply": str(self.reply.pk),
+            "tool_rounds": str(self.rounds),
+            "estimated_prompt_tokens": str(self.estimated_prompt),
+        }
+        if self.first_text_ms is not None:
+            meta["first_text_ms"] = str(self.first_text_ms)
+        if self.reply.regenerate:
+            meta["regenerated"] = "true"
+        for key, value in self.usage.items():
+            meta[f"usage_{key}"] = str(value)
+        return meta
+
+    # Endings.
+
+    def _finish_row(self, reply: Reply, status: str, finish: str, *, error: str = "", seq: int | None = None) -> None:
+        reply.status = status
+        reply.text = self.text
+        reply.finish_reason = finish
+        reply.error = error
+        reply.message_seq = seq
+        reply.tool_rounds = self.rounds
+        reply.finished_at = timezone.now()
+        reply.save(
+            update_fields=["status", "text", "finish_reason", "error", "message_seq", "tool_rounds", "finished_at"]
+        )
+
+    def _store_answer(self, reply: Reply, finish: str) -> int:
+        message = engine.message_append(self.sid, Role.ASSISTANT, _clean(self.text), metadata=self._metadata(finish))
+        turn = Turn.objects.get(session_id=self.sid, number=self.reply.turn_number)
+        if "reply_error" in turn.metadata:
+            engine.turn_set_metadata(self.sid, turn.number, {"reply_error": None, "reply_error_at": None})
+        return message.seq
+
+    def _end_done(self, finish: str) -> None:
+        def write(reply: Reply) -> None:
+            seq = self._store_answer(reply, finish)
+            self._finish_row(reply, Reply.Status.DONE, finish, seq=seq)
+            events.emit(
+                self.sid, events.REPLY, state="done", text=self.text, reply=reply.pk, turn=reply.turn_number, seq=seq
+            )
+
+        try:
+            self._guarded(write)
+        except _Lost:
+            return
+        except _Abandoned as exc:
+            self._end_error(str(exc), annotate_turn=False)
+        except engine.SessionError as exc:
+            self._end_error(f"The reply could not be stored: {exc}", annotate_turn=False)
+
+    def _end_stopped(self) -> None:
+        def write(reply: Reply) -> None:
+            seq = self._store_answer(reply, "stopped") if self.text else None
+            self._finish_row(reply, Reply.Status.STOPPED, "stopped", seq=seq)
+            events.emit(
+                self.sid, events.REPLY, state="stopped", text=self.text, reply=reply.pk, turn=reply.turn_number, seq=seq
+            )
+
+        try:
+            self._guarded(write)
+        except _Lost:
+            return
+        except (_Abandoned, engine.SessionError):
+            self._row_only(Reply.Status.STOPPED, "stopped", "", state="stopped")
+
+    def _end_error(self, message: str, *, annotate_turn: bool = True) -> None:
+        message = redact(message)
+        logger.warning("Reply %s of session %s failed: %s", self.reply.pk, self.sid, message)
+
+        def write(reply: Reply) -> None:
+            engine.turn_set_metadata(self.sid, reply.turn_number, _turn_error(message, timezone.now()))
+            self._finish_row(reply, Reply.Status.ERROR, "error", error=message)
+            emit_error(reply, self.text, message)
+
+        if annotate_turn:
+            try:
+                self._guarded(write)
+                return
+            except _Lost:
+                return
+            except (_Abandoned, engine.SessionError):
+                pass
+        self._row_only(Reply.Status.ERROR, "error", message, state="error")
+
+    def _row_only(self, status: str, finish: str, error: str, *, state: str) -> None:
+        """End the row when the turn cannot be touched (session gone, conversation moved on)."""
+        updated = Reply.objects.filter(pk=self.reply.pk, status=Reply.Status.RUNNING).update(
+            status=status,
+            text=self.text,
+            finish_reason=finish,
+            error=error,
+            tool_rounds=self.rounds,
+            finished_at=timezone.now(),
+        )
+        if updated:
+            data = {"error": error} if error else {}
+            events.emit(
+                self.sid,
+                events.REPLY,
+                state=state,
+                text=self.text,
+                reply=self.reply.pk,
+                turn=self.reply.turn_number,
+                **data,
+            )
+
+
+def _clean(text: str) -> str:
+    """Drop what the database cannot store from model output (NUL characters, lone surrogates)."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")

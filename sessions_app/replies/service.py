@@ -1,0 +1,201 @@
+"""The reply service: start, append-and-reply, stop, and read replies; the errors it raises.
+
+Life of a reply: ``start_reply`` checks the last turn and inserts a running ``Reply`` row under the
+session's row lock (a partial unique constraint makes a second running reply impossible); after the
+commit ``workers.launch`` runs it in a daemon thread (the loop itself is ``run.py``). Stop sets the
+row's flag, which the process running the reply polls (``workers.py``); every check for a running
+reply first marks a dead process's reply interrupted (``workers.recover_stale_replies``). What a
+reply sends (``reply_context_window``) is in ``run.py``, next to the request it builds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from functools import partial
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from sessions_app import engine, events
+from sessions_app.models import ConversationSession, Message, Reply, Role, Turn
+
+from . import workers
+from .responders import get_responder
+
+
+class ReplyError(Exception):
+    """Base of the errors the reply service raises on purpose."""
+
+
+class ReplyInProgress(ReplyError):
+    """The session already has a running reply (UI: a clear message; API: HTTP 409)."""
+
+    def __init__(self, session_id: str, reply_id: int | None = None) -> None:
+        super().__init__("The assistant is still replying in this conversation: wait for it or stop it first.")
+        self.session_id = session_id
+        self.reply_id = reply_id
+
+
+class NothingToReply(ReplyError):
+    """There is no open turn to answer (no message yet, or the last one is answered: regenerate it)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The service API.
+
+
+@engine.storage_errors
+def start_reply(
+    session_id: str, *, owner: Any = engine.ANY_OWNER, regenerate: bool = False, now: dt.datetime | None = None
+) -> Reply:
+    """Start the assistant's reply to the session's last turn in a background thread; return its row.
+
+    Without ``regenerate`` the last turn must be open (a new message, or a failed/stopped reply to
+    retry); with it, the last turn is answered again even if complete, its earlier responses left
+    out of the context (they stay in the message list). Raises ReplyInProgress, NothingToReply,
+    the engine's SessionNotFound / SessionExpired, or ImproperlyConfigured for bad settings.
+    """
+    now = now or timezone.now()
+    workers.recover_stale_replies(session_id=session_id, now=now)
+    with transaction.atomic():
+        session = engine.lock_session(session_id, owner, now)
+        return _begin(session, regenerate=regenerate)
+
+
+@engine.storage_errors
+def append_and_reply(
+    session_id: str,
+    content: str,
+    *,
+    owner: Any = engine.ANY_OWNER,
+    name: str | None = None,
+    metadata: dict[str, str] | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[Message, Reply]:
+    """Append a user message and start the reply to it, atomically: while a reply runs, the message is
+    refused (ReplyInProgress) and nothing is stored. Raises what message_append and start_reply raise."""
+    now = now or timezone.now()
+    workers.recover_stale_replies(session_id=session_id, now=now)
+    with transaction.atomic():
+        engine.lock_session(session_id, owner, now)
+        _refuse_if_running(session_id)
+        message = engine.message_append(
+            session_id, Role.USER, content, name=name, metadata=metadata, owner=owner, now=now
+        )
+        session = engine.lock_session(session_id, owner, now)  # re-read: the append moved the bookkeeping
+        return message, _begin(session, regenerate=False)
+
+
+@engine.storage_errors
+def stop_reply(session_id: str, *, owner: Any = engine.ANY_OWNER) -> bool:
+    """Ask the session's running reply to stop; return whether one was running.
+
+    Works from any process: the stop flag is set on the row (the running process polls it) and, when
+    the reply runs here, its provider call is cancelled at once. The reply then stores its partial
+    text with finish reason "stopped" (nothing when no text had arrived); ``wait_reply`` waits for it.
+    """
+    engine.session_get(session_id, owner=owner)
+    workers.recover_stale_replies(session_id=session_id)  # a dead process's reply cannot stop: it is interrupted
+    ids = list(Reply.objects.filter(session_id=session_id, status=Reply.Status.RUNNING).values_list("pk", flat=True))
+    if not ids:
+        return False
+    Reply.objects.filter(pk__in=ids, status=Reply.Status.RUNNING).update(stop_requested=True)
+    for pk in ids:
+        workers.cancel_local(pk)
+    return True
+
+
+@engine.storage_errors
+def running_reply(session: ConversationSession | str) -> Reply | None:
+    """The session's running reply, if any (after marking a dead process's reply interrupted).
+
+    Its ``text`` is the text so far as of the last save (at most about a second old); the REPLY
+    events that follow carry the whole text, so a page reloaded mid-reply shows it and catches up.
+    """
+    session_id = session if isinstance(session, str) else session.pk
+    workers.recover_stale_replies(session_id=session_id)
+    return Reply.objects.filter(session_id=session_id, status=Reply.Status.RUNNING).first()
+
+
+def reply_summary(reply: Reply) -> dict[str, Any]:
+    """A reply as plain JSON-ready data, for the API and page templates."""
+    return {
+        "id": reply.pk,
+        "session_id": reply.session_id,
+        "turn": reply.turn_number,
+        "status": reply.status,
+        "regenerate": reply.regenerate,
+        "responder": reply.responder,
+        "model": reply.model,
+        "text": reply.text,
+        "finish_reason": reply.finish_reason or None,
+        "error": reply.error or None,
+        "tool_rounds": reply.tool_rounds,
+        "message_seq": reply.message_seq,
+        "started_at": reply.started_at.isoformat(),
+        "finished_at": reply.finished_at.isoformat() if reply.finished_at else None,
+    }
+
+
+@engine.storage_errors
+def latest_reply(session: ConversationSession | str) -> Reply | None:
+    """The session's most recent reply in any state (e.g. to show why the last one failed)."""
+    session_id = session if isinstance(session, str) else session.pk
+    workers.recover_stale_replies(session_id=session_id)
+    return Reply.objects.filter(session_id=session_id).order_by("-started_at", "-pk").first()
+
+
+def wait_reply(reply_id: int, timeout: float = 30.0) -> Reply:
+    """Wait until a reply is no longer running (or ``timeout`` seconds passed); return its row."""
+    deadline = time.monotonic() + timeout
+    workers.join_local(reply_id, timeout)
+    reply = Reply.objects.get(pk=reply_id)
+    while reply.is_running and time.monotonic() < deadline:  # run by another process: poll its row
+        time.sleep(0.05)
+        reply.refresh_from_db()
+    return reply
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting.
+
+
+def _refuse_if_running(session_id: str) -> None:
+    running = (
+        Reply.objects.filter(session_id=session_id, status=Reply.Status.RUNNING).values_list("pk", flat=True).first()
+    )
+    if running is not None:
+        raise ReplyInProgress(session_id, running)
+
+
+def _begin(session: ConversationSession, *, regenerate: bool) -> Reply:
+    """Insert the running row and queue the thread. Call holding the session's row lock."""
+    _refuse_if_running(session.pk)
+    turn = Turn.objects.filter(session=session, number=session.turn_count).select_related("user_message").first()
+    if turn is None:
+        raise NothingToReply("There is no message to reply to yet: send one first.")
+    if turn.is_complete and not regenerate:
+        raise NothingToReply("The last message already has a reply: regenerate it to get another one.")
+    responder = get_responder()
+    try:
+        with transaction.atomic():
+            reply = Reply.objects.create(
+                session=session,
+                turn_number=turn.number,
+                user_seq=turn.user_message.seq,
+                base_seq=session.last_seq,
+                regenerate=regenerate,
+                responder=responder.name,
+                model=responder.model,
+                worker=workers.worker_id(),
+                # The real clock, whatever ``now`` the caller passed: liveness is about this process.
+                heartbeat_at=timezone.now(),
+                started_at=timezone.now(),
+            )
+    except IntegrityError:
+        raise ReplyInProgress(session.pk) from None
+    events.emit(session.pk, events.REPLY, state="started", text="", reply=reply.pk, turn=turn.number)
+    transaction.on_commit(partial(workers.launch, reply.pk, workers.serving_loop(), responder))
+    return reply
