@@ -102,3 +102,29 @@ def test_window_cost_follows_the_window_not_the_session(make_session):
     assert len(ctx.captured_queries) <= 4
     for query in ctx.captured_queries:
         assert "LIMIT" in query["sql"] or 'seq" >=' in query["sql"]
+
+
+def test_excluded_messages_take_no_room_and_are_not_returned(make_session):
+    """A regenerated reply leaves out the turn's earlier responses before the budget is counted: a
+    window that they would cut short fits without them."""
+    make_session("s", system_prompt="sys")  # 1 token, pinned
+    add("s", "user", "a" * 40)  # seq 2, 11 tokens
+    add("s", "assistant", "b" * 40)  # seq 3, 11 tokens
+    add("s", "user", "q" * 8)  # seq 4, 3 tokens: the turn being regenerated
+    add("s", "assistant", "r" * 200)  # seq 5, 51 tokens: its earlier response
+    add("s", "tool", "t" * 8)  # seq 6, 3 tokens
+    session = engine.session_get("s")
+    budget = 1 + 11 + 11 + 3 + 3
+
+    cut = engine.context_window(session, budget)
+    assert [m.seq for m in cut.messages] == [1, 6]
+    assert cut.cut_before_seq == 5
+
+    w = engine.context_window(session, budget, exclude_seqs=[5])
+    assert [m.seq for m in w.messages] == [1, 2, 3, 4, 6]
+    assert (w.total_tokens, w.cut_before_seq) == (budget, None)
+
+    # One token less: the oldest no longer fits, and the excluded message is still neither counted nor cut.
+    w = engine.context_window(session, budget - 1, exclude_seqs={5})
+    assert [m.seq for m in w.messages] == [1, 3, 4, 6]
+    assert (w.total_tokens, w.cut_before_seq) == (budget - 11, 2)

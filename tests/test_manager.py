@@ -159,9 +159,11 @@ def test_clear_without_persist_removes_system_message_too(make_session):
 def test_storage_errors_are_wrapped(make_session, monkeypatch):
     from django.db import OperationalError
 
+    from sessions_app.engine import sessions
+
     def broken(*args, **kwargs):
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(engine, "_sessions", broken)
+    monkeypatch.setattr(sessions, "owned_sessions", broken)
     with pytest.raises(engine.StorageError, match="Storage error: connection refused"):
         engine.session_get("s")

@@ -14,6 +14,7 @@ import pytest
 from django.db import connection
 
 from sessions_app import engine
+from sessions_app.engine import pg_append
 from sessions_app.models import ConversationSession, Message, Turn
 
 from .conftest import add
@@ -53,8 +54,8 @@ def test_one_statement_append_matches_locked_append(seed, monkeypatch, now):
         (rng.choice(ROLES), "x" * rng.randint(0, 60) + rng.choice(["", "é", "🙂"]), rng.choice([None, "n"]))
         for _ in range(40)
     ]
-    for session_id, tries in (("fast", engine._APPEND_TRIES), ("locked", 0)):
-        monkeypatch.setattr(engine, "_APPEND_TRIES", tries)
+    for session_id, tries in (("fast", pg_append.APPEND_TRIES), ("locked", 0)):
+        monkeypatch.setattr(pg_append, "APPEND_TRIES", tries)
         engine.session_create(session_id, system_prompt=prompt, config=config, now=now)
         for role, content, name in ops:
             message = engine.message_append(session_id, role, content, name=name, metadata={"k": name or ""}, now=now)
@@ -70,7 +71,7 @@ def test_write_in_between_is_detected_and_retried(make_session, monkeypatch, now
 
     Everything happens at the same ``now``, so only the bookkeeping tells that something changed."""
     make_session("s", max_messages=3, at=now)
-    real = engine._append_bookkeeping
+    real = pg_append.append_bookkeeping
     interleaved = []
 
     def bookkeeping_with_a_write_in_between(session, new):
@@ -79,7 +80,7 @@ def test_write_in_between_is_detected_and_retried(make_session, monkeypatch, now
             interleaved[0] = engine.message_append("s", "user", "got in first", now=now)
         real(session, new)
 
-    monkeypatch.setattr(engine, "_append_bookkeeping", bookkeeping_with_a_write_in_between)
+    monkeypatch.setattr(pg_append, "append_bookkeeping", bookkeeping_with_a_write_in_between)
     message = engine.message_append("s", "assistant", "answer", now=now)
     assert (interleaved[0].seq, message.seq) == (1, 2)
     assert message.turn_number == 1

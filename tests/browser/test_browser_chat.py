@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from django.conf import settings
 from playwright.sync_api import expect
 
 from sessions_app import engine
@@ -222,7 +223,7 @@ def test_reconnect_after_a_server_restart_catches_up_exactly_once(context, serve
     expect(a.locator("#message-list > li", has_text="sent while A was away")).to_have_count(1)
     send(b, "after the blip")
     expect(b.locator("#message-list > li")).to_have_count(6)
-    if engine.settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer"):
+    if settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer"):
         # Two processes without Redis do not share pushes: A learns of it at its next catch-up.
         send(a, "from A again", role="assistant")
     expect(a.locator("#message-list > li", has_text="after the blip")).to_have_count(1)

@@ -1,0 +1,154 @@
+"""The session engine: every rule of the specification (conversation_session.rs), on the database.
+
+The one home for the rules: views, the API, websocket consumers, the admin and management commands call
+``engine.x`` and decide nothing themselves. Modules, each importing only those above it:
+
+- ``errors``: the SessionError family and ``storage_errors`` (database failures become StorageError).
+- ``values``: SessionConfig, ChatMessage, the token estimate, id and text checks, expiry times.
+- ``bookkeeping``: an append's sequence and turn numbers, and the message limit (used by every writer).
+- ``purge``: deleting expired sessions in batches, and the set-based row delete.
+- ``sessions``: owner scoping, ``lock_session``, create / get / get_or_create / update / delete / list, clear.
+- ``pg_append``: PostgreSQL's append in one read and one write statement, applying ``bookkeeping``.
+- ``messages``: ``message_append`` (under the row lock, or through ``pg_append``), turn metadata.
+- ``context``: the message list and its pages, the context window, turns.
+- ``state``: string variables and typed JSON data.
+
+Writes run in a transaction holding the session's row lock (SELECT ... FOR UPDATE), or, for an append
+on PostgreSQL, in one conditional statement; that is what keeps sequence and turn numbers gap-free and
+unique when several processes append at once. Each write queues a change notification that is sent
+only after the commit (``sessions_app.events``).
+
+Times: functions that depend on the clock take ``now=`` (default: the current time), so callers and
+tests can pass it explicitly.
+"""
+
+from .context import (
+    ContextWindow,
+    context_window,
+    current_turn,
+    get_context,
+    get_turn,
+    last_turn,
+    listed_messages,
+    messages_all,
+    messages_by_role,
+    messages_page,
+    messages_recent,
+    total_tokens,
+    turns,
+)
+from .errors import (
+    SerializationError,
+    SessionAlreadyExists,
+    SessionError,
+    SessionExpired,
+    SessionNotFound,
+    SessionValidationError,
+    StorageError,
+    storage_errors,
+)
+from .messages import message_append, message_append_obj, turn_set_metadata
+from .purge import PurgeResult, count_expired, purge_expired, purge_sessions
+from .sessions import (
+    ANY_OWNER,
+    AnyOwner,
+    Owner,
+    lock_session,
+    session_clear_messages,
+    session_count_for_user,
+    session_create,
+    session_delete,
+    session_get,
+    session_get_live,
+    session_get_or_create,
+    session_list,
+    session_list_for_user,
+    session_update,
+    sessions_page_for_user,
+)
+from .state import (
+    state_clear,
+    state_get,
+    state_get_data,
+    state_has_data,
+    state_remove,
+    state_remove_data,
+    state_set,
+    state_set_data,
+)
+from .values import (
+    MAX_INT,
+    SESSION_ID_RE,
+    ChatMessage,
+    SessionConfig,
+    age,
+    estimate_tokens,
+    expiry_time,
+    is_expired,
+    new_session_id,
+    validate_session_id,
+)
+
+__all__ = [
+    "ANY_OWNER",
+    "MAX_INT",
+    "SESSION_ID_RE",
+    "AnyOwner",
+    "ChatMessage",
+    "ContextWindow",
+    "Owner",
+    "PurgeResult",
+    "SerializationError",
+    "SessionAlreadyExists",
+    "SessionConfig",
+    "SessionError",
+    "SessionExpired",
+    "SessionNotFound",
+    "SessionValidationError",
+    "StorageError",
+    "age",
+    "context_window",
+    "count_expired",
+    "current_turn",
+    "estimate_tokens",
+    "expiry_time",
+    "get_context",
+    "get_turn",
+    "is_expired",
+    "last_turn",
+    "listed_messages",
+    "lock_session",
+    "message_append",
+    "message_append_obj",
+    "messages_all",
+    "messages_by_role",
+    "messages_page",
+    "messages_recent",
+    "new_session_id",
+    "purge_expired",
+    "purge_sessions",
+    "session_clear_messages",
+    "session_count_for_user",
+    "session_create",
+    "session_delete",
+    "session_get",
+    "session_get_live",
+    "session_get_or_create",
+    "session_list",
+    "session_list_for_user",
+    "session_update",
+    "sessions_page_for_user",
+    "state_clear",
+    "state_get",
+    "state_get_data",
+    "state_has_data",
+    "state_remove",
+    "state_remove_data",
+    "state_set",
+    "state_set_data",
+    "storage_errors",
+    "total_tokens",
+    "turn_set_metadata",
+    "turns",
+    "validate_session_id",
+]

@@ -1,0 +1,66 @@
+"""The message list's bookkeeping: sequence and turn numbers of an append, and the message limit.
+
+Both append paths (``messages``, under the row lock, and ``pg_append``, in one statement) and a
+config change (``sessions.session_update``) apply these functions, so each rule is written once.
+"""
+
+from __future__ import annotations
+
+from ..models import ConversationSession, Message, Role
+
+# The session columns an append or a clear changes.
+BOOKKEEPING_FIELDS = ["last_seq", "low_seq", "head_seq", "turn_count", "total_tokens", "updated_at", "expires_at"]
+
+
+def append_bookkeeping(session: ConversationSession, new: Message) -> None:
+    """Give ``new`` its sequence and turn numbers and count it in the session's bookkeeping (in memory)."""
+    was_empty = session.message_count == 0
+    new.seq = session.last_seq + 1
+    if new.role == Role.USER:
+        new.turn_number = session.turn_count + 1
+        session.turn_count = new.turn_number
+    elif new.role in (Role.ASSISTANT, Role.TOOL) and session.turn_count:
+        new.turn_number = session.turn_count
+    else:
+        new.turn_number = None
+    session.last_seq = new.seq
+    session.total_tokens += new.tokens
+    if was_empty and new.role == Role.SYSTEM:
+        # The first message of the list is a system message: it is pinned from now on.
+        session.head_seq, session.low_seq = new.seq, new.seq + 1
+
+
+def enforce_limits(session: ConversationSession, *, oldest: list[tuple[int, str, int]] | None = None) -> None:
+    """The spec's enforce_limits: while the list is too long, drop its first message, or its second
+    when the first is a system message. Dropped messages stay in the database (their turns show them).
+
+    Keeps the invariant that with no pinned head, the first listed message is not a system message.
+    ``oldest``: the (seq, role, tokens) of the oldest listed messages when the caller already has them
+    (at least ``excess + 2``, or all); read from the database otherwise.
+
+    Every write that can lengthen the list or lower max_messages calls this, so a stored session is
+    never over its limit, and one append puts it over by at most one (``pg_append`` relies on that).
+    """
+    excess = session.message_count - session.max_messages
+    if excess <= 0:
+        return
+    # The oldest listed messages after the head, in order: enough to remove ``excess`` of them,
+    # pin one system message on the way, and look at the message that ends up first.
+    if oldest is None:
+        oldest = list(
+            Message.objects.filter(session=session, seq__gte=session.low_seq)
+            .order_by("seq")
+            .values_list("seq", "role", "tokens")[: excess + 2]
+        )
+    rows = iter(oldest)
+    while session.message_count > session.max_messages:
+        seq, role, tokens = next(rows)
+        if session.head_seq is None and role == Role.SYSTEM:
+            session.head_seq = seq  # it is first now: pinned, and the next one goes instead
+        else:
+            session.total_tokens -= tokens
+        session.low_seq = seq + 1
+    if session.head_seq is None:
+        first = next(rows, None)
+        if first is not None and first[1] == Role.SYSTEM:
+            session.head_seq, session.low_seq = first[0], first[0] + 1

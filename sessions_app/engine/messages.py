@@ -1,0 +1,133 @@
+"""Appending messages (the spec's add_message_obj) and turn metadata.
+
+An append gives the message its sequence and turn numbers, opens or completes a turn, and applies the
+message limit (``bookkeeping``). On PostgreSQL it goes through ``pg_append`` (one read, one write);
+elsewhere, or when another writer got in between, it runs under the session's row lock here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from .. import events
+from ..models import Message, Role, Turn
+from . import pg_append
+from .bookkeeping import BOOKKEEPING_FIELDS, append_bookkeeping, enforce_limits
+from .errors import SessionNotFound, SessionValidationError, storage_errors
+from .sessions import ANY_OWNER, Owner, lock_session
+from .values import ChatMessage, check_string_map, check_text, estimate_tokens, touch
+
+
+@storage_errors
+def message_append(
+    session_id: str,
+    role: str,
+    content: str,
+    *,
+    name: str | None = None,
+    tool_call_id: str | None = None,
+    metadata: dict[str, str] | None = None,
+    owner: Owner = ANY_OWNER,
+    now: dt.datetime | None = None,
+) -> Message:
+    """Append a message to a live session and return it, with its ``seq`` and ``turn_number``.
+
+    A user message opens turn n+1; a tool message attaches to the last turn; an assistant message
+    completes the last turn (replacing an earlier response, which stays in the list); a system
+    message opens nothing; with no turn yet, assistant and tool messages belong to none. Then the
+    oldest messages after a pinned system message leave the list past max_messages.
+
+    On PostgreSQL the append is one read and one conditional write statement (see ``pg_append``);
+    elsewhere, or when another writer got in between, it runs under the session's row lock.
+    """
+    try:
+        role = Role(role)
+    except ValueError:
+        raise SessionValidationError(f"role must be one of: {', '.join(Role.values)}", field="role") from None
+    content = check_text("content", content)
+    name = check_text("name", name, allow_none=True, max_length=256)
+    tool_call_id = check_text("tool_call_id", tool_call_id, allow_none=True, max_length=256)
+    metadata = check_string_map("metadata", metadata)
+    tokens = estimate_tokens(content)
+    now = now or timezone.now()
+    new = Message(
+        session_id=session_id,
+        role=role,
+        content=content,
+        name=name,
+        tool_call_id=tool_call_id,
+        metadata=metadata,
+        created_at=now,
+        tokens=tokens,
+    )
+
+    connection = transaction.get_connection()
+    # (A non-string id goes the ORM's way, which compares it as text.)
+    on_postgresql = connection.vendor == "postgresql" and isinstance(session_id, str)
+    if on_postgresql and pg_append.append(connection, new, owner, now):
+        events.emit(session_id, events.MESSAGE, seq=new.seq, turn=new.turn_number)
+        return new
+
+    with transaction.atomic():
+        session = lock_session(session_id, owner, now)
+        append_bookkeeping(session, new)
+        new.session = session
+        new.save(force_insert=True)
+        if role == Role.USER:
+            Turn.objects.create(session=session, number=new.turn_number, user_message=new, started_at=now)
+        elif role == Role.ASSISTANT and new.turn_number is not None:
+            Turn.objects.filter(session=session, number=new.turn_number).update(
+                assistant_response=new, completed_at=now
+            )
+        enforce_limits(session)
+        touch(session, now)
+        session.save(update_fields=BOOKKEEPING_FIELDS)
+        events.emit(session_id, events.MESSAGE, seq=new.seq, turn=new.turn_number)
+    return new
+
+
+def message_append_obj(session_id: str, message: ChatMessage, **kwargs: Any) -> Message:
+    """Append a built message (the spec's add_message_obj)."""
+    return message_append(
+        session_id,
+        message.role,
+        message.content,
+        name=message.name,
+        tool_call_id=message.tool_call_id,
+        metadata=message.metadata,
+        **kwargs,
+    )
+
+
+@storage_errors
+def turn_set_metadata(
+    session_id: str,
+    number: int,
+    values: dict[str, str | None],
+    *,
+    owner: Owner = ANY_OWNER,
+    now: dt.datetime | None = None,
+) -> Turn:
+    """Merge ``values`` into a turn's metadata (a None value removes the key); raise SessionNotFound
+    when the session or the turn does not exist."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        session = lock_session(session_id, owner, now)
+        turn = Turn.objects.filter(session=session, number=number).first()
+        if turn is None:
+            raise SessionNotFound(f"{session_id} turn {number}")
+        for key, value in values.items():
+            check_text("metadata key", key)
+            if value is None:
+                turn.metadata.pop(key, None)
+            else:
+                turn.metadata[key] = check_text(f"metadata[{key!r}]", value)
+        turn.save(update_fields=["metadata"])
+        touch(session, now)
+        session.save(update_fields=["updated_at", "expires_at"])
+        events.emit(session_id, events.MESSAGE, seq=session.last_seq, turn=number)
+    return turn

@@ -1,0 +1,168 @@
+"""The PostgreSQL append: one read and one conditional write statement, no lock held in between.
+
+It applies the same rules as the locking path in ``messages`` (``bookkeeping.append_bookkeeping``
+and ``bookkeeping.enforce_limits``, in memory, on what it read); only the reading and writing of
+rows is written here, in SQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+from typing import Any
+
+from django.db import transaction
+
+from ..models import ConversationSession, Message, Role, Turn
+from .bookkeeping import append_bookkeeping, enforce_limits
+from .errors import SessionExpired, SessionNotFound
+from .sessions import ANY_OWNER, Owner, owner_pk
+from .values import touch
+
+# Optimistic appends tried before falling back to the row lock (a conflict means another writer of
+# the same session committed in between; under heavy contention the lock queues writers fairly).
+APPEND_TRIES = 2
+
+# The oldest listed messages read with the session row, for enforce_limits. A stored session is never
+# over its limit (every write enforces it), so one append puts it over by at most one, and
+# enforce_limits needs at most excess + 2 = 3 of them (``new`` is the next when fewer are listed).
+OLDEST_ROWS = 3
+
+
+class _OverLimit(Exception):
+    """The stored session is already over its limit: only the locking path reads enough rows for that."""
+
+
+def append(connection: Any, new: Message, owner: Owner, now: dt.datetime) -> bool:
+    """Append ``new`` in one read and one write statement, trying APPEND_TRIES times.
+
+    Returns False when another writer got in between every time (or the session is in a state the
+    locking path must handle): the caller appends under the row lock then. Raises SessionNotFound /
+    SessionExpired.
+    """
+    for _ in range(APPEND_TRIES):
+        # Outside a transaction the statement commits by itself; inside one, a savepoint keeps a
+        # failure from breaking the caller's transaction, as the locking path's atomic() does.
+        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+            try:
+                if _append_once(connection, new, owner, now):
+                    return True
+            except _OverLimit:
+                return False
+    return False
+
+
+def _append_sql() -> dict[str, str]:
+    s, m, t = (model._meta.db_table for model in (ConversationSession, Message, Turn))
+    # The session's bookkeeping and the oldest listed messages that enforce_limits may look at, in one
+    # round trip (one row per message read, or one row of NULLs after the session's columns).
+    read = f"""
+        SELECT s.last_seq, s.low_seq, s.head_seq, s.turn_count, s.total_tokens, s.max_messages,
+               s.timeout_seconds, s.updated_at, s.expires_at, o.seq, o.role, o.tokens
+        FROM {s} s LEFT JOIN LATERAL (
+            SELECT seq, role, tokens FROM {m}
+            WHERE session_id = s.id AND seq >= s.low_seq ORDER BY seq LIMIT {OLDEST_ROWS}
+        ) o ON true
+        WHERE s.id = %s{{owner}} ORDER BY o.seq"""
+    # The write happens only if the session row still holds what was read (every write changes
+    # updated_at or one of these columns), so no other writer got in between; the UPDATE takes the row
+    # lock, so a concurrent appender waits, re-checks and finds it changed.
+    write = f"""
+        WITH s AS (
+            UPDATE {s} SET last_seq = %s, low_seq = %s, head_seq = %s, turn_count = %s, total_tokens = %s,
+                           updated_at = %s, expires_at = %s
+            WHERE id = %s AND last_seq = %s AND low_seq = %s AND head_seq IS NOT DISTINCT FROM %s
+              AND turn_count = %s AND total_tokens = %s AND max_messages = %s
+              AND timeout_seconds IS NOT DISTINCT FROM %s AND updated_at = %s
+            RETURNING id
+        ), m AS (
+            INSERT INTO {m} (session_id, seq, role, content, name, tool_call_id, metadata, created_at, tokens,
+                             turn_number)
+            SELECT s.id, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s FROM s
+            RETURNING id
+        ){{turn}}
+        SELECT id FROM m"""
+    open_turn = f""", t AS (
+            INSERT INTO {t} (session_id, number, user_message_id, assistant_response_id, started_at, completed_at,
+                             metadata)
+            SELECT %s, %s, m.id, NULL, %s, NULL, '{{}}'::jsonb FROM m
+        )"""
+    complete_turn = f""", t AS (
+            UPDATE {t} SET assistant_response_id = m.id, completed_at = %s FROM m
+            WHERE {t}.session_id = %s AND {t}.number = %s
+        )"""
+    return {"read": read, "write": write, "open_turn": open_turn, "complete_turn": complete_turn}
+
+
+_APPEND_SQL: dict[str, str] = {}
+
+
+def _append_once(connection: Any, new: Message, owner: Owner, now: dt.datetime) -> bool:
+    """Read the session's bookkeeping and oldest listed messages, apply the rules in memory, then write
+    the session row, the message and its turn in one statement that does nothing if the session row
+    changed since the read. Returns False in that case (the caller tries again)."""
+    if not _APPEND_SQL:
+        _APPEND_SQL.update(_append_sql())
+    sql = _APPEND_SQL
+    session_id = new.session_id
+    owner_sql, params = "", [session_id]
+    if owner is not ANY_OWNER:
+        if owner is None:
+            owner_sql = " AND s.owner_id IS NULL"
+        else:
+            owner_sql, params = " AND s.owner_id = %s", [session_id, owner_pk(owner)]
+    with connection.cursor() as cursor:  # one cursor for both statements: creating one costs
+        cursor.execute(sql["read"].format(owner=owner_sql), params)
+        rows = cursor.fetchall()
+        if not rows:
+            raise SessionNotFound(session_id)
+        last_seq, low_seq, head_seq, turn_count, total, max_messages, timeout, updated_at, expires_at = rows[0][:9]
+        session = ConversationSession(
+            id=session_id,
+            last_seq=last_seq,
+            low_seq=low_seq,
+            head_seq=head_seq,
+            turn_count=turn_count,
+            total_tokens=total,
+            max_messages=max_messages,
+            timeout_seconds=timeout,
+            updated_at=updated_at,
+            expires_at=expires_at,
+        )
+        if session.is_expired(now):
+            raise SessionExpired(session_id)
+        if session.message_count > session.max_messages:
+            raise _OverLimit  # cannot happen while every write enforces the limit; OLDEST_ROWS relies on it
+        append_bookkeeping(session, new)
+        # The oldest listed messages as they will be once ``new`` is in: the rows read, then ``new``
+        # when they were all of them.
+        oldest = [row[9:] for row in rows if row[9] is not None]
+        if len(oldest) < OLDEST_ROWS:
+            oldest.append((new.seq, new.role, new.tokens))
+        enforce_limits(session, oldest=oldest)
+        touch(session, now)
+
+        params = [
+            session.last_seq, session.low_seq, session.head_seq, session.turn_count, session.total_tokens,
+            session.updated_at, session.expires_at,
+            session_id, last_seq, low_seq, head_seq, turn_count, total, max_messages, timeout, updated_at,
+            new.seq, new.role.value, new.content, new.name, new.tool_call_id, json.dumps(new.metadata),
+            new.created_at, new.tokens, new.turn_number,
+        ]  # fmt: skip
+        if new.role == Role.USER:
+            turn_sql = sql["open_turn"]
+            params += [session_id, new.turn_number, now]
+        elif new.role == Role.ASSISTANT and new.turn_number is not None:
+            turn_sql = sql["complete_turn"]
+            params += [now, session_id, new.turn_number]
+        else:
+            turn_sql = ""
+        cursor.execute(sql["write"].format(turn=turn_sql), params)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    new.pk = row[0]
+    new._state.adding = False
+    new._state.db = connection.alias
+    return True
