@@ -14,8 +14,8 @@ from django.conf import settings
 from ninja import Schema
 from pydantic import ConfigDict, Field, model_validator
 
-from . import engine
-from .models import ConversationSession, Message, Turn
+from .. import engine
+from ..models import ConversationSession, Message, Turn
 
 MAX_INT = engine.MAX_INT
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"

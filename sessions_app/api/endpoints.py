@@ -28,10 +28,10 @@ from ninja import Header, NinjaAPI, Query, Status, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 
-from . import api_idempotency as idempotency
-from . import engine, replies
-from .api_auth import BearerKeyAuth, BrowserSessionAuth
-from .api_schemas import (
+from .. import engine, replies
+from . import idempotency
+from .auth import BearerKeyAuth, BrowserSessionAuth
+from .schemas import (
     MAX_INT,
     PAGE_LIMIT_MAX,
     ContextOut,
