@@ -7,11 +7,12 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest
-from ninja.errors import AuthenticationError, HttpError
+from ninja.errors import AuthenticationError
 from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
 from .. import keys
+from .errors import CsrfFailed
 
 
 class BearerKeyAuth(HttpBearer):
@@ -44,7 +45,7 @@ class BrowserSessionAuth(APIKeyCookie):
         if not request.user.is_authenticated:
             return None
         if check_csrf(request):
-            raise HttpError(403, "CSRF check failed: send the X-CSRFToken header with the csrftoken cookie's value.")
+            raise CsrfFailed("CSRF check failed: send the X-CSRFToken header with the csrftoken cookie's value.")
         return request.COOKIES.get(self.param_name)
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Any | None:

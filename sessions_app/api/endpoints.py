@@ -1,36 +1,23 @@
-"""The JSON API for agents, bots and services (/api/v1), on Django Ninja.
-
-Every endpoint parses and checks its input, calls the session engine, and renders what the engine
-returns; the engine decides everything else. Authentication: a personal API key
-(``Authorization: Bearer <key>``) or a logged-in browser session (with CSRF on unsafe methods).
-Sessions are scoped to the caller: another user's session is "not found", exactly like a missing one.
-
-Every error is ``{"error": "<code>", "detail": "<message>"}``:
-400 malformed_json, 401 unauthorized, 403 csrf_failed, 404 not_found, 405 method_not_allowed,
-409 session_exists / idempotency_key_reused, 410 session_expired, 413 body_too_large /
-content_too_large, 422 validation_error, 503 storage_error.
+"""The API's operations, one function each. Each is registered with ``@endpoint(method, path,
+ok_responses, raises=(...))``, listing the exceptions its body can raise; its documented error
+responses follow from those (see ``errors``). Adding an endpoint: one function here, plus its
+schema in ``schemas``.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.urls import URLPattern
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from django.views.decorators.csrf import csrf_exempt
-from ninja import Header, NinjaAPI, Query, Status, Swagger
-from ninja.errors import AuthenticationError, HttpError, ValidationError
-from ninja.parser import Parser
+from ninja import Header, Query, Router, Status
 
 from .. import engine, replies
 from . import idempotency
-from .auth import BearerKeyAuth, BrowserSessionAuth
+from .errors import ContentTooLarge, NotFound, documented_statuses, request_errors
+from .idempotency import IdempotencyKeyInvalid, IdempotencyKeyReused
 from .schemas import (
     MAX_INT,
     PAGE_LIMIT_MAX,
@@ -59,198 +46,37 @@ from .schemas import (
     turn_out,
 )
 
-logger = logging.getLogger(__name__)
-
-BODY_METHODS = {"POST", "PUT", "PATCH"}
 MAX_SEQ = 2**63 - 1  # sequence numbers are 64-bit
 
+router = Router()
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
-
-
-def error_response(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
-    response = JsonResponse({"error": code, "detail": detail}, status=status)
-    for name, value in headers.items():
-        response[name.replace("_", "-")] = value
-    return response
+# (METHOD, path) → every exception the operation can answer with; its documented error statuses.
+RAISES: dict[tuple[str, str], tuple[type[Exception], ...]] = {}
 
 
-class StrictJSONParser(Parser):
-    """JSON as RFC 8259 has it: UTF-8, and no NaN or Infinity (Python's json accepts those)."""
+def endpoint(
+    method: str, path: str, ok: dict[int, Any], *, raises: tuple[type[Exception], ...] = (), **options: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the view for ``method path``: ``ok`` maps its success statuses to their schemas,
+    ``raises`` lists what its body can raise (the request's own errors are added from its method
+    and signature); each becomes a documented error response."""
 
-    def parse_body(self, request: HttpRequest) -> Any:
-        def refuse(constant: str) -> Any:
-            raise ValueError(f"{constant} is not valid JSON")
+    def register(view: Callable[..., Any]) -> Callable[..., Any]:
+        raised = (*request_errors(method, view), *raises)
+        RAISES[method, path] = raised
+        response = {**ok, **dict.fromkeys(documented_statuses(raised), ErrorOut)}
+        router.add_api_operation(path, [method], view, response=response, **options)
+        return view
 
-        return json.loads(request.body.decode("utf-8"), parse_constant=refuse)
-
-
-class ConvoAPI(NinjaAPI):
-    """NinjaAPI whose every URL answers in the API's error shape, even before Ninja runs: a body
-    over the size limit (413) and a method the path does not have (405)."""
-
-    def _get_urls(self):
-        urls = super()._get_urls()
-        for pattern in urls:
-            if isinstance(pattern, URLPattern):
-                pattern.callback = _guard(pattern.callback)
-        return urls
-
-
-def _guard(view):
-    @functools.wraps(view)  # keeps csrf_exempt: CSRF is checked by BrowserSessionAuth
-    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if request.method in BODY_METHODS:
-            limit = settings.CONVO_API_MAX_BODY_BYTES
-            try:
-                declared = int(request.META.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                declared = 0
-            if declared > limit:
-                return _too_big(limit)
-            try:
-                body = request.body
-            except RequestDataTooBig:
-                return _too_big(limit)
-            if len(body) > limit:
-                return _too_big(limit)
-        try:
-            response = view(request, *args, **kwargs)
-        except Http404:
-            return error_response(404, "not_found", "No such API endpoint.")
-        if response.status_code == 405 and not response.get("Content-Type", "").startswith("application/json"):
-            allowed = response.get("Allow", "")
-            return error_response(
-                405, "method_not_allowed", f"{request.method} is not allowed here (allowed: {allowed}).", Allow=allowed
-            )
-        return response
-
-    return guarded
-
-
-def _too_big(limit: int) -> JsonResponse:
-    return error_response(413, "body_too_large", f"The request body is larger than {limit} bytes.")
-
-
-api = ConvoAPI(
-    title="Convo API",
-    version="1",
-    description=(
-        "Conversation-state service: create or resume sessions, append messages, read the "
-        "token-budgeted context window, keep per-session state. Authenticate with "
-        "`Authorization: Bearer <key>` (create keys at /settings/api-keys/). Errors are "
-        '`{"error": "<code>", "detail": "<message>"}`.'
-    ),
-    auth=[BearerKeyAuth(), BrowserSessionAuth()],
-    parser=StrictJSONParser(),
-    urls_namespace="api",
-    docs_url="/docs",
-    # Swagger UI from django-ninja's bundled static files ("ninja" in INSTALLED_APPS); no online
-    # validator badge, so the page makes no request outside this server.
-    docs=Swagger(settings={"validatorUrl": None, "persistAuthorization": True}),
-    openapi_url="/openapi.json",
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-
-
-def _handler(status: int, code: str):
-    def handle(request: HttpRequest, exc: Exception) -> HttpResponse:
-        return error_response(status, code, str(exc))
-
-    return handle
-
-
-api.add_exception_handler(engine.SessionNotFound, _handler(404, "not_found"))
-api.add_exception_handler(engine.SessionExpired, _handler(410, "session_expired"))
-api.add_exception_handler(engine.SessionAlreadyExists, _handler(409, "session_exists"))
-api.add_exception_handler(engine.SessionValidationError, _handler(422, "validation_error"))
-api.add_exception_handler(engine.SerializationError, _handler(422, "validation_error"))
-api.add_exception_handler(engine.StorageError, _handler(503, "storage_error"))
-api.add_exception_handler(replies.ReplyInProgress, _handler(409, "reply_in_progress"))
-api.add_exception_handler(replies.NothingToReply, _handler(409, "nothing_to_reply"))
-api.add_exception_handler(idempotency.IdempotencyKeyReused, _handler(409, "idempotency_key_reused"))
-api.add_exception_handler(idempotency.IdempotencyKeyInvalid, _handler(422, "validation_error"))
-
-
-@api.exception_handler(ApiError)
-def _api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
-    return error_response(exc.status, exc.code, exc.detail)
-
-
-@api.exception_handler(ValidationError)
-def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    problems = []
-    for err in exc.errors:
-        # Ninja prefixes the location with the parameter name (e.g. body.payload.role): drop it.
-        loc = [str(part) for part in err.get("loc", ())]
-        if len(loc) > 1 and loc[0] == "body":
-            loc = loc[2:] or ["body"]
-        where = ".".join(loc) or "request"
-        msg = err.get("msg", "invalid")
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        problems.append(f"{where}: {msg}")
-    return error_response(422, "validation_error", "; ".join(problems) or "Invalid request.")
-
-
-@api.exception_handler(HttpError)
-def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    if isinstance(exc, AuthenticationError) or exc.status_code == 401:
-        detail = exc.message if exc.message != "Unauthorized" else "Authentication required."
-        return error_response(
-            401,
-            "unauthorized",
-            f"{detail} Send 'Authorization: Bearer <key>' (keys: /settings/api-keys/).",
-            WWW_Authenticate='Bearer realm="convo"',
-        )
-    if exc.status_code == 400:
-        cause = exc.__cause__
-        if isinstance(cause, UnicodeDecodeError):
-            why = "it is not UTF-8"
-        elif isinstance(cause, RecursionError):
-            why = "it is nested too deeply"
-        else:
-            why = str(cause) if cause else "unreadable"
-        return error_response(400, "malformed_json", f"The request body is not valid JSON: {why}.")
-    if exc.status_code == 403:
-        return error_response(403, "csrf_failed", str(exc))
-    return error_response(exc.status_code, "error", str(exc))
-
-
-@api.exception_handler(Http404)
-def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
-    return error_response(404, "not_found", "Not found.")
-
-
-@api.exception_handler(RequestDataTooBig)
-def _request_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
-    return _too_big(settings.CONVO_API_MAX_BODY_BYTES)
-
-
-@api.exception_handler(Exception)
-def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
-    logger.exception("Unexpected error in %s %s", request.method, request.path)
-    return error_response(500, "internal_error", "Something went wrong on the server.")
-
-
-@csrf_exempt
-def not_found_view(request: HttpRequest, rest: str = "") -> HttpResponse:
-    """Any other path under /api/v1/ (including ids with an encoded '/'): JSON 404, not an HTML page."""
-    return error_response(404, "not_found", "No such API endpoint.")
+    return register
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
 
 
-def _errors(*statuses: int) -> dict[int, type[ErrorOut]]:
-    return dict.fromkeys((401, *statuses), ErrorOut)
+# What _check_id and _session raise: an id that cannot exist, or no such session of the caller's.
+LOOKUP = (NotFound, engine.SessionNotFound)
 
 
 def _user(request: HttpRequest) -> Any:
@@ -262,7 +88,7 @@ def _check_id(session_id: str) -> None:
     try:
         engine.validate_session_id(session_id)
     except engine.SessionValidationError:
-        raise ApiError(404, "not_found", "Session not found.") from None
+        raise NotFound("Session not found.") from None
 
 
 def _session(request: HttpRequest, session_id: str):
@@ -278,7 +104,7 @@ def _check_id_in_url(session_id: str) -> str:
 def _check_content(name: str, text: str | None) -> None:
     limit = settings.CONVO_MAX_CONTENT_CHARS
     if text is not None and len(text) > limit:
-        raise ApiError(413, "content_too_large", f"{name} is longer than {limit} characters.")
+        raise ContentTooLarge(f"{name} is longer than {limit} characters.")
 
 
 def _now():
@@ -289,7 +115,13 @@ def _now():
 # Sessions
 
 
-@api.post("/sessions", response={201: SessionOut, **_errors(400, 403, 409, 413, 422)}, tags=["sessions"])
+@endpoint(
+    "POST",
+    "/sessions",
+    {201: SessionOut},
+    raises=(engine.SessionAlreadyExists, engine.SessionValidationError, ContentTooLarge),
+    tags=["sessions"],
+)
 def create_session(request: HttpRequest, payload: SessionCreateIn):
     """Create a session. 409 when the id is in use (by anyone)."""
     if payload.id is not None:
@@ -305,8 +137,12 @@ def create_session(request: HttpRequest, payload: SessionCreateIn):
     return Status(201, session_out(session, _now()))
 
 
-@api.put(
-    "/sessions/{id}", response={200: SessionOut, 201: SessionOut, **_errors(400, 403, 404, 413, 422)}, tags=["sessions"]
+@endpoint(
+    "PUT",
+    "/sessions/{id}",
+    {200: SessionOut, 201: SessionOut},
+    raises=(engine.SessionNotFound, engine.SessionValidationError, ContentTooLarge),
+    tags=["sessions"],
 )
 def get_or_create_session(request: HttpRequest, id: str, payload: SessionFieldsIn | None = None):
     """The spec's get_or_create: 200 with the live session; 201 when it was created, or replaced
@@ -324,7 +160,7 @@ def get_or_create_session(request: HttpRequest, id: str, payload: SessionFieldsI
     return Status(201 if created else 200, session_out(session, _now()))
 
 
-@api.get("/sessions", response={200: SessionPageOut, **_errors(422)}, tags=["sessions"])
+@endpoint("GET", "/sessions", {200: SessionPageOut}, tags=["sessions"])
 def list_sessions(
     request: HttpRequest,
     offset: int = Query(0, ge=0, le=MAX_INT),
@@ -344,20 +180,20 @@ def list_sessions(
     }
 
 
-@api.get("/sessions/{id}", response={200: SessionOut, **_errors(404)}, tags=["sessions"])
+@endpoint("GET", "/sessions/{id}", {200: SessionOut}, raises=LOOKUP, tags=["sessions"])
 def get_session(request: HttpRequest, id: str):
     """The session, expired or not (``expired`` says which)."""
     return session_out(_session(request, id), _now())
 
 
-@api.delete("/sessions/{id}", response={204: None, **_errors(403, 404)}, tags=["sessions"])
+@endpoint("DELETE", "/sessions/{id}", {204: None}, raises=LOOKUP, tags=["sessions"])
 def delete_session(request: HttpRequest, id: str):
     _check_id(id)
     engine.session_delete(id, owner=_user(request))
     return Status(204, None)
 
 
-@api.post("/sessions/{id}/clear", response={200: SessionOut, **_errors(403, 404, 410)}, tags=["sessions"])
+@endpoint("POST", "/sessions/{id}/clear", {200: SessionOut}, raises=(*LOOKUP, engine.SessionExpired), tags=["sessions"])
 def clear_session(request: HttpRequest, id: str):
     """The spec's clear_messages: every message and turn goes, except the pinned system prompt
     when persist_system_prompt; turn numbering restarts."""
@@ -370,9 +206,19 @@ def clear_session(request: HttpRequest, id: str):
 # Messages
 
 
-@api.post(
+@endpoint(
+    "POST",
     "/sessions/{id}/messages",
-    response={201: MessageAppendOut, **_errors(400, 403, 404, 409, 410, 413, 422)},
+    {201: MessageAppendOut},
+    raises=(
+        *LOOKUP,
+        engine.SessionExpired,
+        engine.SessionValidationError,
+        ContentTooLarge,
+        replies.ReplyInProgress,
+        IdempotencyKeyInvalid,
+        IdempotencyKeyReused,
+    ),
     tags=["messages"],
     exclude_unset=True,  # "reply" appears only when the append started one
 )
@@ -424,7 +270,7 @@ def append_message(
     return Status(201, result)
 
 
-@api.get("/sessions/{id}/messages", response={200: MessagePageOut, **_errors(404, 422)}, tags=["messages"])
+@endpoint("GET", "/sessions/{id}/messages", {200: MessagePageOut}, raises=LOOKUP, tags=["messages"])
 def list_messages(
     request: HttpRequest,
     id: str,
@@ -444,7 +290,7 @@ def list_messages(
     }
 
 
-@api.get("/sessions/{id}/context", response={200: ContextOut, **_errors(404, 422)}, tags=["messages"])
+@endpoint("GET", "/sessions/{id}/context", {200: ContextOut}, raises=LOOKUP, tags=["messages"])
 def get_context(
     request: HttpRequest,
     id: str,
@@ -466,8 +312,12 @@ def get_context(
 # Assistant replies
 
 
-@api.post(
-    "/sessions/{id}/reply", response={202: ReplyOut, **_errors(400, 403, 404, 409, 410, 413, 422)}, tags=["replies"]
+@endpoint(
+    "POST",
+    "/sessions/{id}/reply",
+    {202: ReplyOut},
+    raises=(*LOOKUP, engine.SessionExpired, replies.ReplyInProgress, replies.NothingToReply),
+    tags=["replies"],
 )
 def start_reply(request: HttpRequest, id: str, payload: ReplyIn | None = None):
     """Start the assistant's reply to the last turn (retry an open turn, or ``regenerate`` a complete
@@ -478,17 +328,17 @@ def start_reply(request: HttpRequest, id: str, payload: ReplyIn | None = None):
     return Status(202, replies.reply_summary(reply))
 
 
-@api.get("/sessions/{id}/reply", response={200: ReplyOut, **_errors(404)}, tags=["replies"])
+@endpoint("GET", "/sessions/{id}/reply", {200: ReplyOut}, raises=LOOKUP, tags=["replies"])
 def get_reply(request: HttpRequest, id: str):
     """The session's latest reply (running or finished); 404 when it has none."""
     session = _session(request, id)
     reply = replies.latest_reply(session)
     if reply is None:
-        raise ApiError(404, "not_found", "This session has no reply yet.")
+        raise NotFound("This session has no reply yet.")
     return replies.reply_summary(reply)
 
 
-@api.post("/sessions/{id}/reply/stop", response={200: ReplyStopOut, **_errors(403, 404)}, tags=["replies"])
+@endpoint("POST", "/sessions/{id}/reply/stop", {200: ReplyStopOut}, raises=LOOKUP, tags=["replies"])
 def stop_reply(request: HttpRequest, id: str):
     """Stop the running reply: cancels the provider call itself and stores the partial text with
     finish reason ``stopped``. ``stopped`` is false when no reply was running."""
@@ -504,7 +354,7 @@ def stop_reply(request: HttpRequest, id: str):
 # Turns
 
 
-@api.get("/sessions/{id}/turns", response={200: TurnPageOut, **_errors(404, 422)}, tags=["turns"])
+@endpoint("GET", "/sessions/{id}/turns", {200: TurnPageOut}, raises=LOOKUP, tags=["turns"])
 def list_turns(
     request: HttpRequest,
     id: str,
@@ -524,13 +374,13 @@ def list_turns(
     }
 
 
-@api.get("/sessions/{id}/turns/{n}", response={200: TurnOut, **_errors(404, 422)}, tags=["turns"])
+@endpoint("GET", "/sessions/{id}/turns/{n}", {200: TurnOut}, raises=LOOKUP, tags=["turns"])
 def get_turn(request: HttpRequest, id: str, n: int):
     """One turn; 404 for 0 or a number past the current turn."""
     session = _session(request, id)
     turn = engine.get_turn(session, n)
     if turn is None:
-        raise ApiError(404, "not_found", f"Session {id} has no turn {n} (it has {session.turn_count}).")
+        raise NotFound(f"Session {id} has no turn {n} (it has {session.turn_count}).")
     return turn_out(turn)
 
 
@@ -538,13 +388,13 @@ def get_turn(request: HttpRequest, id: str, n: int):
 # State
 
 
-@api.get("/sessions/{id}/state", response={200: StateOut, **_errors(404)}, tags=["state"])
+@endpoint("GET", "/sessions/{id}/state", {200: StateOut}, raises=LOOKUP, tags=["state"])
 def get_state(request: HttpRequest, id: str):
     session = _session(request, id)
     return {"variables": session.variables, "data": session.data}
 
 
-@api.delete("/sessions/{id}/state", response={204: None, **_errors(403, 404, 410)}, tags=["state"])
+@endpoint("DELETE", "/sessions/{id}/state", {204: None}, raises=(*LOOKUP, engine.SessionExpired), tags=["state"])
 def clear_state(request: HttpRequest, id: str):
     """Remove every variable and data entry."""
     _check_id(id)
@@ -552,17 +402,19 @@ def clear_state(request: HttpRequest, id: str):
     return Status(204, None)
 
 
-@api.get("/sessions/{id}/state/variables/{key}", response={200: VariableOut, **_errors(404)}, tags=["state"])
+@endpoint("GET", "/sessions/{id}/state/variables/{key}", {200: VariableOut}, raises=LOOKUP, tags=["state"])
 def get_variable(request: HttpRequest, id: str, key: str):
     value = engine.state_get(_session(request, id), key)
     if value is None:
-        raise ApiError(404, "not_found", f"No variable {key!r}.")
+        raise NotFound(f"No variable {key!r}.")
     return {"key": key, "value": value}
 
 
-@api.put(
+@endpoint(
+    "PUT",
     "/sessions/{id}/state/variables/{key}",
-    response={200: VariableOut, **_errors(400, 403, 404, 410, 413, 422)},
+    {200: VariableOut},
+    raises=(*LOOKUP, engine.SessionExpired, engine.SessionValidationError, ContentTooLarge),
     tags=["state"],
 )
 def set_variable(request: HttpRequest, id: str, key: str, payload: VariableIn):
@@ -573,26 +425,34 @@ def set_variable(request: HttpRequest, id: str, key: str, payload: VariableIn):
     return {"key": key, "value": payload.value}
 
 
-@api.delete("/sessions/{id}/state/variables/{key}", response={204: None, **_errors(403, 404, 410)}, tags=["state"])
+@endpoint(
+    "DELETE",
+    "/sessions/{id}/state/variables/{key}",
+    {204: None},
+    raises=(*LOOKUP, engine.SessionExpired),
+    tags=["state"],
+)
 def delete_variable(request: HttpRequest, id: str, key: str):
     session = _session(request, id)
     if engine.state_get(session, key) is None:
-        raise ApiError(404, "not_found", f"No variable {key!r}.")
+        raise NotFound(f"No variable {key!r}.")
     engine.state_remove(id, key, owner=_user(request))
     return Status(204, None)
 
 
-@api.get("/sessions/{id}/state/data/{key}", response={200: DataOut, **_errors(404)}, tags=["state"])
+@endpoint("GET", "/sessions/{id}/state/data/{key}", {200: DataOut}, raises=LOOKUP, tags=["state"])
 def get_data(request: HttpRequest, id: str, key: str):
     session = _session(request, id)
     if not engine.state_has_data(session, key):
-        raise ApiError(404, "not_found", f"No data entry {key!r}.")
+        raise NotFound(f"No data entry {key!r}.")
     return {"key": key, "value": engine.state_get_data(session, key)}
 
 
-@api.put(
+@endpoint(
+    "PUT",
     "/sessions/{id}/state/data/{key}",
-    response={200: DataOut, **_errors(400, 403, 404, 410, 413, 422)},
+    {200: DataOut},
+    raises=(*LOOKUP, engine.SessionExpired, engine.SessionValidationError, engine.SerializationError),
     tags=["state"],
 )
 def set_data(request: HttpRequest, id: str, key: str, payload: DataIn):
@@ -602,10 +462,12 @@ def set_data(request: HttpRequest, id: str, key: str, payload: DataIn):
     return {"key": key, "value": stored}
 
 
-@api.delete("/sessions/{id}/state/data/{key}", response={204: None, **_errors(403, 404, 410)}, tags=["state"])
+@endpoint(
+    "DELETE", "/sessions/{id}/state/data/{key}", {204: None}, raises=(*LOOKUP, engine.SessionExpired), tags=["state"]
+)
 def delete_data(request: HttpRequest, id: str, key: str):
     session = _session(request, id)
     if not engine.state_has_data(session, key):
-        raise ApiError(404, "not_found", f"No data entry {key!r}.")
+        raise NotFound(f"No data entry {key!r}.")
     engine.state_remove_data(id, key, owner=_user(request))
     return Status(204, None)
