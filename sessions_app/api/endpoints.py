@@ -41,6 +41,7 @@ from .schemas import (
     VariableIn,
     VariableOut,
     message_out,
+    reply_out,
     session_out,
     session_summary_out,
     turn_out,
@@ -258,7 +259,7 @@ def append_message(
             )
         out = message_out(message)
         if reply is not None:
-            out["reply"] = replies.reply_summary(reply)
+            out["reply"] = reply_out(reply)
         return MessageAppendOut.model_validate(out).model_dump(mode="json", exclude_unset=True)
 
     if idempotency_key is None:
@@ -325,7 +326,7 @@ def start_reply(request: HttpRequest, id: str, payload: ReplyIn | None = None):
     The reply runs in the background and streams to open chat pages; poll GET /sessions/{id}/reply."""
     _check_id(id)
     reply = replies.start_reply(id, owner=_user(request), regenerate=bool(payload and payload.regenerate))
-    return Status(202, replies.reply_summary(reply))
+    return Status(202, reply_out(reply))
 
 
 @endpoint("GET", "/sessions/{id}/reply", {200: ReplyOut}, raises=LOOKUP, tags=["replies"])
@@ -335,7 +336,7 @@ def get_reply(request: HttpRequest, id: str):
     reply = replies.latest_reply(session)
     if reply is None:
         raise NotFound("This session has no reply yet.")
-    return replies.reply_summary(reply)
+    return reply_out(reply)
 
 
 @endpoint("POST", "/sessions/{id}/reply/stop", {200: ReplyStopOut}, raises=LOOKUP, tags=["replies"])
@@ -347,7 +348,7 @@ def stop_reply(request: HttpRequest, id: str):
     running = replies.running_reply(engine.session_get(id, owner=user))
     stopped = replies.stop_reply(id, owner=user)
     reply = replies.wait_reply(running.pk, timeout=5) if stopped and running is not None else None
-    return {"stopped": stopped, "reply": replies.reply_summary(reply) if reply else None}
+    return {"stopped": stopped, "reply": reply_out(reply) if reply else None}
 
 
 # ---------------------------------------------------------------------------------------------
