@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import Header, Query, Router, Status
@@ -434,10 +435,11 @@ def set_variable(request: HttpRequest, id: str, key: str, payload: VariableIn):
     tags=["state"],
 )
 def delete_variable(request: HttpRequest, id: str, key: str):
-    session = _session(request, id)
-    if engine.state_get(session, key) is None:
-        raise NotFound(f"No variable {key!r}.")
-    engine.state_remove(id, key, owner=_user(request))
+    """404 when there was no such variable, as the removal itself finds (under the session's lock)."""
+    _check_id(id)
+    with transaction.atomic():  # a 404 rolls back the removal's touch: a failed request changes nothing
+        if engine.state_remove(id, key, owner=_user(request)) is None:
+            raise NotFound(f"No variable {key!r}.")
     return Status(204, None)
 
 
@@ -467,8 +469,9 @@ def set_data(request: HttpRequest, id: str, key: str, payload: DataIn):
     "DELETE", "/sessions/{id}/state/data/{key}", {204: None}, raises=(*LOOKUP, engine.SessionExpired), tags=["state"]
 )
 def delete_data(request: HttpRequest, id: str, key: str):
-    session = _session(request, id)
-    if not engine.state_has_data(session, key):
-        raise NotFound(f"No data entry {key!r}.")
-    engine.state_remove_data(id, key, owner=_user(request))
+    """404 when there was no such entry, as the removal itself finds (under the session's lock)."""
+    _check_id(id)
+    with transaction.atomic():  # as delete_variable
+        if not engine.state_remove_data(id, key, owner=_user(request)):
+            raise NotFound(f"No data entry {key!r}.")
     return Status(204, None)
