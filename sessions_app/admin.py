@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from . import api_auth, engine
+from . import engine, keys
 from .models import ApiKey, ConversationSession, Message, Reply, Turn
 
 # How many of the newest messages and turns a session page shows inline (the rest: the linked lists).
@@ -308,7 +308,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected API keys")
     def revoke_keys(self, request, queryset):
-        revoked = sum(api_auth.revoke_api_key(key) for key in queryset)
+        revoked = sum(keys.revoke_api_key(key) for key in queryset)
         self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
 
 

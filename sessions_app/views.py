@@ -497,3 +497,42 @@ def session_fresh(request: HttpRequest, session_id: str) -> HttpResponse:
         raise Http404("No such conversation.") from None
     url = _chat_url(session.id)
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: personal API keys (a new key's secret is shown once), list and revoke.
+
+from django.shortcuts import get_object_or_404  # noqa: E402  (to hoist to the imports above)
+
+from . import keys  # noqa: E402
+from .models import ApiKey  # noqa: E402
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_keys(request: HttpRequest) -> HttpResponse:
+    """GET: the user's keys. POST (field ``name``): create a key and show its secret this once."""
+    context: dict = {"name_max_length": keys.NAME_MAX_LENGTH}
+    status = 200
+    if request.method == "POST":
+        name = request.POST.get("name", "").strip()
+        if len(name) > keys.NAME_MAX_LENGTH or "\x00" in name:
+            context["error"] = f"A key's name is at most {keys.NAME_MAX_LENGTH} characters."
+            context["name"] = name[: keys.NAME_MAX_LENGTH].replace("\x00", "")
+            status = 400
+        else:
+            # Rendered in this response only: the secret is never stored or put in a redirect.
+            context["new_key"], context["secret"] = keys.create_api_key(request.user, name)
+            status = 201
+    context["keys"] = ApiKey.objects.filter(user=request.user).order_by("-created_at")
+    response = render(request, "sessions_app/api_keys.html", context, status=status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    key = get_object_or_404(ApiKey, pk=key_id, user=request.user)
+    keys.revoke_api_key(key)
+    return redirect("api_keys")

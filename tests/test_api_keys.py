@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
-from sessions_app import api_auth
+from sessions_app import keys
 from sessions_app.models import ApiKey
 
 from .test_api_support import Api, assert_error
@@ -36,16 +36,16 @@ def browser(user):
 
 
 def test_a_key_is_stored_only_as_its_hash(user):
-    key, secret = api_auth.create_api_key(user, "bot")
+    key, secret = keys.create_api_key(user, "bot")
     assert KEY_RE.fullmatch(secret)
     stored = ApiKey.objects.get(pk=key.pk)
     assert secret not in {stored.key_hash, stored.prefix, stored.name}
-    assert stored.key_hash == api_auth.hash_key(secret) and len(stored.key_hash) == 64
+    assert stored.key_hash == keys.hash_key(secret) and len(stored.key_hash) == 64
     assert secret.startswith(stored.prefix)
 
 
 def test_a_key_authenticates_as_its_user_and_records_its_last_use(user):
-    key, secret = api_auth.create_api_key(user, "bot")
+    key, secret = keys.create_api_key(user, "bot")
     assert key.last_used_at is None
     r = Api(secret).put("/sessions/s")
     assert r.status_code == 201
@@ -54,22 +54,22 @@ def test_a_key_authenticates_as_its_user_and_records_its_last_use(user):
 
 
 def test_last_use_is_written_at_most_once_a_minute(user):
-    key, secret = api_auth.create_api_key(user, "bot")
+    key, secret = keys.create_api_key(user, "bot")
     t0 = timezone.now()
-    assert api_auth.user_for_key(secret, now=t0) == user
-    assert api_auth.user_for_key(secret, now=t0 + dt.timedelta(seconds=30)) == user
+    assert keys.user_for_key(secret, now=t0) == user
+    assert keys.user_for_key(secret, now=t0 + dt.timedelta(seconds=30)) == user
     key.refresh_from_db()
     assert key.last_used_at == t0
-    api_auth.user_for_key(secret, now=t0 + dt.timedelta(seconds=61))
+    keys.user_for_key(secret, now=t0 + dt.timedelta(seconds=61))
     key.refresh_from_db()
     assert key.last_used_at == t0 + dt.timedelta(seconds=61)
 
 
 def test_a_revoked_key_is_401(user):
-    key, secret = api_auth.create_api_key(user, "bot")
+    key, secret = keys.create_api_key(user, "bot")
     assert Api(secret).get("/sessions").status_code == 200
-    assert api_auth.revoke_api_key(key) is True
-    assert api_auth.revoke_api_key(key) is False
+    assert keys.revoke_api_key(key) is True
+    assert keys.revoke_api_key(key) is False
     assert_error(Api(secret).get("/sessions"), 401, "unauthorized")
 
 
@@ -109,8 +109,8 @@ def test_create_on_the_settings_page_shows_the_key_once(browser, user):
 
 
 def test_settings_page_lists_only_the_users_keys(browser, user, other_user):
-    api_auth.create_api_key(user, "mine")
-    api_auth.create_api_key(other_user, "theirs")
+    keys.create_api_key(user, "mine")
+    keys.create_api_key(other_user, "theirs")
     html = browser.get("/settings/api-keys/").content.decode()
     assert "mine" in html and "theirs" not in html
 
@@ -123,7 +123,7 @@ def test_settings_page_refuses_a_too_long_name(browser):
 
 
 def test_revoke_on_the_settings_page(browser, user):
-    key, secret = api_auth.create_api_key(user, "bot")
+    key, secret = keys.create_api_key(user, "bot")
     assert browser.get(f"/settings/api-keys/{key.pk}/revoke/").status_code == 405
     r = browser.post(f"/settings/api-keys/{key.pk}/revoke/")
     assert r.status_code == 302 and r["Location"] == "/settings/api-keys/"
@@ -134,7 +134,7 @@ def test_revoke_on_the_settings_page(browser, user):
 
 
 def test_cannot_revoke_another_users_key(browser, other_user):
-    key, secret = api_auth.create_api_key(other_user, "theirs")
+    key, secret = keys.create_api_key(other_user, "theirs")
     assert browser.post(f"/settings/api-keys/{key.pk}/revoke/").status_code == 404
     key.refresh_from_db()
     assert key.revoked_at is None
@@ -180,7 +180,7 @@ def admin_browser(django_user_model):
 
 
 def test_admin_lists_keys_without_their_hash(admin_browser, user):
-    key, secret = api_auth.create_api_key(user, "bot")
+    key, secret = keys.create_api_key(user, "bot")
     html = admin_browser.get("/admin/sessions_app/apikey/").content.decode()
     assert "bot" in html and key.prefix in html
     assert key.key_hash not in html and secret not in html
@@ -190,7 +190,7 @@ def test_admin_lists_keys_without_their_hash(admin_browser, user):
 
 
 def test_admin_revoke_action(admin_browser, user):
-    key, secret = api_auth.create_api_key(user, "bot")
+    key, secret = keys.create_api_key(user, "bot")
     r = admin_browser.post(
         "/admin/sessions_app/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk]}, follow=True
     )

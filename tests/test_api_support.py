@@ -7,7 +7,7 @@ from typing import Any
 
 from django.test import Client
 
-from sessions_app import api_auth
+from sessions_app import keys
 
 BASE = "/api/v1"
 
@@ -59,7 +59,7 @@ class Api:
 
 
 def api_for(user) -> Api:
-    _, secret = api_auth.create_api_key(user, "test")
+    _, secret = keys.create_api_key(user, "test")
     return Api(secret)
 
 

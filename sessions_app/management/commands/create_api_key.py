@@ -1,7 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from sessions_app import api_auth
+from sessions_app import keys
 
 
 class Command(BaseCommand):
@@ -21,7 +21,7 @@ class Command(BaseCommand):
         if not user.is_active:
             raise CommandError(f"User {username!r} is inactive: its keys would not authenticate.")
         try:
-            key, secret = api_auth.create_api_key(user, name)
+            key, secret = keys.create_api_key(user, name)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         self.stderr.write(f"Created API key {key.name!r} for {username}. Store it now: it cannot be shown again.")

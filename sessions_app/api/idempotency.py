@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .models import ApiIdempotencyKey
+from ..models import ApiIdempotencyKey
 
 KEY_MAX_LENGTH = 255
 

@@ -14,8 +14,8 @@ from django.conf import settings
 from ninja import Schema
 from pydantic import ConfigDict, Field, model_validator
 
-from . import engine
-from .models import ConversationSession, Message, Turn
+from .. import engine
+from ..models import ConversationSession, Message, Reply, Turn
 
 MAX_INT = engine.MAX_INT
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -197,6 +197,25 @@ class ReplyOut(Schema):
     message_seq: int | None = Field(description="Sequence number of the stored assistant message.")
     started_at: dt.datetime
     finished_at: dt.datetime | None
+
+
+def reply_out(reply: Reply) -> dict[str, Any]:
+    return {
+        "id": reply.pk,
+        "session_id": reply.session_id,
+        "turn": reply.turn_number,
+        "status": reply.status,
+        "regenerate": reply.regenerate,
+        "responder": reply.responder,
+        "model": reply.model,
+        "text": reply.text,
+        "finish_reason": reply.finish_reason or None,
+        "error": reply.error or None,
+        "tool_rounds": reply.tool_rounds,
+        "message_seq": reply.message_seq,
+        "started_at": reply.started_at,
+        "finished_at": reply.finished_at,
+    }
 
 
 class ReplyIn(StrictIn):
