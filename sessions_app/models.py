@@ -51,7 +51,7 @@ class ConversationSession(models.Model):
 
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
-    # Derived from updated_at and the timeout on every write (engine.touch); stored and indexed so that
+    # Derived from updated_at and the timeout on every write (engine.values.touch); stored and indexed so that
     # finding expired sessions is one index range scan. NULL = never expires.
     expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
@@ -167,7 +167,7 @@ def _now() -> dt.datetime:
 
 class ApiKey(models.Model):
     """A personal API key for the JSON API. Only a SHA-256 hash of the secret is stored; the secret
-    is shown once, when the key is created (sessions_app.api_auth.create_api_key)."""
+    is shown once, when the key is created (sessions_app.keys.create_api_key)."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100)

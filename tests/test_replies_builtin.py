@@ -8,6 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from sessions_app import engine, replies
+from sessions_app.api.schemas import reply_out
 from sessions_app.models import Reply, Role
 from sessions_app.replies import workers
 
@@ -36,7 +37,7 @@ def test_arithmetic_calls_the_calculator_and_completes_the_turn(make_session):
     assert answer.metadata["latency_ms"].isdigit()
     assert reply.message_seq == answer.seq
     assert [m.role for m in engine.messages_all(session)] == ["system", "user", "tool", "assistant"]
-    summary = replies.reply_summary(reply)
+    summary = reply_out(reply)
     assert {k: summary[k] for k in ("status", "turn", "text", "finish_reason", "error", "message_seq")} == {
         "status": "done",
         "turn": 1,

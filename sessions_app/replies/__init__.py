@@ -41,8 +41,6 @@ session raises ``engine.SessionNotFound``); the default ``ANY_OWNER`` is for ope
 ``reply_context_window(session, max_tokens=None, *, reply=None) -> engine.ContextWindow``  what the
     reply (``reply``'s, else the running one's) sends: the context window without the turn's earlier
     responses when regenerating. The context panel and the API's context endpoint show the same.
-``reply_summary(reply) -> dict``  id, session_id, turn, status, regenerate, responder, model, text,
-    finish_reason, error, tool_rounds, message_seq, started_at, finished_at (JSON-ready).
 ``responder_label() -> str``  "built-in responder — no language model configured", or
     "<model> on <host>" (never the key or the full URL).
 
@@ -81,7 +79,6 @@ from .service import (
     ReplyInProgress,
     append_and_reply,
     latest_reply,
-    reply_summary,
     running_reply,
     start_reply,
     stop_reply,
@@ -100,7 +97,6 @@ __all__ = [
     "latest_reply",
     "recover_stale_replies",
     "reply_context_window",
-    "reply_summary",
     "responder_label",
     "running_reply",
     "start_reply",

@@ -119,26 +119,6 @@ def running_reply(session: ConversationSession | str) -> Reply | None:
     return Reply.objects.filter(session_id=session_id, status=Reply.Status.RUNNING).first()
 
 
-def reply_summary(reply: Reply) -> dict[str, Any]:
-    """A reply as plain JSON-ready data, for the API and page templates."""
-    return {
-        "id": reply.pk,
-        "session_id": reply.session_id,
-        "turn": reply.turn_number,
-        "status": reply.status,
-        "regenerate": reply.regenerate,
-        "responder": reply.responder,
-        "model": reply.model,
-        "text": reply.text,
-        "finish_reason": reply.finish_reason or None,
-        "error": reply.error or None,
-        "tool_rounds": reply.tool_rounds,
-        "message_seq": reply.message_seq,
-        "started_at": reply.started_at.isoformat(),
-        "finished_at": reply.finished_at.isoformat() if reply.finished_at else None,
-    }
-
-
 @engine.storage_errors
 def latest_reply(session: ConversationSession | str) -> Reply | None:
     """The session's most recent reply in any state (e.g. to show why the last one failed)."""
