@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 from functools import partial
-from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -48,7 +47,7 @@ class NothingToReply(ReplyError):
 
 @engine.storage_errors
 def start_reply(
-    session_id: str, *, owner: Any = engine.ANY_OWNER, regenerate: bool = False, now: dt.datetime | None = None
+    session_id: str, *, owner: engine.Owner = engine.ANY_OWNER, regenerate: bool = False, now: dt.datetime | None = None
 ) -> Reply:
     """Start the assistant's reply to the session's last turn in a background thread; return its row.
 
@@ -69,7 +68,7 @@ def append_and_reply(
     session_id: str,
     content: str,
     *,
-    owner: Any = engine.ANY_OWNER,
+    owner: engine.Owner = engine.ANY_OWNER,
     name: str | None = None,
     metadata: dict[str, str] | None = None,
     now: dt.datetime | None = None,
@@ -89,7 +88,7 @@ def append_and_reply(
 
 
 @engine.storage_errors
-def stop_reply(session_id: str, *, owner: Any = engine.ANY_OWNER) -> bool:
+def stop_reply(session_id: str, *, owner: engine.Owner = engine.ANY_OWNER) -> bool:
     """Ask the session's running reply to stop; return whether one was running.
 
     Works from any process: the stop flag is set on the row (the running process polls it) and, when
