@@ -79,6 +79,23 @@ def page_size() -> int:
     return settings.CONVO_CHAT_PAGE_SIZE
 
 
+CHAT_PAGE = "sessions_app/chat.html"
+SIDEBAR = "sessions_app/sidebar.html"
+# Every named partial of the two templates, by name: the one map from a partial's name to what
+# views render, live pushes send and templates include.
+PARTIALS: dict[str, str] = {
+    **{
+        name: f"{CHAT_PAGE}#{name}"
+        for name in (
+            "session-header", "expired-banner", "list-bounds", "messages", "load-earlier", "message",
+            "reply-stream", "reply-actions", "composer", "timeline", "earlier-turns", "turn", "state-panel",
+            "settings-panel", "context-panel", "messages-oob", "earlier-page", "earlier-turns-page",
+            "session-gone",
+        )
+    },
+    **{name: f"{SIDEBAR}#{name}" for name in ("sidebar", "sidebar-new-form", "sidebar-item")},
+}  # fmt: skip
+
 TIMELINE_TURNS = 20  # the timeline shows the newest turns; earlier ones load on demand
 CONTEXT_ROWS = 50  # the context panel lists the newest rows of the window; the rest on demand
 
@@ -214,8 +231,7 @@ def list_bounds(session: ConversationSession) -> dict[str, Any]:
 
 
 def render_partial(name: str, context: dict[str, Any], request=None) -> str:
-    template = "sessions_app/sidebar.html" if name.startswith("sidebar") else "sessions_app/chat.html"
-    return render_to_string(f"{template}#{name}", context, request=request)
+    return render_to_string(PARTIALS[name], context, request=request)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -97,12 +97,11 @@ def _page_context(request: HttpRequest, session: ConversationSession, **extra: A
 
 
 def _chat_page(request: HttpRequest, session: ConversationSession, *, status: int = 200, **extra: Any) -> HttpResponse:
-    return render(request, "sessions_app/chat.html", _page_context(request, session, **extra), status=status)
+    return render(request, rendering.CHAT_PAGE, _page_context(request, session, **extra), status=status)
 
 
 def _partial(request: HttpRequest, name: str, context: dict[str, Any], *, status: int = 200) -> HttpResponse:
-    template = "sessions_app/sidebar.html" if name.startswith("sidebar") else "sessions_app/chat.html"
-    return render(request, f"{template}#{name}", context, status=status)
+    return render(request, rendering.PARTIALS[name], context, status=status)
 
 
 def _after_write(request: HttpRequest, session_id: str) -> HttpResponse:
