@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 
 from . import engine
-from .models import Role
+from .models import ConversationSession, Role
 
 
 class SignUpForm(UserCreationForm):
@@ -88,6 +88,13 @@ class EditSessionForm(ConfigFields):
     system_prompt = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}), label="System prompt")
 
     field_order = ["system_prompt", "max_messages", "max_tokens", "timeout_seconds", "persist_system_prompt"]
+
+    @classmethod
+    def for_session(cls, session: ConversationSession) -> EditSessionForm:
+        """The form showing the session's stored prompt and config (the page, a save, a live push)."""
+        initial = cls.initial_from(engine.SessionConfig.of(session))
+        initial["system_prompt"] = session.system_prompt or ""
+        return cls(initial=initial)
 
 
 ROLE_CHOICES = [(Role.USER, "User"), (Role.ASSISTANT, "Assistant"), (Role.TOOL, "Tool"), (Role.SYSTEM, "System")]

@@ -22,6 +22,7 @@ from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
 from . import engine, replies
+from .forms import EditSessionForm
 from .models import ConversationSession, Message, Role, Turn
 
 # ---------------------------------------------------------------------------------------------
@@ -278,11 +279,7 @@ def render_messages_pane_oob(session: ConversationSession) -> str:
 
 def render_settings_oob(session: ConversationSession) -> str:
     """The settings panel with the stored values (after an edit elsewhere, so no page saves stale ones)."""
-    from .forms import EditSessionForm
-
-    initial = EditSessionForm.initial_from(engine.SessionConfig.of(session))
-    initial["system_prompt"] = session.system_prompt or ""
-    ctx = {"session": session, "edit_form": EditSessionForm(initial=initial), "oob": True}
+    ctx = {"session": session, "edit_form": EditSessionForm.for_session(session), "oob": True}
     return render_partial("settings-panel", ctx)
 
 
@@ -311,8 +308,6 @@ def reply_context(
 def reply_state(session: ConversationSession, turn: Turn | None = None) -> dict[str, Any]:
     """The reply area as the database has it: the running reply (its text so far and a Stop button),
     or the last turn's failed reply, or nothing. For a page that opens or reconnects mid-reply."""
-    from . import replies
-
     running = replies.running_reply(session)
     if running is not None:
         return reply_context(session.id, "delta", running.text, reply_id=running.pk, turn=running.turn_number)

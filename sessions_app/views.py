@@ -57,12 +57,6 @@ def _new_form(**kwargs: Any) -> NewSessionForm:
     return NewSessionForm(initial=NewSessionForm.initial_from(engine.SessionConfig.default()), **kwargs)
 
 
-def _edit_form(session: ConversationSession, **kwargs: Any) -> EditSessionForm:
-    initial = EditSessionForm.initial_from(engine.SessionConfig.of(session))
-    initial["system_prompt"] = session.system_prompt or ""
-    return EditSessionForm(initial=initial, **kwargs)  # the same as rendering.render_settings_oob
-
-
 def _composer_form(data: dict[str, str] | None = None) -> MessageForm:
     """A fresh composer, keeping the role, name and tool call id of the last send."""
     initial = {"role": Role.USER}
@@ -85,7 +79,7 @@ def _page_context(request: HttpRequest, session: ConversationSession, **extra: A
         entries=rendering.sidebar_entries(request.user, now=now),
         current_id=session.id,
         composer=_composer_form(),
-        edit_form=_edit_form(session),
+        edit_form=EditSessionForm.for_session(session),
         new_form=_new_form(),
         var_form=VariableForm(),
         data_form=DataForm(),
@@ -442,7 +436,9 @@ def session_edit(request: HttpRequest, session_id: str) -> HttpResponse:
             if not request.htmx:
                 return _after_write(request, session.id)
             return _partial(
-                request, "settings-panel", {"session": session, "edit_form": _edit_form(session), "saved": True}
+                request,
+                "settings-panel",
+                {"session": session, "edit_form": EditSessionForm.for_session(session), "saved": True},
             )
     if not request.htmx:
         return _chat_page(request, session, edit_form=form, status=UNPROCESSABLE)
