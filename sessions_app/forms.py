@@ -50,11 +50,6 @@ class ConfigFields(forms.Form):
             "persist_system_prompt": config.persist_system_prompt,
         }
 
-    def add_engine_error(self, exc: engine.SessionError) -> None:
-        """Show an engine refusal next to the field it names (or above the form)."""
-        field = getattr(exc, "field", None)
-        self.add_error(field if field in self.fields else None, str(exc))
-
 
 class NewSessionForm(ConfigFields):
     session_id = forms.CharField(
@@ -130,10 +125,6 @@ class MessageForm(forms.Form):
         if data.get("role") == Role.TOOL and not (data.get("tool_call_id") or "").strip():
             self.add_error("tool_call_id", "A tool message needs the tool_call_id of the call it answers.")
         return data
-
-    def add_engine_error(self, exc: engine.SessionError) -> None:
-        field = getattr(exc, "field", None)
-        self.add_error(field if field in self.fields else None, str(exc))
 
 
 class VariableForm(forms.Form):
