@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 
 from . import engine
-from .models import Role
+from .models import ConversationSession, Role
 
 
 class SignUpForm(UserCreationForm):
@@ -50,11 +50,6 @@ class ConfigFields(forms.Form):
             "persist_system_prompt": config.persist_system_prompt,
         }
 
-    def add_engine_error(self, exc: engine.SessionError) -> None:
-        """Show an engine refusal next to the field it names (or above the form)."""
-        field = getattr(exc, "field", None)
-        self.add_error(field if field in self.fields else None, str(exc))
-
 
 class NewSessionForm(ConfigFields):
     session_id = forms.CharField(
@@ -88,6 +83,13 @@ class EditSessionForm(ConfigFields):
     system_prompt = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}), label="System prompt")
 
     field_order = ["system_prompt", "max_messages", "max_tokens", "timeout_seconds", "persist_system_prompt"]
+
+    @classmethod
+    def for_session(cls, session: ConversationSession) -> EditSessionForm:
+        """The form showing the session's stored prompt and config (the page, a save, a live push)."""
+        initial = cls.initial_from(engine.SessionConfig.of(session))
+        initial["system_prompt"] = session.system_prompt or ""
+        return cls(initial=initial)
 
 
 ROLE_CHOICES = [(Role.USER, "User"), (Role.ASSISTANT, "Assistant"), (Role.TOOL, "Tool"), (Role.SYSTEM, "System")]
@@ -123,10 +125,6 @@ class MessageForm(forms.Form):
         if data.get("role") == Role.TOOL and not (data.get("tool_call_id") or "").strip():
             self.add_error("tool_call_id", "A tool message needs the tool_call_id of the call it answers.")
         return data
-
-    def add_engine_error(self, exc: engine.SessionError) -> None:
-        field = getattr(exc, "field", None)
-        self.add_error(field if field in self.fields else None, str(exc))
 
 
 class VariableForm(forms.Form):

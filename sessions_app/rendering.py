@@ -22,6 +22,7 @@ from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
 from . import engine, replies
+from .forms import EditSessionForm
 from .models import ConversationSession, Message, Role, Turn
 
 # ---------------------------------------------------------------------------------------------
@@ -78,6 +79,23 @@ def dom_id(session_id: str) -> str:
 def page_size() -> int:
     return settings.CONVO_CHAT_PAGE_SIZE
 
+
+CHAT_PAGE = "sessions_app/chat.html"
+SIDEBAR = "sessions_app/sidebar.html"
+# Every named partial of the two templates, by name: the one map from a partial's name to what
+# views render, live pushes send and templates include.
+PARTIALS: dict[str, str] = {
+    **{
+        name: f"{CHAT_PAGE}#{name}"
+        for name in (
+            "session-header", "expired-banner", "list-bounds", "messages", "load-earlier", "message",
+            "reply-stream", "reply-actions", "composer", "timeline", "earlier-turns", "turn", "state-panel",
+            "settings-panel", "context-panel", "messages-oob", "earlier-page", "earlier-turns-page",
+            "session-gone",
+        )
+    },
+    **{name: f"{SIDEBAR}#{name}" for name in ("sidebar", "sidebar-new-form", "sidebar-item")},
+}  # fmt: skip
 
 TIMELINE_TURNS = 20  # the timeline shows the newest turns; earlier ones load on demand
 CONTEXT_ROWS = 50  # the context panel lists the newest rows of the window; the rest on demand
@@ -214,8 +232,7 @@ def list_bounds(session: ConversationSession) -> dict[str, Any]:
 
 
 def render_partial(name: str, context: dict[str, Any], request=None) -> str:
-    template = "sessions_app/sidebar.html" if name.startswith("sidebar") else "sessions_app/chat.html"
-    return render_to_string(f"{template}#{name}", context, request=request)
+    return render_to_string(PARTIALS[name], context, request=request)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,11 +279,7 @@ def render_messages_pane_oob(session: ConversationSession) -> str:
 
 def render_settings_oob(session: ConversationSession) -> str:
     """The settings panel with the stored values (after an edit elsewhere, so no page saves stale ones)."""
-    from .forms import EditSessionForm
-
-    initial = EditSessionForm.initial_from(engine.SessionConfig.of(session))
-    initial["system_prompt"] = session.system_prompt or ""
-    ctx = {"session": session, "edit_form": EditSessionForm(initial=initial), "oob": True}
+    ctx = {"session": session, "edit_form": EditSessionForm.for_session(session), "oob": True}
     return render_partial("settings-panel", ctx)
 
 
@@ -295,8 +308,6 @@ def reply_context(
 def reply_state(session: ConversationSession, turn: Turn | None = None) -> dict[str, Any]:
     """The reply area as the database has it: the running reply (its text so far and a Stop button),
     or the last turn's failed reply, or nothing. For a page that opens or reconnects mid-reply."""
-    from . import replies
-
     running = replies.running_reply(session)
     if running is not None:
         return reply_context(session.id, "delta", running.text, reply_id=running.pk, turn=running.turn_number)

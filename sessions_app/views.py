@@ -2,6 +2,7 @@
 
 Each screen is a page template with named partials (``sessions_app/chat.html``); an htmx request
 gets the partial it swaps, a plain request (no JavaScript) gets the page or a redirect back to it.
+Engine refusals become a 404, a form error or a notice in one place: ``web_errors.engine_errors``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ImproperlyConfigured
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -31,11 +31,7 @@ from .forms import (
     VariableForm,
 )
 from .models import ConversationSession, Role
-
-UNPROCESSABLE = 422
-CONFLICT = 409
-UNAVAILABLE = 503
-
+from .web_errors import CONFLICT, EXPIRED_STATE, UNCONFIGURED_SEND, UNPROCESSABLE, engine_errors
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
@@ -43,10 +39,8 @@ UNAVAILABLE = 503
 
 def _owned(request: HttpRequest, session_id: str) -> ConversationSession:
     """The request user's session, expired or not; anyone else's (or none) is a 404."""
-    try:
+    with engine_errors():
         return engine.session_get(session_id, owner=request.user)
-    except engine.SessionNotFound:
-        raise Http404("No such conversation.") from None
 
 
 def _chat_url(session_id: str) -> str:
@@ -55,12 +49,6 @@ def _chat_url(session_id: str) -> str:
 
 def _new_form(**kwargs: Any) -> NewSessionForm:
     return NewSessionForm(initial=NewSessionForm.initial_from(engine.SessionConfig.default()), **kwargs)
-
-
-def _edit_form(session: ConversationSession, **kwargs: Any) -> EditSessionForm:
-    initial = EditSessionForm.initial_from(engine.SessionConfig.of(session))
-    initial["system_prompt"] = session.system_prompt or ""
-    return EditSessionForm(initial=initial, **kwargs)  # the same as rendering.render_settings_oob
 
 
 def _composer_form(data: dict[str, str] | None = None) -> MessageForm:
@@ -85,7 +73,7 @@ def _page_context(request: HttpRequest, session: ConversationSession, **extra: A
         entries=rendering.sidebar_entries(request.user, now=now),
         current_id=session.id,
         composer=_composer_form(),
-        edit_form=_edit_form(session),
+        edit_form=EditSessionForm.for_session(session),
         new_form=_new_form(),
         var_form=VariableForm(),
         data_form=DataForm(),
@@ -97,12 +85,11 @@ def _page_context(request: HttpRequest, session: ConversationSession, **extra: A
 
 
 def _chat_page(request: HttpRequest, session: ConversationSession, *, status: int = 200, **extra: Any) -> HttpResponse:
-    return render(request, "sessions_app/chat.html", _page_context(request, session, **extra), status=status)
+    return render(request, rendering.CHAT_PAGE, _page_context(request, session, **extra), status=status)
 
 
 def _partial(request: HttpRequest, name: str, context: dict[str, Any], *, status: int = 200) -> HttpResponse:
-    template = "sessions_app/sidebar.html" if name.startswith("sidebar") else "sessions_app/chat.html"
-    return render(request, f"{template}#{name}", context, status=status)
+    return render(request, rendering.PARTIALS[name], context, status=status)
 
 
 def _after_write(request: HttpRequest, session_id: str) -> HttpResponse:
@@ -150,18 +137,14 @@ def signup(request: HttpRequest) -> HttpResponse:
 def session_new(request: HttpRequest) -> HttpResponse:
     form = NewSessionForm(request.POST)
     if form.is_valid():
-        try:
+        with engine_errors(form) as refusal:
             session = engine.session_create(
                 form.cleaned_data["session_id"],
                 owner=request.user,
                 system_prompt=form.cleaned_data["system_prompt"] or None,
                 config=form.config(),
             )
-        except engine.SessionAlreadyExists:
-            form.add_error("session_id", "That id is taken: choose another, or leave it empty for a random one.")
-        except engine.SessionError as exc:
-            form.add_engine_error(exc)
-        else:
+        if not refusal:
             url = _chat_url(session.id)
             return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     if request.htmx:
@@ -223,7 +206,7 @@ def message_send(request: HttpRequest, session_id: str) -> HttpResponse:
     status = UNPROCESSABLE
     if form.is_valid():
         data = form.cleaned_data
-        try:
+        with engine_errors(form, unconfigured=UNCONFIGURED_SEND) as refusal:
             if data["role"] == Role.USER:
                 message, _ = replies.append_and_reply(
                     session.id, data["content"], owner=request.user, name=data["name"] or None
@@ -237,18 +220,8 @@ def message_send(request: HttpRequest, session_id: str) -> HttpResponse:
                     tool_call_id=(data["tool_call_id"] or None) if data["role"] == Role.TOOL else None,
                     owner=request.user,
                 )
-        except replies.ReplyInProgress as exc:
-            form.add_error(None, str(exc))
-            status = CONFLICT
-        except ImproperlyConfigured as exc:
-            form.add_error(None, f"The assistant is not configured, so the message was not sent: {exc}")
-            status = UNAVAILABLE
-        except engine.SessionExpired:
-            form.add_error(None, "This conversation has expired: start it fresh to write again.")
-        except engine.SessionNotFound:
-            raise Http404("No such conversation.") from None
-        except engine.SessionError as exc:
-            form.add_engine_error(exc)
+        if refusal:
+            status = refusal.status
     if message is None:
         if not request.htmx:
             return _chat_page(request, session, composer=form, status=status)
@@ -273,18 +246,9 @@ def _reply_actions(request: HttpRequest, session_id: str, *, notice: str = "", s
 
 def _start_reply(request: HttpRequest, session_id: str, *, regenerate: bool) -> HttpResponse:
     session = _owned(request, session_id)
-    try:
+    with engine_errors(notice=True, status=CONFLICT) as refusal:
         replies.start_reply(session.id, owner=request.user, regenerate=regenerate)
-    except (replies.ReplyInProgress, replies.NothingToReply) as exc:
-        return _reply_actions(request, session.id, notice=str(exc), status=CONFLICT)
-    except engine.SessionExpired:
-        notice = "This conversation has expired: start it fresh to write again."
-        return _reply_actions(request, session.id, notice=notice, status=CONFLICT)
-    except ImproperlyConfigured as exc:
-        return _reply_actions(request, session.id, notice=f"The assistant is not configured: {exc}", status=UNAVAILABLE)
-    except engine.SessionNotFound:
-        raise Http404("No such conversation.") from None
-    return _reply_actions(request, session.id)
+    return _reply_actions(request, session.id, notice=refusal.message, status=refusal.status)
 
 
 @login_required
@@ -307,10 +271,8 @@ def reply_stop(request: HttpRequest, session_id: str) -> HttpResponse:
     """Stop the running reply: the provider call is cancelled and the partial text is stored (finish
     reason "stopped"); every page learns of it from the REPLY event that follows."""
     session = _owned(request, session_id)
-    try:
+    with engine_errors():
         stopped = replies.stop_reply(session.id, owner=request.user)
-    except engine.SessionNotFound:
-        raise Http404("No such conversation.") from None
     if stopped:
         if not request.htmx:
             return _after_write(request, session.id)
@@ -355,16 +317,9 @@ def _state_response(
 def _state_write(request: HttpRequest, session: ConversationSession, form_name: str, form: Any, write) -> HttpResponse:
     """Run an engine state write for a valid form; engine refusals become the form's errors."""
     if form.is_valid():
-        try:
+        with engine_errors(form, expired=EXPIRED_STATE, fallback_field="value") as refusal:
             write(form.cleaned_data)
-        except engine.SessionExpired:
-            form.add_error(None, "This conversation has expired: its state can no longer change.")
-        except engine.SessionNotFound:
-            raise Http404("No such conversation.") from None
-        except engine.SessionError as exc:
-            field = getattr(exc, "field", None)
-            form.add_error(field if field in form.fields else "value" if "value" in form.fields else None, str(exc))
-        else:
+        if not refusal:
             return _state_response(request, session)
     return _state_response(request, session, status=UNPROCESSABLE, **{form_name: form})
 
@@ -427,7 +382,7 @@ def session_edit(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _owned(request, session_id)
     form = EditSessionForm(request.POST)
     if form.is_valid():
-        try:
+        with engine_errors(form) as refusal:
             session = engine.session_update(
                 session.id,
                 owner=request.user,
@@ -435,15 +390,13 @@ def session_edit(request: HttpRequest, session_id: str) -> HttpResponse:
                 config=form.config(),
                 allow_expired=True,
             )
-        except engine.SessionNotFound:
-            raise Http404("No such conversation.") from None
-        except engine.SessionError as exc:
-            form.add_engine_error(exc)
-        else:
+        if not refusal:
             if not request.htmx:
                 return _after_write(request, session.id)
             return _partial(
-                request, "settings-panel", {"session": session, "edit_form": _edit_form(session), "saved": True}
+                request,
+                "settings-panel",
+                {"session": session, "edit_form": EditSessionForm.for_session(session), "saved": True},
             )
     if not request.htmx:
         return _chat_page(request, session, edit_form=form, status=UNPROCESSABLE)
@@ -460,7 +413,8 @@ def session_clear(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _owned(request, session_id)
     if not _confirmed(request):
         return HttpResponse("Confirm first: send confirm=yes.", status=400, content_type="text/plain")
-    engine.session_clear_messages(session.id, owner=request.user, allow_expired=True)
+    with engine_errors():  # deleted since the read: a 404, as for delete
+        engine.session_clear_messages(session.id, owner=request.user, allow_expired=True)
     url = _chat_url(session.id)
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
@@ -471,10 +425,8 @@ def session_delete(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _owned(request, session_id)
     if not _confirmed(request):
         return HttpResponse("Confirm first: send confirm=yes.", status=400, content_type="text/plain")
-    try:
+    with engine_errors():  # deleted since the read: a 404
         engine.session_delete(session.id, owner=request.user)
-    except engine.SessionNotFound:
-        raise Http404("No such conversation.") from None
     url = reverse("home")
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
@@ -485,7 +437,7 @@ def session_fresh(request: HttpRequest, session_id: str) -> HttpResponse:
     """Start an expired conversation fresh under the same id, with the same prompt and config
     (the spec's get_or_create: a live session is returned as it is)."""
     session = _owned(request, session_id)
-    try:
+    with engine_errors():
         engine.session_get_or_create(
             session.id,
             owner=request.user,
@@ -493,8 +445,6 @@ def session_fresh(request: HttpRequest, session_id: str) -> HttpResponse:
             metadata=session.metadata,
             config=engine.SessionConfig.of(session),
         )
-    except engine.SessionNotFound:
-        raise Http404("No such conversation.") from None
     url = _chat_url(session.id)
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 

@@ -1,10 +1,14 @@
-"""Markdown rendering and sanitizing of chat messages (markdown-it-py, then nh3)."""
+"""Markdown rendering and sanitizing of chat messages (markdown-it-py, then nh3); the partial map."""
 
+import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
+from django.conf import settings
+from django.template.loader import get_template
 
-from sessions_app.rendering import dom_id, markdown_html
+from sessions_app.rendering import PARTIALS, dom_id, markdown_html
 
 
 def test_markdown_basics():
@@ -61,3 +65,16 @@ def test_raw_html_is_shown_as_text():
 def test_dom_ids_are_css_safe_and_distinct():
     a, b = dom_id("a:b.c"), dom_id("a:b.d")
     assert a != b and a.replace("-", "").isalnum()
+
+
+def test_the_partial_map_lists_every_partial_of_the_templates():
+    """rendering.PARTIALS is the one name → template map: each entry loads, and every partial the
+    chat and sidebar templates define is in it."""
+    defined = set()
+    for template in ("sessions_app/chat.html", "sessions_app/sidebar.html"):
+        text = (Path(settings.BASE_DIR) / "templates" / template).read_text()
+        defined |= {f"{template}#{name}" for name in re.findall(r"{%\s*partialdef\s+([\w-]+)", text)}
+    assert set(PARTIALS.values()) == defined
+    assert all(template.endswith("#" + name) for name, template in PARTIALS.items())
+    for template in PARTIALS.values():
+        get_template(template)

@@ -517,6 +517,22 @@ def test_delete_needs_confirmation(client, chat, user):
     assert client.get("/c/chat-1/").status_code == 404
 
 
+@pytest.mark.parametrize("view", ["clear", "delete"])
+def test_clear_and_delete_of_a_session_deleted_meanwhile_are_404(client, chat, monkeypatch, view):
+    """The session vanishes between the view's read and its write (another tab deleted it): both
+    views answer 404, not a server error."""
+    name = {"clear": "session_clear_messages", "delete": "session_delete"}[view]
+    write, delete = getattr(engine, name), engine.session_delete
+
+    def deleted_first(session_id, **kwargs):
+        delete(session_id)
+        return write(session_id, **kwargs)
+
+    monkeypatch.setattr(engine, name, deleted_first)
+    assert client.post(f"/c/chat-1/{view}/", {"confirm": "yes"}, **HX).status_code == 404
+    assert not engine.session_list()
+
+
 def test_wrong_methods(client, chat):
     assert client.get("/c/chat-1/send/").status_code == 405
     assert client.post("/c/chat-1/").status_code == 405
