@@ -13,13 +13,13 @@ from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import engine, rendering, replies
+from . import engine, keys, rendering, replies
 from .forms import (
     BudgetForm,
     DataForm,
@@ -30,7 +30,7 @@ from .forms import (
     SignUpForm,
     VariableForm,
 )
-from .models import ConversationSession, Role
+from .models import ApiKey, ConversationSession, Role
 from .web_errors import CONFLICT, EXPIRED_STATE, UNCONFIGURED_SEND, UNPROCESSABLE, engine_errors
 
 # ---------------------------------------------------------------------------------------------
@@ -451,11 +451,6 @@ def session_fresh(request: HttpRequest, session_id: str) -> HttpResponse:
 
 # ---------------------------------------------------------------------------------------------
 # Settings: personal API keys (a new key's secret is shown once), list and revoke.
-
-from django.shortcuts import get_object_or_404  # noqa: E402  (to hoist to the imports above)
-
-from . import keys  # noqa: E402
-from .models import ApiKey  # noqa: E402
 
 
 @login_required
