@@ -14,10 +14,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from convo_site.routing import websocket_urlpatterns  # noqa: E402
+from sessions_app.request_guard import NulScopeGuard  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AllowedHostsOriginValidator(NulScopeGuard(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )

@@ -53,7 +53,11 @@ class SessionIdFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value():
-            return queryset.filter(session_id=self.value())
+            try:
+                session_id = engine.lookup_session_id(self.value())
+            except engine.SessionNotFound:
+                return queryset.none()  # an id no session can have (PostgreSQL refuses NUL in text)
+            return queryset.filter(session_id=session_id)
         return queryset
 
 
@@ -103,6 +107,14 @@ class ConversationSessionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def get_object(self, request, object_id, from_field=None):
+        # An id no session can have is "does not exist" before any query (PostgreSQL refuses NUL).
+        try:
+            engine.lookup_session_id(object_id)
+        except engine.SessionNotFound:
+            return None
+        return super().get_object(request, object_id, from_field)
 
     @admin.display(description="messages")
     def messages_in_list(self, obj: ConversationSession) -> int:

@@ -8,7 +8,8 @@ source of truth, so a lost or late notification is repaired by the next one or b
 Protocol (client → server, JSON): ``{"type": "hello", "last_seq": N, "budget": B}`` right after the
 socket opens — the server answers with exactly the listed messages after N, in order, plus fresh
 panels, and from then on pushes every change; ``{"type": "budget", "budget": B}`` when the page's
-context budget changes. Close code 4404: the session is gone (the page does not reconnect).
+context budget changes. Close code 4404: the session is gone (the page does not reconnect); 1009: a
+frame over CONVO_WS_MAX_FRAME_BYTES. Anything else that is not such a JSON object is ignored.
 
 Assistant replies: a REPLY event is rendered from the event itself (the streamed text and Stop while
 it runs, an alert when it failed), since deltas come many times a second; when it ends, Regenerate /
@@ -23,7 +24,6 @@ rendered fragments, so fifty pages on one conversation cost about one page.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -43,6 +43,7 @@ CATCHUP_MAX = 500
 # Panels are re-rendered at most this often (seconds) while changes keep coming.
 PANEL_DELAY = 0.5
 CLOSE_GONE = 4404
+CLOSE_TOO_BIG = 1009  # a frame over CONVO_WS_MAX_FRAME_BYTES (RFC 6455: message too big)
 REPLY_ENDS = ("done", "stopped", "error")
 
 
@@ -196,11 +197,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
-            message = json.loads(text_data or "")
-        except ValueError:
+            message = engine.parse_frame(text_data)
+        except engine.InputTooLarge:
+            await self.close(code=CLOSE_TOO_BIG)
             return
-        if not isinstance(message, dict):
-            return
+        if message is None:
+            return  # not a JSON object within the limits: ignored
         if "budget" in message:
             budget = message.get("budget")
             self.budget = budget if _positive_int(budget) and budget > 0 else None
