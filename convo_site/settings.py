@@ -144,7 +144,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    # django-csp's middleware with per-path exceptions (the Django admin, the API docs page).
+    # django-csp plus the per-request parts: the page's websocket origin, inline styles for the admin only.
     "sessions_app.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
