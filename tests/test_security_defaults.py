@@ -112,6 +112,31 @@ def test_a_500_shows_the_friendly_page_and_no_settings(error_urls, user):
     assert "default-src 'self'" in r["Content-Security-Policy"]
 
 
+def test_a_500_with_the_default_environment_shows_nothing_of_it(tmp_path):
+    """In a fresh process with only DATABASE_URL and CONVO_LLM_BASE_URL set (passwords in both), as
+    the issue observed: the 500 page is the friendly one, without those values (pytest-django forces
+    DEBUG off in this process, so this runs in another one)."""
+    code = (
+        "import django; django.setup()\n"
+        "from django.test import Client, override_settings\n"
+        "with override_settings(ROOT_URLCONF='tests.test_security_defaults'):\n"
+        "    r = Client(raise_request_exception=False, HTTP_HOST='localhost').get('/test/boom/')\n"
+        "print(r.status_code)\n"
+        "print(r.content.decode())\n"
+    )
+    result = run_python(
+        code,
+        tmp_path,
+        DATABASE_URL=f"postgres://convo:{SECRET_DB_PASSWORD}@db.internal:5432/convo",
+        CONVO_LLM_BASE_URL=f"https://user:{SECRET_LLM_PASSWORD}@llm.internal/v1",
+    )
+    status, _, body = result.stdout.partition("\n")
+    assert status == "500", result.stderr
+    assert "Something went wrong" in body
+    for leak in (SECRET_DB_PASSWORD, SECRET_LLM_PASSWORD, "DATABASE_URL", "Traceback", "something broke"):
+        assert leak not in body
+
+
 @pytest.mark.django_db
 def test_404_and_403_are_friendly_pages(error_urls):
     r = Client().get("/no/such/page/")
