@@ -21,7 +21,7 @@ from django.urls import include, path
 
 from convo_site.asgi import application
 from convo_site.settings import secret_key_from_file
-from sessions_app import api_auth, engine
+from sessions_app import engine, keys
 from sessions_app.middleware import websocket_origin_allowed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,7 +214,7 @@ def test_authenticated_pages_and_api_responses_are_private_and_not_stored(user, 
     assert "no-store" not in anonymous.get("/").get("Cache-Control", "")
     for r in (anonymous.get("/api/v1/sessions"), anonymous.get("/api/v1/no-such-thing")):
         assert {"private", "no-store"} <= {p.strip() for p in r["Cache-Control"].split(",")}
-    _key, secret = api_auth.create_api_key(user, "bot")
+    _key, secret = keys.create_api_key(user, "bot")
     r = Client().get("/api/v1/sessions", headers={"Authorization": f"Bearer {secret}"})
     assert r.status_code == 200
     assert {"private", "no-store"} <= {p.strip() for p in r["Cache-Control"].split(",")}
@@ -354,9 +354,17 @@ def test_a_successful_login_resets_the_count(user):
 @pytest.mark.django_db
 def test_a_locked_address_keeps_its_api_keys(user):
     """The throttle is for passwords: an API key keeps working from a locked-out address."""
-    _key, secret = api_auth.create_api_key(user, "bot")
+    _key, secret = keys.create_api_key(user, "bot")
     for _ in range(6):
         login("alice", "wrong", "127.0.0.1")
     assert login("alice", "pw-alice-123", "127.0.0.1").status_code == 429
     r = Client().get("/api/v1/sessions", headers={"Authorization": f"Bearer {secret}"})
     assert r.status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_api_docs_page_does_not_keep_the_bearer_key(client):
+    """Swagger UI's persistAuthorization would keep a pasted Bearer key in the browser's localStorage."""
+    page = client.get("/api/v1/docs").content.decode()
+    assert '"persistAuthorization": false' in page
+    assert '"persistAuthorization": true' not in page
