@@ -16,7 +16,11 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from . import engine, keys
+from .forms import AdminLoginForm
 from .models import ApiKey, ConversationSession, Message, Reply, Turn
+
+# The admin's login form, with the username's length checked (see forms.AdminLoginForm).
+admin.site.login_form = AdminLoginForm
 
 # How many of the newest messages and turns a session page shows inline (the rest: the linked lists).
 ADMIN_INLINE_ROWS = 200

@@ -11,7 +11,9 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
+from django.core.validators import MaxLengthValidator
 
 from . import engine
 from .models import ConversationSession, Role
@@ -59,6 +61,24 @@ class LimitedForm(forms.Form):
                 _limit_widget(field, settings.CONVO_MAX_NAME_CHARS)
             elif isinstance(field, SystemPromptField):
                 _limit_widget(field, settings.CONVO_MAX_CONTENT_CHARS)
+
+
+class _UsernameLimit:
+    """Django's login forms set the username's max_length without its validator, so a longer name
+    reached authenticate() and django-axes' 255-character column (a 500 on PostgreSQL)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["username"]
+        field.validators.append(MaxLengthValidator(field.max_length))
+
+
+class LoginForm(_UsernameLimit, AuthenticationForm):
+    pass
+
+
+class AdminLoginForm(_UsernameLimit, AdminAuthenticationForm):
+    pass
 
 
 class SignUpForm(UserCreationForm):

@@ -368,6 +368,15 @@ def test_a_nul_in_the_session_id_is_a_404_on_every_chat_route(actors):
                 assert r.status_code == 404, (route, segment, method, r.status_code)
 
 
+def test_a_username_too_long_is_a_form_error_on_both_login_pages(db):
+    """Django's login forms did not check the username's length: django-axes then stored it in a
+    255-character column (a 500 on PostgreSQL)."""
+    for url in ["/accounts/login/", "/admin/login/"]:
+        r = Client(raise_request_exception=False).post(url, {"username": "u" * 300, "password": "pw"})
+        assert r.status_code == 200, (url, r.status_code)
+        assert "at most 150 characters" in r.content.decode()
+
+
 def test_a_nul_session_id_is_not_found_in_the_engine_before_any_query(db, django_assert_num_queries):
     for bad in ["a\x00b", "\x00", "x" * 129, "\ud800", 5.5, None, ["x"]]:
         with django_assert_num_queries(0), pytest.raises(engine.SessionNotFound):
