@@ -462,6 +462,7 @@ def test_a_nul_in_a_url_is_refused_before_the_database(actors, django_assert_num
 # Websocket.
 
 ORIGIN = (b"origin", b"http://localhost")
+HOST = (b"host", b"localhost")  # the handshake's own origin: its scheme (ws → http), Host and port
 
 
 def _cookie_for(user):
@@ -471,7 +472,7 @@ def _cookie_for(user):
 
 
 async def _handshake(path, headers):
-    comm = WebsocketCommunicator(application, path, headers=headers)
+    comm = WebsocketCommunicator(application, path, headers=[HOST, *headers])
     connected, _ = await comm.connect(timeout=5)
     return comm, connected
 
