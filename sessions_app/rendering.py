@@ -366,6 +366,18 @@ def last_turn(session: ConversationSession, turns: list[Turn] | None = None) -> 
     return Turn.objects.filter(session=session, number=session.turn_count).first()
 
 
+def panels_version(session: ConversationSession, now=None) -> str:
+    """A digest of everything the panels show from the session's row. A page sends the version of
+    the panels it has with its hello; when it matches and the page has the newest message, the
+    catch-up sends nothing (a reconnect costs no rendering)."""
+    return fingerprint(
+        session.pk, session.last_seq, session.low_seq, session.head_seq, session.turn_count,
+        session.total_tokens, session.updated_at, session.expires_at, session.is_expired(now),
+        session.max_messages, session.max_tokens, session.timeout_seconds, session.persist_system_prompt,
+        session.system_prompt, session.metadata, session.variables, session.data,
+    )  # fmt: skip
+
+
 def list_bounds(session: ConversationSession) -> dict[str, Any]:
     return {"low_seq": session.low_seq, "head_seq": session.head_seq or 0, "last_seq": session.last_seq}
 
@@ -467,6 +479,16 @@ def render_reply_oob(
 def render_reply_state_oob(session: ConversationSession) -> str:
     """The reply stream as the database has it (see reply_state), after a (re)connect."""
     return render_partial("reply-stream", {**reply_state(session), "announce": False, "oob": True})
+
+
+def render_reply_if_any_oob(session: ConversationSession) -> str:
+    """The reply stream and actions when a reply runs or the last one failed; else nothing (a page
+    that reconnects with everything else current)."""
+    state = reply_state(session)
+    if not state["reply_state"]:
+        return ""
+    stream = render_partial("reply-stream", {**state, "announce": False, "oob": True})
+    return stream + render_reply_actions_oob(session)
 
 
 def render_reply_actions_oob(session: ConversationSession) -> str:

@@ -6,7 +6,7 @@ from django import template
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.safestring import mark_safe
 
-from sessions_app.rendering import escape_text, fingerprint, markdown_deferred, markdown_html
+from sessions_app.rendering import escape_text, fingerprint, markdown_deferred, markdown_html, panels_version
 
 register = template.Library()
 
@@ -48,6 +48,12 @@ def json_depth(value) -> int:
         deepest = max(deepest, depth + 1)
         stack.extend((child, depth + 1) for child in item)
     return deepest
+
+
+@register.filter
+def version(session) -> str:
+    """What a page sends back with its hello: the version of the panels it shows."""
+    return panels_version(session)
 
 
 @register.filter
