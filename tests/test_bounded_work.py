@@ -2,18 +2,24 @@
 sign-up, the API's rate limit and concurrent replies. (The websocket's frame limit and catch-up are
 in test_consumers_bounded.py.)"""
 
+import datetime as dt
 import json
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.test import Client
+from django.utils import timezone
 
-from sessions_app import engine, rendering, throttle
-from sessions_app.models import Role
+from sessions_app import engine, rendering, replies, throttle
+from sessions_app.models import ConversationSession, Reply, Role
 
-from .conftest import add
+from .conftest import ON_REDIS, add
+from .test_api_support import Api, api_for, assert_error
 
 pytestmark = pytest.mark.django_db
 
@@ -188,3 +194,168 @@ def test_pathologically_deep_data_is_compact(user, make_session):
     assert json_depth(value) == 900
     text = pretty_json(value)
     assert "\n" not in text and len(text) < 3 * len(json.dumps(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sign-up
+
+
+def signup(client, username, password="s3cret-Passphrase", confirm=None):
+    data = {"username": username, "password1": password, "password2": confirm or password}
+    return client.post("/accounts/signup/", data)
+
+
+def test_sign_up_is_throttled_per_address(settings, django_user_model):
+    """Every attempt from one address counts, failed or not; past the limit: 429 with a clear message
+    and Retry-After, and no account is made. Another address is not affected."""
+    settings.CONVO_SIGNUP_PER_HOUR = 3
+    client = Client(HTTP_HOST="localhost", REMOTE_ADDR="203.0.113.7")
+    assert signup(client, "carol", confirm="other").status_code == 422
+    assert signup(client, "carol", confirm="again").status_code == 422
+    assert signup(client, "carol").status_code == 302
+    client.logout()
+    response = signup(client, "dave")
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) > 0
+    assert "Too many sign-up attempts from your address (3 an hour)" in response.content.decode()
+    assert not django_user_model.objects.filter(username="dave").exists()
+    elsewhere = Client(HTTP_HOST="localhost", REMOTE_ADDR="203.0.113.8")
+    assert signup(elsewhere, "dave").status_code == 302
+
+
+def test_sign_up_says_no_more_about_a_taken_name_than_the_form_must(settings, user):
+    """A taken user name gets the form's own error on that field and nothing else differs: the
+    same status, the same page; and the attempts count against the throttle like any other."""
+    settings.CONVO_SIGNUP_PER_HOUR = 2
+    client = Client(HTTP_HOST="localhost", REMOTE_ADDR="203.0.113.9")
+    taken = signup(client, "alice", confirm="mismatch")
+    fresh = signup(client, "zed-new", confirm="mismatch")
+    assert taken.status_code == fresh.status_code == 422
+    taken_html, fresh_html = _comparable(taken.content.decode()), _comparable(fresh.content.decode())
+    error = '<p class="field-error" role="alert">A user with that username already exists.</p>'
+    assert error in taken_html
+    assert taken_html.replace(error, "") == fresh_html
+    assert signup(client, "bob-probe").status_code == 429
+
+
+def _comparable(html):
+    """A sign-up page without what differs by design: the values typed, the CSRF token, the marks
+    of a field with errors."""
+    html = re.sub(r'\s*(value|aria-invalid|aria-describedby)="[^"]*"', "", html)
+    html = re.sub(r'"X-CSRFToken": "[^"]*"', "", html)
+    return html.replace(" has-error", "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The API's rate limit
+
+
+def test_the_api_is_rate_limited_per_key(user, settings):
+    """Past CONVO_API_RATE_LIMIT requests a minute with one key: 429, Retry-After and the API's
+    error shape; another key of the same user has its own count."""
+    settings.CONVO_API_RATE_LIMIT = 5
+    api = api_for(user)
+    for _ in range(5):
+        assert api.get("/sessions").status_code == 200
+    response = api.get("/sessions")
+    body = assert_error(response, 429, "rate_limited")
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert "at most 5 requests a minute" in body["detail"]
+    assert api.post("/sessions", {"id": "x"}).status_code == 429  # writes too, and nothing is made
+    assert not ConversationSession.objects.filter(owner=user).exists()
+    assert api_for(user).get("/sessions").status_code == 200
+
+
+def test_browser_sessions_are_rate_limited_per_user(client, settings):
+    settings.CONVO_API_RATE_LIMIT = 2
+    for _ in range(2):
+        assert client.get("/api/v1/sessions").status_code == 200
+    assert_error(client.get("/api/v1/sessions"), 429, "rate_limited")
+
+
+def test_a_bad_key_is_refused_before_it_counts(user, settings):
+    settings.CONVO_API_RATE_LIMIT = 1
+    for _ in range(3):
+        assert_error(Api("convo_not-a-key").get("/sessions"), 401)
+    assert api_for(user).get("/sessions").status_code == 200
+
+
+@pytest.mark.redis
+def test_the_rate_limit_is_shared_by_processes(user, settings):
+    """With Redis, another process's requests count against the same limit (two daphne processes
+    serve one site): hits from a separate Python process, then this one is over the limit."""
+    assert ON_REDIS and settings.REDIS_URL
+    script = (
+        "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'convo_site.settings'); django.setup()\n"
+        "from sessions_app import throttle\n"
+        "print([throttle.hit('api', 'key:shared', limit=3, window=60) for _ in range(3)])\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[None, None, None]", out.stderr
+    assert throttle.hit("api", "key:shared", limit=3, window=60) is not None
+
+
+def test_the_window_resets():
+    assert throttle.hit("t", "a", limit=1, window=60, now=120.0) is None
+    assert throttle.hit("t", "a", limit=1, window=60, now=150.0) == 30
+    assert throttle.hit("t", "a", limit=1, window=60, now=180.0) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrent replies
+
+
+def running(session_id, *, age=0.0):
+    """A reply row as a live process running it would leave it (heartbeat ``age`` seconds old)."""
+    session = engine.session_get(session_id)
+    at = timezone.now() - dt.timedelta(seconds=age)
+    return Reply.objects.create(
+        session=session, turn_number=1, user_seq=1, base_seq=1, responder="builtin", worker="elsewhere:1:x",
+        heartbeat_at=at, started_at=at,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def four_chats(user, make_session):
+    for i in range(4):
+        make_session(f"c{i}", owner=user)
+        add(f"c{i}", Role.USER, "hi")
+
+
+def test_concurrent_replies_are_capped_per_user(user, other_user, make_session, four_chats, settings, replies_env):
+    """With CONVO_MAX_CONCURRENT_REPLIES running in a user's other conversations, starting one more
+    is refused (TooManyReplies) and the append that would start it stores nothing; other users and
+    dead replies do not count."""
+    settings.CONVO_MAX_CONCURRENT_REPLIES = 3
+    for i in range(3):
+        running(f"c{i}")
+    with pytest.raises(replies.TooManyReplies, match="at most 3 at once"):
+        replies.start_reply("c3", owner=user)
+    with pytest.raises(replies.TooManyReplies):
+        replies.append_and_reply("c3", "again", owner=user)
+    assert engine.session_get("c3").last_seq == 1
+    make_session("theirs", owner=other_user)
+    add("theirs", Role.USER, "hi")
+    assert replies.start_reply("theirs", owner=other_user).is_running
+    Reply.objects.filter(session=engine.session_get("c0")).update(heartbeat_at=timezone.now() - dt.timedelta(hours=1))
+    assert replies.start_reply("c3", owner=user).is_running  # (a test transaction never launches its thread)
+
+
+def test_the_api_answers_409_past_the_reply_cap(user, four_chats, settings, replies_env):
+    settings.CONVO_MAX_CONCURRENT_REPLIES = 1
+    running("c0")
+    api = api_for(user)
+    assert_error(api.post("/sessions/c3/reply", {}), 409, "too_many_replies")
+    body = assert_error(api.post("/sessions/c3/messages", {"role": "user", "content": "x", "respond": True}), 409)
+    assert body["error"] == "too_many_replies"
+    assert engine.session_get("c3").last_seq == 1
+
+
+def test_the_chat_says_so_past_the_reply_cap(client, user, four_chats, settings, replies_env):
+    settings.CONVO_MAX_CONCURRENT_REPLIES = 1
+    running("c0")
+    response = client.post("/c/c3/send/", {"role": "user", "content": "more"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 409
+    assert "replies running (at most 1 at once)" in response.content.decode()
+    assert engine.session_get("c3").last_seq == 1
