@@ -340,7 +340,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
         def build() -> str | None:
             try:
-                return render_cache.put(key, render())
+                with rendering.render_budget():  # Markdown time bounded per push, as per request
+                    return render_cache.put(key, render())
             except engine.SessionNotFound:
                 return None
 
