@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from sessions_app import engine, rendering, replies, throttle
@@ -359,3 +360,20 @@ def test_the_chat_says_so_past_the_reply_cap(client, user, four_chats, settings,
     assert response.status_code == 409
     assert "replies running (at most 1 at once)" in response.content.decode()
     assert engine.session_get("c3").last_seq == 1
+
+
+def test_the_admin_shows_state_linearly_too(django_user_model, make_session):
+    admin = django_user_model.objects.create_superuser("root", password="pw-root-123")
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(admin)
+    session = make_session("s")
+    url = reverse("admin:sessions_app_conversationsession_change", args=[session.pk])
+    empty = len(client.get(url).content)
+    stored = 0
+    for k in range(22):
+        value = nested(60, "x" * 10)
+        engine.state_set_data("s", f"k{k}", value)
+        stored += len(json.dumps(value, separators=(",", ":")))
+    page = client.get(url).content.decode()
+    assert "level59" in page
+    assert len(page.encode()) - empty <= 3 * stored + 20_000
