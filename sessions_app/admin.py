@@ -16,7 +16,7 @@ from django.utils.html import format_html
 
 from . import engine, keys
 from .models import ApiKey, ConversationSession, Message, Reply, Turn
-from .templatetags.convo_ui import pretty_json
+from .templatetags.convo_ui import display_json
 
 # How many of the newest messages and turns a session page shows inline (the rest: the linked lists).
 ADMIN_INLINE_ROWS = 200
@@ -59,7 +59,7 @@ class SessionIdFilter(admin.SimpleListFilter):
 
 def _pretty_json(value) -> str:
     # Indented only while small and shallow, as in the chat's state panel (linear in the stored size).
-    return format_html("<pre style='margin:0;white-space:pre-wrap'>{}</pre>", pretty_json(value))
+    return format_html("<pre style='margin:0;white-space:pre-wrap'>{}</pre>", display_json(value))
 
 
 @admin.register(ConversationSession)

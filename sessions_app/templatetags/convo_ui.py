@@ -26,13 +26,16 @@ PRETTY_MAX_DEPTH = 8
 
 @register.filter
 def pretty_json(value):
-    """JSON text for a ``<pre>`` or ``<textarea>``: indented while small and shallow, else compact."""
+    """JSON text for a ``<pre>`` or ``<textarea>`` (see display_json), escaped for element text."""
+    return mark_safe(escape_text(display_json(value)))  # noqa: S308 - escaped for element text
+
+
+def display_json(value) -> str:
+    """A JSON value as text to show: indented while small and shallow, else compact."""
     compact = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     if len(compact) <= PRETTY_MAX_CHARS and json_depth(value) <= PRETTY_MAX_DEPTH:
-        text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
-    else:
-        text = compact
-    return mark_safe(escape_text(text))  # noqa: S308 - escaped for element text
+        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    return compact
 
 
 def json_depth(value) -> int:
