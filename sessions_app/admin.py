@@ -6,7 +6,6 @@ Everything here is read-only except the two actions, which go through the engine
 from __future__ import annotations
 
 import contextlib
-import json
 
 from django.contrib import admin, messages
 from django.db.models import Q
@@ -17,6 +16,7 @@ from django.utils.html import format_html
 
 from . import engine, keys
 from .models import ApiKey, ConversationSession, Message, Reply, Turn
+from .templatetags.convo_ui import display_json
 
 # How many of the newest messages and turns a session page shows inline (the rest: the linked lists).
 ADMIN_INLINE_ROWS = 200
@@ -58,10 +58,8 @@ class SessionIdFilter(admin.SimpleListFilter):
 
 
 def _pretty_json(value) -> str:
-    return format_html(
-        "<pre style='margin:0;white-space:pre-wrap'>{}</pre>",
-        json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
-    )
+    # Indented only while small and shallow, as in the chat's state panel (linear in the stored size).
+    return format_html("<pre style='margin:0;white-space:pre-wrap'>{}</pre>", display_json(value))
 
 
 @admin.register(ConversationSession)
