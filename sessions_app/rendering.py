@@ -24,6 +24,7 @@ from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Substr
 from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
@@ -39,6 +40,20 @@ from .models import ConversationSession, Message, Role, Turn
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable(
     ["table", "strikethrough"]
 )
+
+
+def _image_or_link(self, tokens, idx, options, env) -> str:
+    """Markdown never loads a remote resource (issue 9): an image whose source has a scheme or a host
+    becomes a link to it, labelled with its alt text; a path on this site stays an image."""
+    token = tokens[idx]
+    src = token.attrGet("src") or ""
+    if not re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*:|//|\\)", src.strip()):
+        return self.image(tokens, idx, options, env)
+    label = self.renderInlineAsText(token.children or [], options, env) or src
+    return f'<a href="{escape(src)}">{escape("Image: " + label)}</a>'
+
+
+_markdown.add_render_rule("image", _image_or_link)
 _ALLOWED_TAGS = {
     "p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li",
     "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td", "img",
