@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db import transaction
 
-from ..models import ConversationSession, Message, Role, Turn
+from ..models import ConversationSession, Message
 from .bookkeeping import append_bookkeeping, enforce_limits
 from .errors import SessionExpired, SessionNotFound
 from .sessions import ANY_OWNER, Owner, owner_pk
@@ -54,7 +54,7 @@ def append(connection: Any, new: Message, owner: Owner, now: dt.datetime) -> boo
 
 
 def _append_sql() -> dict[str, str]:
-    s, m, t = (model._meta.db_table for model in (ConversationSession, Message, Turn))
+    s, m = (model._meta.db_table for model in (ConversationSession, Message))
     # The session's bookkeeping and the oldest listed messages that enforce_limits may look at, in one
     # round trip (one row per message read, or one row of NULLs after the session's columns).
     read = f"""
@@ -81,18 +81,9 @@ def _append_sql() -> dict[str, str]:
                              turn_number)
             SELECT s.id, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s FROM s
             RETURNING id
-        ){{turn}}
+        )
         SELECT id FROM m"""
-    open_turn = f""", t AS (
-            INSERT INTO {t} (session_id, number, user_message_id, assistant_response_id, started_at, completed_at,
-                             metadata)
-            SELECT %s, %s, m.id, NULL, %s, NULL, '{{}}'::jsonb FROM m
-        )"""
-    complete_turn = f""", t AS (
-            UPDATE {t} SET assistant_response_id = m.id, completed_at = %s FROM m
-            WHERE {t}.session_id = %s AND {t}.number = %s
-        )"""
-    return {"read": read, "write": write, "open_turn": open_turn, "complete_turn": complete_turn}
+    return {"read": read, "write": write}
 
 
 _APPEND_SQL: dict[str, str] = {}
@@ -100,7 +91,7 @@ _APPEND_SQL: dict[str, str] = {}
 
 def _append_once(connection: Any, new: Message, owner: Owner, now: dt.datetime) -> bool:
     """Read the session's bookkeeping and oldest listed messages, apply the rules in memory, then write
-    the session row, the message and its turn in one statement that does nothing if the session row
+    the session row and the message (its turn_number is what opens or completes a turn) in one statement that does nothing if the session row
     changed since the read. Returns False in that case (the caller tries again)."""
     if not _APPEND_SQL:
         _APPEND_SQL.update(_append_sql())
@@ -150,15 +141,7 @@ def _append_once(connection: Any, new: Message, owner: Owner, now: dt.datetime) 
             new.seq, new.role.value, new.content, new.name, new.tool_call_id, json.dumps(new.metadata),
             new.created_at, new.tokens, new.turn_number,
         ]  # fmt: skip
-        if new.role == Role.USER:
-            turn_sql = sql["open_turn"]
-            params += [session_id, new.turn_number, now]
-        elif new.role == Role.ASSISTANT and new.turn_number is not None:
-            turn_sql = sql["complete_turn"]
-            params += [now, session_id, new.turn_number]
-        else:
-            turn_sql = ""
-        cursor.execute(sql["write"].format(turn=turn_sql), params)
+        cursor.execute(sql["write"], params)
         row = cursor.fetchone()
     if row is None:
         return False
