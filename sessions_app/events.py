@@ -73,14 +73,20 @@ async def _send_all(layer: Any, events: list[dict[str, Any]]) -> None:
         await layer.group_send(group_name(event["session_id"]), event)
 
 
+# How long the sender lets events gather before it sends what came (a page sees a change this much later).
+SENDER_LINGER = 0.01
+
+
 class _Sender:
     """One long-lived event loop thread per process that sends queued events in order.
 
     Handing events over costs the writer one ``deque.append`` (atomic, no lock) and, only when the
-    sender is idle and waiting, one wake-up through the loop's self-pipe. The sender takes everything
-    queued at once and sends it in order; within such a batch, consecutive MESSAGE events of one
-    session become the newest of them (a page re-reads the database from its last sequence number, so
-    the newest tells it everything), which keeps each session's order and drops no other kind.
+    sender is idle and waiting, one wake-up through the loop's self-pipe. While there is work the
+    sender polls: it lets events gather for ``SENDER_LINGER`` seconds, takes everything queued at
+    once and sends it in order; within such a batch, consecutive MESSAGE events of one session become
+    the newest of them (a page re-reads the database from its last sequence number, so the newest
+    tells it everything), which keeps each session's order and drops no other kind. So a busy writer
+    neither wakes the sender nor shares the CPU with one send per write.
     """
 
     def __init__(self) -> None:
@@ -109,6 +115,7 @@ class _Sender:
                 if not queue:
                     await self.waiter
                 self.waiter = None
+            await asyncio.sleep(SENDER_LINGER)
             batch = []
             with contextlib.suppress(IndexError):
                 while True:
