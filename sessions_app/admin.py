@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from . import engine, keys
-from .models import ApiKey, ConversationSession, Message, Reply, TurnEntry
+from .models import ApiKey, ConversationSession, Message, Reply, Turn, TurnEntry
 
 # How many of the newest messages and turns a session page shows inline (the rest: the linked lists).
 ADMIN_INLINE_ROWS = 200
@@ -232,6 +232,7 @@ class TurnEntryAdmin(_ReadOnlyAdmin):
         "completed_at",
         "duration",
         "is_complete",
+        "metadata_json",
     ]
     list_filter = [SessionIdFilter]
     search_fields = ["=session__id"]
@@ -259,6 +260,11 @@ class TurnEntryAdmin(_ReadOnlyAdmin):
                 tool_calls_n=Subquery(tools),
                 response=Subquery(response.values("content")),
                 response_at=Subquery(response.values("created_at")),
+                turn_metadata=Subquery(
+                    Turn.objects.filter(session=OuterRef("session"), number=OuterRef("turn_number")).values("metadata")[
+                        :1
+                    ]
+                ),
             )
         )
 
@@ -293,6 +299,10 @@ class TurnEntryAdmin(_ReadOnlyAdmin):
     @admin.display(boolean=True, description="complete")
     def is_complete(self, obj: TurnEntry) -> bool:
         return obj.response is not None
+
+    @admin.display(description="metadata")
+    def metadata_json(self, obj: TurnEntry) -> str:
+        return json.dumps(obj.turn_metadata, ensure_ascii=False) if obj.turn_metadata else "—"
 
 
 class ApiKeyStatusFilter(admin.SimpleListFilter):
