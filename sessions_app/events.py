@@ -73,7 +73,8 @@ async def _send_all(layer: Any, events: list[dict[str, Any]]) -> None:
         await layer.group_send(group_name(event["session_id"]), event)
 
 
-# How long the sender lets events gather before it sends what came (a page sees a change this much later).
+# While events keep coming, how long the sender lets them gather between batches (a change in a busy
+# stream reaches pages at most this much later; the first one after a pause goes at once).
 SENDER_LINGER = 0.01
 
 
@@ -81,9 +82,9 @@ class _Sender:
     """One long-lived event loop thread per process that sends queued events in order.
 
     Handing events over costs the writer one ``deque.append`` (atomic, no lock) and, only when the
-    sender is idle and waiting, one wake-up through the loop's self-pipe. While there is work the
-    sender polls: it lets events gather for ``SENDER_LINGER`` seconds, takes everything queued at
-    once and sends it in order; within such a batch, consecutive MESSAGE events of one session become
+    sender is idle and waiting, one wake-up through the loop's self-pipe. The sender sends the first
+    event at once; while more keep coming it polls every ``SENDER_LINGER`` seconds, taking everything
+    queued at once and sending it in order; within such a batch, consecutive MESSAGE events of one session become
     the newest of them (a page re-reads the database from its last sequence number, so the newest
     tells it everything), which keeps each session's order and drops no other kind. So a busy writer
     neither wakes the sender nor shares the CPU with one send per write.
@@ -115,19 +116,22 @@ class _Sender:
                 if not queue:
                     await self.waiter
                 self.waiter = None
-            await asyncio.sleep(SENDER_LINGER)
-            batch = []
-            with contextlib.suppress(IndexError):
-                while True:
-                    batch.append(queue.popleft())
-            for layer, events in _coalesce(batch):
-                if layer is None:
-                    events.set()  # a flush marker: everything queued before it was sent
-                    continue
-                try:
-                    await _send_all(layer, events)
-                except Exception:  # a push failure must never undo or fail a committed write
-                    logger.exception("Could not push %d session event(s) to the channel layer", len(events))
+            # The first batch goes at once; then, while events keep coming, poll every SENDER_LINGER
+            # seconds (no wake-ups from the writers meanwhile), sending what gathered as one batch.
+            while queue:
+                batch = []
+                with contextlib.suppress(IndexError):
+                    while True:
+                        batch.append(queue.popleft())
+                for layer, events in _coalesce(batch):
+                    if layer is None:
+                        events.set()  # a flush marker: everything queued before it was sent
+                        continue
+                    try:
+                        await _send_all(layer, events)
+                    except Exception:  # a push failure must never undo or fail a committed write
+                        logger.exception("Could not push %d session event(s) to the channel layer", len(events))
+                await asyncio.sleep(SENDER_LINGER)
 
     def submit(self, layer: Any, events: Any) -> None:
         self.queue.append((layer, events))
