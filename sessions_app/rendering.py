@@ -30,7 +30,7 @@ from markdown_it import MarkdownIt
 
 from . import engine, replies
 from .forms import EditSessionForm
-from .models import ConversationSession, Message, Role, Turn
+from .models import ConversationSession, Message, Role
 
 # ---------------------------------------------------------------------------------------------
 # Markdown: CommonMark with tables and strikethrough; raw HTML is not passed through by the parser,
@@ -279,10 +279,10 @@ def sidebar_entries(user: Any, *, only: str | None = None, now=None) -> list[Sid
 
     One query whatever the number of sessions: the title is turn 1's user message (the first user
     message: every user message opens a turn, and turns outlive max_messages), a correlated subquery
-    on the (session, number) unique index; ``only`` restricts it to one session, for a live update.
+    on the partial index of user messages by turn; ``only`` restricts it to one session, for a live update.
     """
     now = now or timezone.now()
-    first_user = Turn.objects.filter(session=OuterRef("pk"), number=1).values("user_message__content")[:1]
+    first_user = engine.turn_user_messages(OuterRef("pk"), 1).values("content")[:1]
     qs = (
         ConversationSession.objects.filter(owner=user)
         .annotate(first_user_message=Substr(Subquery(first_user), 1, 80))
@@ -372,13 +372,13 @@ def panels_context(
     return ctx
 
 
-def last_turn(session: ConversationSession, turns: list[Turn] | None = None) -> Turn | None:
+def last_turn(session: ConversationSession, turns: list[engine.TurnView] | None = None) -> engine.TurnView | None:
     """The session's last turn (from the newest turns when at hand), which Regenerate and Retry answer."""
     if not session.turn_count:
         return None
     if turns and turns[-1].number == session.turn_count:
         return turns[-1]
-    return Turn.objects.filter(session=session, number=session.turn_count).first()
+    return engine.last_turn(session)
 
 
 def panels_version(session: ConversationSession, now=None) -> str:
@@ -471,7 +471,7 @@ def reply_context(
     }
 
 
-def reply_state(session: ConversationSession, turn: Turn | None = None) -> dict[str, Any]:
+def reply_state(session: ConversationSession, turn: engine.TurnView | None = None) -> dict[str, Any]:
     """The reply area as the database has it: the running reply (its text so far and a Stop button),
     or the last turn's failed reply, or nothing. For a page that opens or reconnects mid-reply."""
     running = replies.running_reply(session)

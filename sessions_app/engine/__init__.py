@@ -24,6 +24,7 @@ tests can pass it explicitly.
 
 from .context import (
     ContextWindow,
+    TurnView,
     context_window,
     current_turn,
     get_context,
@@ -35,6 +36,9 @@ from .context import (
     messages_page,
     messages_recent,
     total_tokens,
+    turn_metadata,
+    turn_user_messages,
+    turn_user_seq,
     turns,
 )
 from .errors import (
@@ -106,6 +110,7 @@ __all__ = [
     "SessionNotFound",
     "SessionValidationError",
     "StorageError",
+    "TurnView",
     "age",
     "context_window",
     "count_expired",
@@ -149,6 +154,9 @@ __all__ = [
     "storage_errors",
     "total_tokens",
     "turn_set_metadata",
+    "turn_metadata",
+    "turn_user_messages",
+    "turn_user_seq",
     "turns",
     "validate_session_id",
 ]

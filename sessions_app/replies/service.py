@@ -20,7 +20,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from sessions_app import engine, events
-from sessions_app.models import ConversationSession, Message, Reply, Role, Turn
+from sessions_app.models import ConversationSession, Message, Reply, Role
 
 from . import workers
 from .responders import get_responder
@@ -179,7 +179,7 @@ def _begin(session: ConversationSession, *, regenerate: bool) -> Reply:
     """Insert the running row and queue the thread. Call holding the session's row lock."""
     _refuse_if_running(session.pk)
     _refuse_if_too_many(session)
-    turn = Turn.objects.filter(session=session, number=session.turn_count).select_related("user_message").first()
+    turn = engine.last_turn(session)
     if turn is None:
         raise NothingToReply("There is no message to reply to yet: send one first.")
     if turn.is_complete and not regenerate:
