@@ -5,10 +5,13 @@ notification the engine sends after a commit, re-reads the database and pushes t
 page is made of, as htmx out-of-band fragments. Notifications carry no content: the database is the
 source of truth, so a lost or late notification is repaired by the next one or by a reconnect.
 
-Protocol (client → server, JSON): ``{"type": "hello", "last_seq": N, "budget": B}`` right after the
-socket opens — the server answers with exactly the listed messages after N, in order, plus fresh
-panels, and from then on pushes every change; ``{"type": "budget", "budget": B}`` when the page's
-context budget changes. Close code 4404: the session is gone (the page does not reconnect); 1009: a
+Protocol (client → server, JSON): ``{"type": "hello", "last_seq": N, "version": V, "budget": B}``
+right after the socket opens — the server answers with exactly the listed messages after N, in
+order, plus fresh panels unless the page's panels are current (V, the session header's
+``data-version``), and from then on pushes every change (a second hello is ignored);
+``{"type": "budget", "budget": B}`` when the page's context budget changes. Close code 4404: the
+session is gone (the page does not reconnect); 1008: the page sent frames faster than
+CONVO_WS_FRAMES_PER_SECOND (burst CONVO_WS_FRAME_BURST), each of which may cost a rendering; 1009: a
 frame over CONVO_WS_MAX_FRAME_BYTES. Anything else that is not such a JSON object is ignored.
 
 Assistant replies: a REPLY event is rendered from the event itself (the streamed text and Stop while
@@ -32,6 +35,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from . import engine, events, rendering
 from .models import ConversationSession
@@ -43,6 +47,7 @@ CATCHUP_MAX = 500
 # Panels are re-rendered at most this often (seconds) while changes keep coming.
 PANEL_DELAY = 0.5
 CLOSE_GONE = 4404
+CLOSE_POLICY = 1008  # the page sent more frames than CONVO_WS_FRAMES_PER_SECOND allows
 CLOSE_TOO_BIG = 1009  # a frame over CONVO_WS_MAX_FRAME_BYTES (RFC 6455: message too big)
 REPLY_ENDS = ("done", "stopped", "error")
 
@@ -165,6 +170,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
     _panels_since: float | None = None  # ... and a read started after this (for changes without a seq)
     _gone: bool = False
     _reply_events: int = 0  # REPLY events handled (a refresh's database view of the reply yields to them)
+    _hello_seen: bool = False
+    _closing: bool = False
+    _tokens: float | None = None  # the frame bucket (see _frame_allowed)
+    _tokens_at: float = 0.0
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale database connections before every handler, a hop into the database
@@ -196,6 +205,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not self._frame_allowed():
+            if not self._closing:
+                self._closing = True
+                await self.close(code=CLOSE_POLICY)
+            return
         try:
             message = engine.parse_frame(text_data)
         except engine.InputTooLarge:
@@ -207,8 +221,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
             budget = message.get("budget")
             self.budget = budget if _positive_int(budget) and budget > 0 else None
         if message.get("type") == "hello":
+            if self._hello_seen:
+                return  # one catch-up per socket: from then on it is sent every change
+            self._hello_seen = True
             after = _positive_int(message.get("last_seq")) or 0
-            await self._refresh(time.monotonic(), after=after)
+            await self._hello(time.monotonic(), after, message.get("version"))
         elif message.get("type") == "budget" and self.last_seq is not None:
             self._schedule_panels(seq=self.last_seq)
 
@@ -253,6 +270,42 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     # -----------------------------------------------------------------------------------------
 
+    def _frame_allowed(self) -> bool:
+        """A token bucket per socket: CONVO_WS_FRAME_BURST frames at once, refilled at
+        CONVO_WS_FRAMES_PER_SECOND. A page sends a hello and the odd budget change; a flood of frames,
+        each of which may cost a rendering, closes the socket."""
+        now = time.monotonic()
+        burst = settings.CONVO_WS_FRAME_BURST
+        if self._tokens is None:
+            self._tokens = float(burst)
+        else:
+            self._tokens = min(burst, self._tokens + (now - self._tokens_at) * settings.CONVO_WS_FRAMES_PER_SECOND)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    async def _hello(self, t0: float, after: int, version: Any) -> None:
+        """Catch up a page that opened or reconnected: only what it lacks. A page with the newest
+        message and the current panels (``version``, see rendering.panels_version) gets nothing, or
+        just the reply as the database has it when one is running or failed."""
+        session = await self._snapshot(since=t0)
+        if session is None:
+            return
+        if after != session.last_seq or version != rendering.panels_version(session):
+            await self._refresh(t0, after=after)
+            return
+        self.last_seq = session.last_seq
+        reply_events = self._reply_events
+        try:
+            html = await database_sync_to_async(rendering.render_reply_if_any_oob)(session)
+        except engine.SessionNotFound:
+            await self._send_gone()
+            return
+        if html and self._reply_events == reply_events:
+            await self.send(text_data=html)
+
     def _owns(self, user: Any) -> bool:
         try:
             engine.session_get(self.session_id, owner=user)
@@ -289,7 +342,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
         def build() -> str | None:
             try:
-                return render_cache.put(key, render())
+                with rendering.render_budget():  # Markdown time bounded per push, as per request
+                    return render_cache.put(key, render())
             except engine.SessionNotFound:
                 return None
 

@@ -209,6 +209,7 @@ def clear_session(request: HttpRequest, id: str):
         engine.SessionValidationError,
         engine.InputTooLarge,
         replies.ReplyInProgress,
+        replies.TooManyReplies,
         IdempotencyKeyInvalid,
         IdempotencyKeyReused,
     ),
@@ -308,7 +309,7 @@ def get_context(
     "POST",
     "/sessions/{id}/reply",
     {202: ReplyOut},
-    raises=(*LOOKUP, engine.SessionExpired, replies.ReplyInProgress, replies.NothingToReply),
+    raises=(*LOOKUP, engine.SessionExpired, replies.ReplyInProgress, replies.TooManyReplies, replies.NothingToReply),
     tags=["replies"],
 )
 def start_reply(request: HttpRequest, id: str, payload: ReplyIn | None = None):

@@ -25,6 +25,7 @@ tests can pass it explicitly.
 
 from .context import (
     ContextWindow,
+    TurnView,
     context_window,
     current_turn,
     get_context,
@@ -36,6 +37,9 @@ from .context import (
     messages_page,
     messages_recent,
     total_tokens,
+    turn_metadata,
+    turn_user_messages,
+    turn_user_seq,
     turns,
 )
 from .errors import (
@@ -115,6 +119,7 @@ __all__ = [
     "SessionNotFound",
     "SessionValidationError",
     "StorageError",
+    "TurnView",
     "age",
     "check_content",
     "check_metadata",
@@ -164,6 +169,9 @@ __all__ = [
     "storage_errors",
     "total_tokens",
     "turn_set_metadata",
+    "turn_metadata",
+    "turn_user_messages",
+    "turn_user_seq",
     "turns",
     "validate_session_id",
 ]
