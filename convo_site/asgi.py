@@ -14,11 +14,13 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from convo_site.routing import websocket_urlpatterns  # noqa: E402
 from sessions_app.middleware import WebsocketOriginValidator  # noqa: E402
+from sessions_app.request_guard import NulScopeGuard  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        # The Origin must be the site itself (scheme, host and port) or a DJANGO_CSRF_TRUSTED_ORIGINS entry.
-        "websocket": WebsocketOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # The Origin must be the site itself (scheme, host and port) or a DJANGO_CSRF_TRUSTED_ORIGINS entry;
+        # a NUL in the path or a cookie is refused before the session middleware queries with it.
+        "websocket": WebsocketOriginValidator(NulScopeGuard(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )

@@ -142,6 +142,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a NUL in the URL or a cookie is refused before anything can reach the database with it.
+    "sessions_app.request_guard.NulRequestMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # django-csp plus the per-request parts: the page's websocket origin, inline styles for the admin only.
@@ -306,8 +308,20 @@ else:
     }
 CHANNEL_LAYERS = {"default": _layer}
 
-# Largest message content (and system prompt) in characters, for the UI and the API (413 beyond).
+# Input limits, the same for the UI, the API, the admin and the websocket (engine/values.py checks them;
+# over a size limit the API answers 413, the UI shows the error on the form, and nothing is stored).
+# Longest message content, system prompt or variable value, in characters.
 CONVO_MAX_CONTENT_CHARS = env_int("CONVO_MAX_CONTENT_CHARS", 32000)
+# Longest name: a message's name or tool_call_id, a variable, data or metadata key, in characters.
+CONVO_MAX_NAME_CHARS = env_int("CONVO_MAX_NAME_CHARS", 256)
+# Largest metadata of a session, a message or a turn, in bytes as compact JSON.
+CONVO_MAX_METADATA_BYTES = env_int("CONVO_MAX_METADATA_BYTES", 64 * 1024)
+# Largest state of a session (variables and data together), in bytes as compact JSON.
+CONVO_MAX_STATE_BYTES = env_int("CONVO_MAX_STATE_BYTES", 256 * 1024)
+# Deepest nesting of lists and objects in a data value (and a websocket frame).
+CONVO_MAX_JSON_DEPTH = env_int("CONVO_MAX_JSON_DEPTH", 64)
+# Largest websocket frame a page may send, in characters (the socket is closed with 1009 beyond).
+CONVO_WS_MAX_FRAME_BYTES = env_int("CONVO_WS_MAX_FRAME_BYTES", 64 * 1024)
 # The JSON API (/api/v1): largest request body in bytes (413 beyond), and how long an append's
 # Idempotency-Key is remembered.
 CONVO_API_MAX_BODY_BYTES = env_int("CONVO_API_MAX_BODY_BYTES", 1024 * 1024)

@@ -16,8 +16,12 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from . import engine, keys
+from .forms import AdminLoginForm
 from .models import ApiKey, ConversationSession, Message, Reply, Turn, TurnEntry
 from .templatetags.convo_ui import display_json
+
+# The admin's login form, with the username's length checked (see forms.AdminLoginForm).
+admin.site.login_form = AdminLoginForm
 
 # How many of the newest messages and turns a session page shows inline (the rest: the linked lists).
 ADMIN_INLINE_ROWS = 200
@@ -54,7 +58,11 @@ class SessionIdFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value():
-            return queryset.filter(session_id=self.value())
+            try:
+                session_id = engine.lookup_session_id(self.value())
+            except engine.SessionNotFound:
+                return queryset.none()  # an id no session can have (PostgreSQL refuses NUL in text)
+            return queryset.filter(session_id=session_id)
         return queryset
 
 
@@ -102,6 +110,14 @@ class ConversationSessionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def get_object(self, request, object_id, from_field=None):
+        # An id no session can have is "does not exist" before any query (PostgreSQL refuses NUL).
+        try:
+            engine.lookup_session_id(object_id)
+        except engine.SessionNotFound:
+            return None
+        return super().get_object(request, object_id, from_field)
 
     @admin.display(description="messages")
     def messages_in_list(self, obj: ConversationSession) -> int:

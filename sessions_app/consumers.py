@@ -11,7 +11,8 @@ order, plus fresh panels unless the page's panels are current (V, the session he
 ``data-version``), and from then on pushes every change (a second hello is ignored);
 ``{"type": "budget", "budget": B}`` when the page's context budget changes. Close code 4404: the
 session is gone (the page does not reconnect); 1008: the page sent frames faster than
-CONVO_WS_FRAMES_PER_SECOND (burst CONVO_WS_FRAME_BURST), each of which may cost a rendering.
+CONVO_WS_FRAMES_PER_SECOND (burst CONVO_WS_FRAME_BURST), each of which may cost a rendering; 1009: a
+frame over CONVO_WS_MAX_FRAME_BYTES. Anything else that is not such a JSON object is ignored.
 
 Assistant replies: a REPLY event is rendered from the event itself (the streamed text and Stop while
 it runs, an alert when it failed), since deltas come many times a second; when it ends, Regenerate /
@@ -26,7 +27,6 @@ rendered fragments, so fifty pages on one conversation cost about one page.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -48,6 +48,7 @@ CATCHUP_MAX = 500
 PANEL_DELAY = 0.5
 CLOSE_GONE = 4404
 CLOSE_POLICY = 1008  # the page sent more frames than CONVO_WS_FRAMES_PER_SECOND allows
+CLOSE_TOO_BIG = 1009  # a frame over CONVO_WS_MAX_FRAME_BYTES (RFC 6455: message too big)
 REPLY_ENDS = ("done", "stopped", "error")
 
 
@@ -210,11 +211,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 await self.close(code=CLOSE_POLICY)
             return
         try:
-            message = json.loads(text_data or "")
-        except ValueError:
+            message = engine.parse_frame(text_data)
+        except engine.InputTooLarge:
+            await self.close(code=CLOSE_TOO_BIG)
             return
-        if not isinstance(message, dict):
-            return
+        if message is None:
+            return  # not a JSON object within the limits: ignored
         if "budget" in message:
             budget = message.get("budget")
             self.budget = budget if _positive_int(budget) and budget > 0 else None

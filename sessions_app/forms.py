@@ -1,16 +1,84 @@
-"""Forms of the chat UI: they parse and check input; the engine decides and stores."""
+"""Forms of the chat UI: they parse and check input; the engine decides and stores.
+
+Text, names and JSON go through the engine's own input checks (``engine.check_content``,
+``check_name``, ``parse_json``), so a form refuses exactly what the API refuses, inline.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
+from django.core.validators import MaxLengthValidator
 
 from . import engine
 from .models import ConversationSession, Role
+
+
+def _engine_checked(check: Callable[..., Any], label: str, value: Any) -> Any:
+    """``check(label, value)``, its refusal as this field's error."""
+    try:
+        return check(label, value)
+    except engine.SessionError as exc:
+        raise forms.ValidationError(str(exc)) from None
+
+
+def _limit_widget(field: forms.Field, limit: int) -> None:
+    field.widget.attrs["maxlength"] = str(limit)
+
+
+class SystemPromptField(forms.CharField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(required=False, widget=forms.Textarea(attrs={"rows": 3}), label="System prompt", **kwargs)
+
+    def clean(self, value: Any) -> str:
+        return _engine_checked(engine.check_content, "The system prompt", super().clean(value))
+
+
+class NameField(forms.CharField):
+    """A name or key: at most CONVO_MAX_NAME_CHARS characters (the engine's check)."""
+
+    def __init__(self, *, what: str = "The name", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.what = what
+
+    def clean(self, value: Any) -> str:
+        return _engine_checked(engine.check_name, self.what, super().clean(value))
+
+
+class LimitedForm(forms.Form):
+    """A form whose text fields tell the browser their limits (read when the form is made, as the
+    settings may change)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            if isinstance(field, NameField):
+                _limit_widget(field, settings.CONVO_MAX_NAME_CHARS)
+            elif isinstance(field, SystemPromptField):
+                _limit_widget(field, settings.CONVO_MAX_CONTENT_CHARS)
+
+
+class _UsernameLimit:
+    """Django's login forms set the username's max_length without its validator, so a longer name
+    reached authenticate() and django-axes' 255-character column (a 500 on PostgreSQL)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["username"]
+        field.validators.append(MaxLengthValidator(field.max_length))
+
+
+class LoginForm(_UsernameLimit, AuthenticationForm):
+    pass
+
+
+class AdminLoginForm(_UsernameLimit, AdminAuthenticationForm):
+    pass
 
 
 class SignUpForm(UserCreationForm):
@@ -18,7 +86,7 @@ class SignUpForm(UserCreationForm):
         fields = ("username",)
 
 
-class ConfigFields(forms.Form):
+class ConfigFields(LimitedForm):
     """The session config fields (the spec's SessionConfig), shared by the create and edit forms."""
 
     max_messages = forms.IntegerField(min_value=1, max_value=engine.MAX_INT, label="Max messages")
@@ -58,7 +126,7 @@ class NewSessionForm(ConfigFields):
         label="Id (optional)",
         help_text="Letters, digits, '-', '_', '.' and ':'. Empty: a random id.",
     )
-    system_prompt = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}), label="System prompt")
+    system_prompt = SystemPromptField()
 
     field_order = [
         "session_id",
@@ -80,7 +148,7 @@ class NewSessionForm(ConfigFields):
 
 
 class EditSessionForm(ConfigFields):
-    system_prompt = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}), label="System prompt")
+    system_prompt = SystemPromptField()
 
     field_order = ["system_prompt", "max_messages", "max_tokens", "timeout_seconds", "persist_system_prompt"]
 
@@ -95,30 +163,25 @@ class EditSessionForm(ConfigFields):
 ROLE_CHOICES = [(Role.USER, "User"), (Role.ASSISTANT, "Assistant"), (Role.TOOL, "Tool"), (Role.SYSTEM, "System")]
 
 
-class MessageForm(forms.Form):
+class MessageForm(LimitedForm):
     role = forms.ChoiceField(choices=ROLE_CHOICES, initial=Role.USER)
     content = forms.CharField(
         strip=False,
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": "Write a message (Enter sends, Shift+Enter: new line)"}),
         error_messages={"required": "Write something first: the message is empty."},
     )
-    name = forms.CharField(required=False, max_length=256, label="Name (optional)")
-    tool_call_id = forms.CharField(required=False, max_length=256, label="Tool call id")
+    name = NameField(required=False, label="Name (optional)")
+    tool_call_id = NameField(what="The tool call id", required=False, label="Tool call id")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.max_chars = settings.CONVO_MAX_CONTENT_CHARS
-        self.fields["content"].widget.attrs["maxlength"] = str(self.max_chars)
+        _limit_widget(self.fields["content"], settings.CONVO_MAX_CONTENT_CHARS)
 
     def clean_content(self) -> str:
         content = self.cleaned_data["content"]
         if not content.strip():
             raise forms.ValidationError("Write something first: the message is empty.")
-        if len(content) > self.max_chars:
-            raise forms.ValidationError(
-                f"The message is too long: {len(content):,} characters, the limit is {self.max_chars:,}."
-            )
-        return content
+        return _engine_checked(engine.check_content, "The message", content)
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -127,13 +190,20 @@ class MessageForm(forms.Form):
         return data
 
 
-class VariableForm(forms.Form):
-    key = forms.CharField(max_length=256, strip=True)
+class VariableForm(LimitedForm):
+    key = NameField(what="The key", strip=True)
     value = forms.CharField(required=False, strip=False, widget=forms.TextInput)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _limit_widget(self.fields["value"], settings.CONVO_MAX_CONTENT_CHARS)
 
-class DataForm(forms.Form):
-    key = forms.CharField(max_length=256, strip=True)
+    def clean_value(self) -> str:
+        return _engine_checked(engine.check_content, "The value", self.cleaned_data["value"])
+
+
+class DataForm(LimitedForm):
+    key = NameField(what="The key", strip=True)
     value = forms.CharField(
         strip=False,
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
@@ -141,15 +211,12 @@ class DataForm(forms.Form):
     )
 
     def clean_value(self) -> Any:
-        text = self.cleaned_data["value"]
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
+        """The JSON value, parsed by the engine: depth and size limited, huge integers refused."""
+        return _engine_checked(engine.parse_json, "The value", self.cleaned_data["value"])
 
 
-class KeyForm(forms.Form):
-    key = forms.CharField(max_length=256, strip=False)
+class KeyForm(LimitedForm):
+    key = NameField(what="The key", strip=False)
 
 
 class BudgetForm(forms.Form):

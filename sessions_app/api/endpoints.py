@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
@@ -17,7 +16,7 @@ from ninja import Header, Query, Router, Status
 
 from .. import engine, replies
 from . import idempotency
-from .errors import ContentTooLarge, NotFound, documented_statuses, request_errors
+from .errors import NotFound, documented_statuses, request_errors
 from .idempotency import IdempotencyKeyInvalid, IdempotencyKeyReused
 from .schemas import (
     MAX_INT,
@@ -103,12 +102,6 @@ def _check_id_in_url(session_id: str) -> str:
     return engine.validate_session_id(session_id)
 
 
-def _check_content(name: str, text: str | None) -> None:
-    limit = settings.CONVO_MAX_CONTENT_CHARS
-    if text is not None and len(text) > limit:
-        raise ContentTooLarge(f"{name} is longer than {limit} characters.")
-
-
 def _now():
     return timezone.now()
 
@@ -121,14 +114,13 @@ def _now():
     "POST",
     "/sessions",
     {201: SessionOut},
-    raises=(engine.SessionAlreadyExists, engine.SessionValidationError, ContentTooLarge),
+    raises=(engine.SessionAlreadyExists, engine.SessionValidationError, engine.InputTooLarge),
     tags=["sessions"],
 )
 def create_session(request: HttpRequest, payload: SessionCreateIn):
     """Create a session. 409 when the id is in use (by anyone)."""
     if payload.id is not None:
         _check_id_in_url(payload.id)
-    _check_content("system_prompt", payload.system_prompt)
     session = engine.session_create(
         payload.id,
         owner=_user(request),
@@ -143,7 +135,7 @@ def create_session(request: HttpRequest, payload: SessionCreateIn):
     "PUT",
     "/sessions/{id}",
     {200: SessionOut, 201: SessionOut},
-    raises=(engine.SessionNotFound, engine.SessionValidationError, ContentTooLarge),
+    raises=(engine.SessionNotFound, engine.SessionValidationError, engine.InputTooLarge),
     tags=["sessions"],
 )
 def get_or_create_session(request: HttpRequest, id: str, payload: SessionFieldsIn | None = None):
@@ -151,7 +143,6 @@ def get_or_create_session(request: HttpRequest, id: str, payload: SessionFieldsI
     because it had expired. The body's fields apply only to a newly created session."""
     _check_id_in_url(id)
     payload = payload or SessionFieldsIn()
-    _check_content("system_prompt", payload.system_prompt)
     session, created = engine.session_get_or_create(
         id,
         owner=_user(request),
@@ -216,7 +207,7 @@ def clear_session(request: HttpRequest, id: str):
         *LOOKUP,
         engine.SessionExpired,
         engine.SessionValidationError,
-        ContentTooLarge,
+        engine.InputTooLarge,
         replies.ReplyInProgress,
         replies.TooManyReplies,
         IdempotencyKeyInvalid,
@@ -239,7 +230,6 @@ def append_message(
     """Append a message. A user message opens a turn, a tool message joins the current turn, an
     assistant message completes it. 410 when the session has expired (resume it with PUT)."""
     _check_id(id)
-    _check_content("content", payload.content)
     user = _user(request)
 
     def append() -> dict[str, Any]:
@@ -417,13 +407,12 @@ def get_variable(request: HttpRequest, id: str, key: str):
     "PUT",
     "/sessions/{id}/state/variables/{key}",
     {200: VariableOut},
-    raises=(*LOOKUP, engine.SessionExpired, engine.SessionValidationError, ContentTooLarge),
+    raises=(*LOOKUP, engine.SessionExpired, engine.SessionValidationError, engine.InputTooLarge),
     tags=["state"],
 )
 def set_variable(request: HttpRequest, id: str, key: str, payload: VariableIn):
     """Set a string variable."""
     _check_id(id)
-    _check_content("value", payload.value)
     engine.state_set(id, key, payload.value, owner=_user(request))
     return {"key": key, "value": payload.value}
 
@@ -456,7 +445,13 @@ def get_data(request: HttpRequest, id: str, key: str):
     "PUT",
     "/sessions/{id}/state/data/{key}",
     {200: DataOut},
-    raises=(*LOOKUP, engine.SessionExpired, engine.SessionValidationError, engine.SerializationError),
+    raises=(
+        *LOOKUP,
+        engine.SessionExpired,
+        engine.SessionValidationError,
+        engine.SerializationError,
+        engine.InputTooLarge,
+    ),
     tags=["state"],
 )
 def set_data(request: HttpRequest, id: str, key: str, payload: DataIn):

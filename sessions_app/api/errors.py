@@ -63,10 +63,6 @@ class BodyTooLarge(ApiError):
     pass
 
 
-class ContentTooLarge(ApiError):
-    pass
-
-
 class InvalidInput(ApiError):
     pass
 
@@ -94,7 +90,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     IdempotencyKeyReused: (409, "idempotency_key_reused"),
     engine.SessionExpired: (410, "session_expired"),
     BodyTooLarge: (413, "body_too_large"),
-    ContentTooLarge: (413, "content_too_large"),
+    engine.InputTooLarge: (413, "content_too_large"),
     InvalidInput: (422, "validation_error"),
     RateLimited: (429, "rate_limited"),
     engine.SessionValidationError: (422, "validation_error"),

@@ -160,13 +160,17 @@ Role = Literal["system", "user", "assistant", "tool"]
 
 
 class MessageIn(StrictIn):
+    # Lengths and sizes are the engine's limits (settings CONVO_MAX_*), checked there for every entry point.
     role: Role
-    content: str
-    name: Annotated[str, Field(max_length=256)] | None = None
-    tool_call_id: Annotated[str, Field(max_length=256)] | None = Field(
-        default=None, description="Required for role tool: the id of the call this message answers."
+    content: str = Field(description="At most CONVO_MAX_CONTENT_CHARS (default 32000) characters; 413 beyond.")
+    name: str | None = Field(default=None, description="At most CONVO_MAX_NAME_CHARS (default 256) characters.")
+    tool_call_id: str | None = Field(
+        default=None,
+        description="Required for role tool: the id of the call this message answers (at most CONVO_MAX_NAME_CHARS).",
     )
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="At most CONVO_MAX_METADATA_BYTES (default 65536) as JSON; 413 beyond."
+    )
     respond: bool = Field(
         default=False,
         description="With a user message: start the assistant's reply (streamed to open pages; "

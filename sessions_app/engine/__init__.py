@@ -4,7 +4,8 @@ The one home for the rules: views, the API, websocket consumers, the admin and m
 ``engine.x`` and decide nothing themselves. Modules, each importing only those above it:
 
 - ``errors``: the SessionError family and ``storage_errors`` (database failures become StorageError).
-- ``values``: SessionConfig, ChatMessage, the token estimate, id and text checks, expiry times.
+- ``values``: SessionConfig, ChatMessage, the token estimate, expiry times, and the input checks and
+  limits every entry point shares (ids, text, names, metadata, JSON data, state size, websocket frames).
 - ``bookkeeping``: an append's sequence and turn numbers, and the message limit (used by every writer).
 - ``purge``: deleting expired sessions in batches, and the set-based row delete.
 - ``sessions``: owner scoping, ``lock_session``, create / get / get_or_create / update / delete / list, clear.
@@ -42,6 +43,7 @@ from .context import (
     turns,
 )
 from .errors import (
+    InputTooLarge,
     SerializationError,
     SessionAlreadyExists,
     SessionError,
@@ -86,10 +88,16 @@ from .values import (
     ChatMessage,
     SessionConfig,
     age,
+    check_content,
+    check_metadata,
+    check_name,
     estimate_tokens,
     expiry_time,
     is_expired,
+    lookup_session_id,
     new_session_id,
+    parse_frame,
+    parse_json,
     validate_session_id,
 )
 
@@ -100,6 +108,7 @@ __all__ = [
     "AnyOwner",
     "ChatMessage",
     "ContextWindow",
+    "InputTooLarge",
     "Owner",
     "PurgeResult",
     "SerializationError",
@@ -112,6 +121,9 @@ __all__ = [
     "StorageError",
     "TurnView",
     "age",
+    "check_content",
+    "check_metadata",
+    "check_name",
     "context_window",
     "count_expired",
     "current_turn",
@@ -123,6 +135,7 @@ __all__ = [
     "last_turn",
     "listed_messages",
     "lock_session",
+    "lookup_session_id",
     "message_append",
     "message_append_obj",
     "messages_all",
@@ -130,6 +143,8 @@ __all__ = [
     "messages_page",
     "messages_recent",
     "new_session_id",
+    "parse_frame",
+    "parse_json",
     "purge_expired",
     "purge_sessions",
     "session_clear_messages",

@@ -43,6 +43,11 @@ class SessionValidationError(SessionError, ValueError):
         self.field = field
 
 
+class InputTooLarge(SessionValidationError):
+    """Input over one of the size limits (settings CONVO_MAX_*): too long a text, too large metadata
+    or state. The API answers 413."""
+
+
 class SessionAlreadyExists(SessionError):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"Session already exists: {session_id}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -19,7 +20,17 @@ from . import pg_append
 from .bookkeeping import BOOKKEEPING_FIELDS, append_bookkeeping, enforce_limits
 from .errors import SessionNotFound, SessionValidationError, storage_errors
 from .sessions import ANY_OWNER, Owner, lock_session
-from .values import ChatMessage, check_string_map, check_text, estimate_tokens, touch
+from .values import (
+    ChatMessage,
+    check_content,
+    check_metadata,
+    check_name,
+    check_size,
+    check_text,
+    estimate_tokens,
+    lookup_session_id,
+    touch,
+)
 
 
 @storage_errors
@@ -44,14 +55,15 @@ def message_append(
     On PostgreSQL the append is one read and one conditional write statement (see ``pg_append``);
     elsewhere, or when another writer got in between, it runs under the session's row lock.
     """
+    lookup_session_id(session_id)
     try:
         role = Role(role)
     except ValueError:
         raise SessionValidationError(f"role must be one of: {', '.join(Role.values)}", field="role") from None
-    content = check_text("content", content)
-    name = check_text("name", name, allow_none=True, max_length=256)
-    tool_call_id = check_text("tool_call_id", tool_call_id, allow_none=True, max_length=256)
-    metadata = check_string_map("metadata", metadata)
+    content = check_content("content", content)
+    name = check_name("name", name, allow_none=True)
+    tool_call_id = check_name("tool_call_id", tool_call_id, allow_none=True)
+    metadata = check_metadata("metadata", metadata)
     tokens = estimate_tokens(content)
     now = now or timezone.now()
     new = Message(
@@ -119,11 +131,12 @@ def turn_set_metadata(
             raise SessionNotFound(f"{session_id} turn {number}")
         row = Turn.objects.filter(session=session, number=number).first() or Turn(session=session, number=number)
         for key, value in values.items():
-            check_text("metadata key", key)
+            check_name("metadata key", key)
             if value is None:
                 row.metadata.pop(key, None)
             else:
                 row.metadata[key] = check_text(f"metadata[{key!r}]", value)
+        check_size("metadata", row.metadata, settings.CONVO_MAX_METADATA_BYTES)
         row.save()
         touch(session, now)
         session.save(update_fields=["updated_at", "expires_at"])

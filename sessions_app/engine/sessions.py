@@ -22,9 +22,10 @@ from .errors import SessionAlreadyExists, SessionExpired, SessionNotFound, stora
 from .purge import delete_rows, delete_where
 from .values import (
     SessionConfig,
-    check_string_map,
-    check_text,
+    check_content,
+    check_metadata,
     estimate_tokens,
+    lookup_session_id,
     new_session_id,
     touch,
     validate_session_id,
@@ -63,6 +64,7 @@ def lock_session(
 
     Raises SessionNotFound, or SessionExpired unless ``allow_expired``.
     """
+    lookup_session_id(session_id)
     session = owned_sessions(owner).select_for_update().filter(pk=session_id).first()
     if session is None:
         raise SessionNotFound(session_id)
@@ -87,8 +89,8 @@ def session_create(
 ) -> ConversationSession:
     """Create a session (the spec's ``create`` + ``with_*`` builders); raise SessionAlreadyExists if the id is taken."""
     session_id = new_session_id() if session_id is None else validate_session_id(session_id)
-    system_prompt = check_text("system_prompt", system_prompt, allow_none=True)
-    metadata = check_string_map("metadata", metadata)
+    system_prompt = check_content("system_prompt", system_prompt, allow_none=True)
+    metadata = check_metadata("metadata", metadata)
     config = (config or SessionConfig.default()).validated()
     now = now or timezone.now()
     try:
@@ -135,8 +137,7 @@ def _insert_session(
 @storage_errors
 def session_get(session_id: str, *, owner: Owner = ANY_OWNER) -> ConversationSession:
     """Load a session, expired or not (the spec's store.load); raise SessionNotFound."""
-    if not isinstance(session_id, str):
-        raise SessionNotFound(str(session_id))
+    lookup_session_id(session_id)
     session = owned_sessions(owner).filter(pk=session_id).first()
     if session is None:
         raise SessionNotFound(session_id)
@@ -171,8 +172,8 @@ def session_get_or_create(
     belong to ``owner`` (none when it is ANY_OWNER).
     """
     validate_session_id(session_id)
-    system_prompt = check_text("system_prompt", system_prompt, allow_none=True)
-    metadata = check_string_map("metadata", metadata)
+    system_prompt = check_content("system_prompt", system_prompt, allow_none=True)
+    metadata = check_metadata("metadata", metadata)
     config = (config or SessionConfig.default()).validated()
     now = now or timezone.now()
     new_owner = None if owner is ANY_OWNER else owner
@@ -217,9 +218,9 @@ def session_update(
     A lower max_messages applies at once; a new timeout moves the expiry time.
     """
     if system_prompt is not _UNSET:
-        system_prompt = check_text("system_prompt", system_prompt, allow_none=True)
+        system_prompt = check_content("system_prompt", system_prompt, allow_none=True)
     if metadata is not None:
-        metadata = check_string_map("metadata", metadata)
+        metadata = check_metadata("metadata", metadata)
     if config is not None:
         config.validated()
     now = now or timezone.now()
@@ -250,6 +251,7 @@ def session_update(
 @storage_errors
 def session_delete(session_id: str, *, owner: Owner = ANY_OWNER) -> None:
     """Delete a session with its messages and turns; raise SessionNotFound."""
+    lookup_session_id(session_id)
     with transaction.atomic():
         if not owned_sessions(owner).select_for_update().filter(pk=session_id).exists():
             raise SessionNotFound(session_id)

@@ -13,7 +13,7 @@ from .. import events
 from ..models import ConversationSession
 from .errors import SessionValidationError, storage_errors
 from .sessions import ANY_OWNER, Owner, lock_session
-from .values import check_text, json_value, touch
+from .values import check_content, check_name, check_state, json_value, touch
 
 
 def _state_write(
@@ -34,11 +34,16 @@ def state_set(
     session_id: str, key: str, value: str, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None
 ) -> None:
     """Set a string variable (the spec's state.set)."""
-    check_text("key", key)
-    check_text("value", value)
+    check_name("key", key)
+    check_content("value", value)
     if not key:
         raise SessionValidationError("key must not be empty", field="key")
-    _state_write(session_id, owner, now, lambda s: s.variables.__setitem__(key, value))
+
+    def change(session: ConversationSession) -> None:
+        session.variables[key] = value
+        check_state(session.variables, session.data)
+
+    _state_write(session_id, owner, now, change)
 
 
 def state_get(session: ConversationSession, key: str) -> str | None:
@@ -55,12 +60,18 @@ def state_remove(session_id: str, key: str, *, owner: Owner = ANY_OWNER, now: dt
 def state_set_data(
     session_id: str, key: str, value: Any, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None
 ) -> Any:
-    """Store any JSON value under ``key``; a value that cannot be JSON raises SerializationError, storing nothing."""
-    check_text("key", key)
+    """Store any JSON value under ``key``; a value that cannot be JSON raises SerializationError, storing
+    nothing (so does one nested deeper than the limit), and one that makes the state too large InputTooLarge."""
+    check_name("key", key)
     if not key:
         raise SessionValidationError("key must not be empty", field="key")
     stored = json_value(value)
-    _state_write(session_id, owner, now, lambda s: s.data.__setitem__(key, stored))
+
+    def change(session: ConversationSession) -> None:
+        session.data[key] = stored
+        check_state(session.variables, session.data)
+
+    _state_write(session_id, owner, now, change)
     return stored
 
 

@@ -1,7 +1,13 @@
-"""Values: the session config, message builders, ids, text checks, the token estimate and expiry times.
+"""Values: the session config, message builders, ids, input checks and limits, the token estimate and
+expiry times.
 
-The ``check_*`` helpers and ``json_value`` are for the engine's own modules (``__init__`` does not
-re-export them): they refuse what the database cannot store faithfully.
+The input checks are the one validation of every entry point: the engine's writes call them, and the
+UI's forms, the API and the websocket consumer call the same ones (``engine.check_content``,
+``check_name``, ``check_metadata``, ``parse_json``, ``parse_frame``, ``lookup_session_id``) to answer
+before anything is stored. They refuse what the database cannot store faithfully (NUL characters,
+lone surrogates, integers beyond JSON's digit limit) and what is over a limit (settings CONVO_MAX_*):
+a value too large raises ``InputTooLarge`` (the API's 413), anything else invalid
+``SessionValidationError`` or ``SerializationError`` (422).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sys
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,7 +24,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from ..models import ConversationSession, Role
-from .errors import SerializationError, SessionValidationError
+from .errors import InputTooLarge, SerializationError, SessionNotFound, SessionValidationError
 
 MAX_INT = 2_147_483_647  # the database's integer columns
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -84,12 +91,31 @@ def validate_session_id(session_id: Any) -> str:
     return session_id
 
 
+def lookup_session_id(session_id: Any) -> str | int:
+    """The id of a session to look up: one that no session can have (wrong type or characters, NUL,
+    too long) is SessionNotFound before any query (PostgreSQL refuses NUL in text). A whole number is
+    looked up as its text, as the ORM compares it."""
+    try:
+        if isinstance(session_id, int) and not isinstance(session_id, bool):
+            validate_session_id(str(session_id))
+            return session_id
+        return validate_session_id(session_id)
+    except SessionValidationError:
+        shown = str(session_id)[:128].encode("unicode_escape").decode("ascii")
+        raise SessionNotFound(shown) from None
+
+
 def new_session_id() -> str:
     return str(uuid.uuid4())
 
 
+# ---------------------------------------------------------------------------------------------
+# Input checks and limits.
+
+
 def check_text(name: str, value: Any, *, allow_none: bool = False, max_length: int | None = None) -> str | None:
-    """Refuse what the database cannot store faithfully: non-strings, NUL characters, lone surrogates."""
+    """Refuse what the database cannot store faithfully: non-strings, NUL characters, lone surrogates;
+    beyond ``max_length`` characters, a SessionValidationError."""
     if value is None and allow_none:
         return None
     if not isinstance(value, str):
@@ -105,27 +131,145 @@ def check_text(name: str, value: Any, *, allow_none: bool = False, max_length: i
     return value
 
 
+def check_content(name: str, value: Any, *, allow_none: bool = False) -> str | None:
+    """Text of the content kind (message content, system prompt, variable value): at most
+    CONVO_MAX_CONTENT_CHARS characters, else InputTooLarge."""
+    check_text(name, value, allow_none=allow_none)
+    limit = settings.CONVO_MAX_CONTENT_CHARS
+    if value is not None and len(value) > limit:
+        raise InputTooLarge(f"{name} is too long: {len(value):,} characters, the limit is {limit:,}.", field=name)
+    return value
+
+
+def check_name(name: str, value: Any, *, allow_none: bool = False) -> str | None:
+    """A name (message name, tool_call_id, a variable, data or metadata key): at most
+    CONVO_MAX_NAME_CHARS characters."""
+    return check_text(name, value, allow_none=allow_none, max_length=settings.CONVO_MAX_NAME_CHARS)
+
+
 def check_string_map(name: str, value: Any) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise SessionValidationError(f"{name} must be an object of strings", field=name)
     for key, item in value.items():
-        check_text(f"{name} key", key)
+        check_name(f"{name} key", key)
         check_text(f"{name}[{key!r}]", item)
     return dict(value)
 
 
-def json_value(value: Any) -> Any:
-    """The value as it will read back from the database, or the spec's SerializationError."""
+def check_metadata(name: str, value: Any) -> dict[str, str]:
+    """String metadata (of a session, a message, a turn): names as keys, text values, and at most
+    CONVO_MAX_METADATA_BYTES as JSON."""
+    value = check_string_map(name, value)
+    check_size(name, value, settings.CONVO_MAX_METADATA_BYTES)
+    return value
+
+
+def check_size(name: str, value: Any, limit: int) -> None:
+    """At most ``limit`` bytes as stored (compact JSON, UTF-8), else InputTooLarge."""
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > limit:
+        raise InputTooLarge(f"{name} is too large: {size:,} bytes as JSON, the limit is {limit:,}.", field=name)
+
+
+def check_state(variables: dict[str, str], data: dict[str, Any]) -> None:
+    """A session's whole state (variables and data): at most CONVO_MAX_STATE_BYTES as JSON."""
+    check_size("state", {"variables": variables, "data": data}, settings.CONVO_MAX_STATE_BYTES)
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth > settings.CONVO_MAX_JSON_DEPTH:
+            break  # deep enough to refuse; a self-containing value would never end
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def check_depth(name: str, value: Any) -> None:
+    if json_depth(value) > settings.CONVO_MAX_JSON_DEPTH:
+        raise _too_deep(name)
+
+
+def _too_deep(name: str) -> SessionValidationError:
+    limit = settings.CONVO_MAX_JSON_DEPTH
+    return SessionValidationError(f"{name} is nested too deeply: the limit is {limit} levels.", field=name)
+
+
+def json_value(value: Any, name: str = "value") -> Any:
+    """The value as it will read back from the database, or the spec's SerializationError; nested at
+    most CONVO_MAX_JSON_DEPTH levels and at most CONVO_MAX_STATE_BYTES as JSON."""
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
         text.encode("utf-8")  # lone surrogates cannot be stored
     except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(str(exc)) from None
     if "\\u0000" in text or "\x00" in text:
         raise SerializationError("JSON text must not contain NUL characters")
+    if json_depth(value) > settings.CONVO_MAX_JSON_DEPTH:
+        raise SerializationError(str(_too_deep(name)))
+    limit = settings.CONVO_MAX_STATE_BYTES
+    if len(text.encode("utf-8")) > limit:
+        raise InputTooLarge(f"{name} is too large: the limit is {limit:,} bytes as JSON.", field=name)
     return json.loads(text)
+
+
+def parse_json(name: str, text: str) -> Any:
+    """A JSON value typed as text (the state panel's data form): at most CONVO_MAX_STATE_BYTES, nested
+    at most CONVO_MAX_JSON_DEPTH levels, integers within Python's digit limit, no NaN or Infinity."""
+    if not isinstance(text, str):
+        raise SessionValidationError(f"{name} must be JSON text", field=name)
+    limit = settings.CONVO_MAX_STATE_BYTES
+    if len(text) > limit:
+        raise InputTooLarge(f"{name} is too large: {len(text):,} characters, the limit is {limit:,}.", field=name)
+
+    def refuse(constant: str) -> Any:
+        raise SessionValidationError(f"Not valid JSON: {constant} is not a JSON number.", field=name)
+
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except SessionValidationError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise SessionValidationError(
+            f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).", field=name
+        ) from None
+    except RecursionError:
+        raise _too_deep(name) from None
+    except ValueError:  # an integer beyond Python's digit limit
+        digits = sys.get_int_max_str_digits()
+        raise SessionValidationError(
+            f"Not valid JSON here: an integer has more than {digits} digits.", field=name
+        ) from None
+    check_depth(name, value)
+    return value
+
+
+def parse_frame(text: Any) -> dict[str, Any] | None:
+    """A websocket frame from a page: a JSON object of at most CONVO_WS_MAX_FRAME_BYTES (else
+    InputTooLarge), nested at most CONVO_MAX_JSON_DEPTH levels; None when it is anything else."""
+    if not isinstance(text, str):
+        return None
+    limit = settings.CONVO_WS_MAX_FRAME_BYTES
+    if len(text) > limit:
+        raise InputTooLarge(f"A frame is at most {limit:,} characters.")
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or json_depth(message) > settings.CONVO_MAX_JSON_DEPTH:
+        return None
+    return message
 
 
 # ---------------------------------------------------------------------------------------------

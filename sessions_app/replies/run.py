@@ -244,18 +244,18 @@ class _Run:
             metadata = {
                 "reply": str(self.reply.pk),
                 "tool_round": f"{self.reply.pk}:{self.rounds}",
-                "arguments": _clean(call.arguments),
+                "arguments": _clean(call.arguments, _metadata_chars()),
                 "status": "ok" if result.ok else "error",
             }
             if i == 0 and round_text:
-                metadata["assistant_content"] = _clean(round_text)
+                metadata["assistant_content"] = _clean(round_text, _metadata_chars())
             self._guarded(
                 lambda reply, call=call, result=result, metadata=metadata: engine.message_append(
                     self.sid,
                     Role.TOOL,
-                    _clean(result.content),
-                    name=_clean(call.name)[:256],
-                    tool_call_id=_clean(call.id)[:256],
+                    _clean(result.content, settings.CONVO_MAX_CONTENT_CHARS),
+                    name=_clean(call.name, settings.CONVO_MAX_NAME_CHARS),
+                    tool_call_id=_clean(call.id, settings.CONVO_MAX_NAME_CHARS),
                     metadata=metadata,
                 )
             )
@@ -311,7 +311,8 @@ class _Run:
         )
 
     def _store_answer(self, reply: Reply, finish: str) -> int:
-        message = engine.message_append(self.sid, Role.ASSISTANT, _clean(self.text), metadata=self._metadata(finish))
+        text = _clean(self.text, settings.CONVO_MAX_CONTENT_CHARS)
+        message = engine.message_append(self.sid, Role.ASSISTANT, text, metadata=self._metadata(finish))
         if "reply_error" in engine.turn_metadata(self.sid, self.reply.turn_number):
             engine.turn_set_metadata(self.sid, self.reply.turn_number, {"reply_error": None, "reply_error_at": None})
         return message.seq
@@ -390,6 +391,13 @@ class _Run:
             )
 
 
-def _clean(text: str) -> str:
-    """Drop what the database cannot store from model output (NUL characters, lone surrogates)."""
-    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+def _metadata_chars() -> int:
+    # Two long values (a tool call's arguments, the text before it) must fit the metadata limit together,
+    # at up to 4 UTF-8 bytes a character.
+    return settings.CONVO_MAX_METADATA_BYTES // 10
+
+
+def _clean(text: str, limit: int) -> str:
+    """Model output as the engine stores it: without what the database cannot store (NUL characters,
+    lone surrogates), and cut at ``limit`` characters (the engine's input limits apply to it too)."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")[:limit]
