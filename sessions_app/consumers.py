@@ -5,10 +5,18 @@ notification the engine sends after a commit, re-reads the database and pushes t
 page is made of, as htmx out-of-band fragments. Notifications carry no content: the database is the
 source of truth, so a lost or late notification is repaired by the next one or by a reconnect.
 
+Authorization: at connect the consumer finds the session by (user, id) and from then on knows it only
+by its key: the group, the reads and every event it forwards are that session's, whoever later
+creates a session with the same id. Deleting the session closes the socket (4404); clearing it
+re-sends the page. The socket also joins its user's group: logging out (that browser), a new password
+or deactivation closes it (4401), and every ``hello`` re-checks that the login still holds, so a
+socket cannot outlive its login.
+
 Protocol (client → server, JSON): ``{"type": "hello", "last_seq": N, "budget": B}`` right after the
 socket opens — the server answers with exactly the listed messages after N, in order, plus fresh
 panels, and from then on pushes every change; ``{"type": "budget", "budget": B}`` when the page's
-context budget changes. Close code 4404: the session is gone (the page does not reconnect).
+context budget changes. Close code 4404: the session is gone (the page does not reconnect); 4401: the
+login ended (the page does not reconnect either).
 
 Assistant replies: a REPLY event is rendered from the event itself (the streamed text and Stop while
 it runs, an alert when it failed), since deltas come many times a second; when it ends, Regenerate /
@@ -27,13 +35,19 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
+from importlib import import_module
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.utils.crypto import constant_time_compare
 
 from . import engine, events, rendering
+from .logins import login_digest
 from .models import ConversationSession
 
 logger = logging.getLogger(__name__)
@@ -43,6 +57,7 @@ CATCHUP_MAX = 500
 # Panels are re-rendered at most this often (seconds) while changes keep coming.
 PANEL_DELAY = 0.5
 CLOSE_GONE = 4404
+CLOSE_LOGGED_OUT = 4401
 REPLY_ENDS = ("done", "stopped", "error")
 
 
@@ -86,8 +101,8 @@ class _Snapshots:
     """
 
     def __init__(self, size: int = 1024) -> None:
-        self._latest: OrderedDict[str, tuple[float, ConversationSession | None]] = OrderedDict()
-        self._pending: dict[str, tuple[float, asyncio.Future]] = {}
+        self._latest: OrderedDict[uuid.UUID, tuple[float, ConversationSession | None]] = OrderedDict()
+        self._pending: dict[uuid.UUID, tuple[float, asyncio.Future]] = {}
         self._size = size
 
     @staticmethod
@@ -98,7 +113,7 @@ class _Snapshots:
             return session is not None and session.last_seq >= min_seq
         return since is not None
 
-    async def get(self, session_id: str, *, min_seq: int | None = None, since: float | None = None):
+    async def get(self, session_id: uuid.UUID, *, min_seq: int | None = None, since: float | None = None):
         latest = self._latest.get(session_id)
         if latest is not None and self._fits(*latest, min_seq, since):
             return latest[1]
@@ -113,7 +128,7 @@ class _Snapshots:
                     return session
         return await self._read(session_id)
 
-    async def _read(self, session_id: str) -> ConversationSession | None:
+    async def _read(self, session_id: uuid.UUID) -> ConversationSession | None:
         started = time.monotonic()
         future = asyncio.get_running_loop().create_future()
         self._pending[session_id] = (started, future)
@@ -136,9 +151,9 @@ class _Snapshots:
         return session
 
 
-def _read_session(session_id: str) -> ConversationSession | None:
+def _read_session(key: uuid.UUID) -> ConversationSession | None:
     try:
-        return engine.session_get(session_id)
+        return engine.session_get(key)
     except engine.SessionNotFound:
         return None
 
@@ -154,8 +169,11 @@ def _positive_int(value: Any) -> int | None:
 
 
 class SessionConsumer(AsyncWebsocketConsumer):
-    session_id: str
+    session_id: str  # the caller's id, for the page's URLs
+    key: uuid.UUID  # the session the socket was authorized for: everything else goes by it
     group: str | None = None
+    user_group: str | None = None
+    _revoked: bool = False  # the login ended: the socket is closed for good
     last_seq: int | None = None  # the newest sequence number this page has been sent (None: no hello yet)
     budget: int | None = None
     _panels_due: bool = False
@@ -171,7 +189,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
         # database_sync_to_async, which does that itself, so they skip it.
         if message.get("type") == "session.event":
             await self.session_event(message)
-        else:
+        elif message.get("type") == "user.revoked":
+            await self.user_revoked(message)
+        elif not self._revoked or message.get("type") == "websocket.disconnect":
             await super().dispatch(message)
 
     async def connect(self) -> None:
@@ -180,19 +200,25 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close()  # before accept: the handshake is refused (403)
             return
-        if not await database_sync_to_async(self._owns)(user):
+        session = await database_sync_to_async(self._find)(user)
+        if session is None:
             await self.close()
             return
         self.user = user
-        self.group = events.group_name(self.session_id)
+        self.key = session.pk
+        self.login = login_digest(self._session_key())
+        self.user_group = events.user_group(user.pk)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
+        self.group = events.group_name(self.key)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
         if self._panels_task is not None:
             self._panels_task.cancel()
-        if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        for group in (self.group, self.user_group):
+            if group is not None:
+                await self.channel_layer.group_discard(group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
@@ -205,21 +231,29 @@ class SessionConsumer(AsyncWebsocketConsumer):
             budget = message.get("budget")
             self.budget = budget if _positive_int(budget) and budget > 0 else None
         if message.get("type") == "hello":
+            if not await database_sync_to_async(self._still_logged_in)():
+                await self._revoke()
+                return
             after = _positive_int(message.get("last_seq")) or 0
             await self._refresh(time.monotonic(), after=after)
         elif message.get("type") == "budget" and self.last_seq is not None:
             self._schedule_panels(seq=self.last_seq)
 
     async def session_event(self, event: dict[str, Any]) -> None:
+        if self._revoked or self.group is None or event.get("session") != self.key.hex:
+            return  # only the session this socket was authorized for
         t0 = time.monotonic()
         kind = event.get("kind")
+        if kind == events.DELETED:
+            await self._send_gone()
+            return
         if kind == events.REPLY:
             await self._reply_event(t0, event)
             return
         if self.last_seq is None or self._gone:
             return  # no hello yet: the hello's catch-up will include this change
         seq = event.get("seq")
-        if kind in (events.CLEARED, events.CONFIG, events.DELETED):
+        if kind in (events.CLEARED, events.CONFIG):
             await self._refresh(t0, after=None)
         elif kind == events.MESSAGE and isinstance(seq, int):
             await self._new_messages(seq)
@@ -251,22 +285,56 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     # -----------------------------------------------------------------------------------------
 
-    def _owns(self, user: Any) -> bool:
+    async def user_revoked(self, event: dict[str, Any]) -> None:
+        """The user logged out (this browser's login, or every one), changed the password or was deactivated."""
+        login = event.get("login")
+        if login is None or login == self.login:
+            await self._revoke()
+
+    async def _revoke(self) -> None:
+        if not self._revoked:
+            self._revoked = True
+            if self._panels_task is not None:
+                self._panels_task.cancel()
+            for group in (self.group, self.user_group):
+                if group is not None:
+                    await self.channel_layer.group_discard(group, self.channel_name)
+            await self.close(code=CLOSE_LOGGED_OUT)
+
+    def _find(self, user: Any) -> ConversationSession | None:
         try:
-            engine.session_get(self.session_id, owner=user)
+            return engine.session_get(self.session_id, owner=user)
         except engine.SessionNotFound:
+            return None
+
+    def _session_key(self) -> str | None:
+        session = self.scope.get("session")
+        return getattr(session, "session_key", None) if session is not None else None
+
+    def _still_logged_in(self) -> bool:
+        """Whether the login the socket was opened with still holds: the browser's session still names
+        the user, with the same password, and the account is active."""
+        session_key = self._session_key()
+        if not session_key:
             return False
-        return True
+        data = import_module(settings.SESSION_ENGINE).SessionStore(session_key=session_key).load()
+        if data.get(SESSION_KEY) != str(self.user.pk) or BACKEND_SESSION_KEY not in data:
+            return False
+        user = get_user_model()._default_manager.filter(pk=self.user.pk).first()
+        if user is None or not getattr(user, "is_active", True):
+            return False
+        stored = data.get(HASH_SESSION_KEY)
+        return bool(stored) and constant_time_compare(stored, user.get_session_auth_hash())
 
     async def _snapshot(self, *, min_seq: int | None = None, since: float | None = None) -> ConversationSession | None:
-        session = await snapshots.get(self.session_id, min_seq=min_seq, since=since)
+        session = await snapshots.get(self.key, min_seq=min_seq, since=since)
         if session is None or session.owner_id != self.user.pk:
             await self._send_gone()
             return None
         return session
 
     async def _send_gone(self) -> None:
-        if not self._gone:
+        if not self._gone and not self._revoked:
             self._gone = True
             await self.send(text_data=rendering.render_gone_oob(self.session_id))
             await self.close(code=CLOSE_GONE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,19 +121,19 @@ class SidebarEntry:
 SIDEBAR_LIMIT = 200
 
 
-def sidebar_entries(user: Any, *, only: str | None = None, now=None) -> list[SidebarEntry]:
+def sidebar_entries(user: Any, *, only: uuid.UUID | None = None, now=None) -> list[SidebarEntry]:
     """The user's conversations, most recent activity first, each titled by its first user message.
 
     One query whatever the number of sessions: the title is turn 1's user message (the first user
     message: every user message opens a turn, and turns outlive max_messages), a correlated subquery
-    on the (session, number) unique index; ``only`` restricts it to one session, for a live update.
+    on the (session, number) unique index; ``only`` (a key) restricts it to one session, for a live update.
     """
     now = now or timezone.now()
     first_user = Turn.objects.filter(session=OuterRef("pk"), number=1).values("user_message__content")[:1]
     qs = (
         ConversationSession.objects.filter(owner=user)
         .annotate(first_user_message=Substr(Subquery(first_user), 1, 80))
-        .order_by("-updated_at", "id")
+        .order_by("-updated_at", "sid")
     )
     if only is not None:
         qs = qs.filter(pk=only)
@@ -258,7 +259,7 @@ def render_panels_oob(session: ConversationSession, user: Any, *, budget: int | 
         render_partial("context-panel", ctx),
         render_partial("reply-actions", ctx),
     ]
-    entries = sidebar_entries(user, only=session.id, now=ctx["now"])
+    entries = sidebar_entries(user, only=session.pk, now=ctx["now"])
     if entries:
         parts.append(render_partial("sidebar-item", {"entry": entries[0], "oob": True, "current_id": session.id}))
     return "".join(parts)

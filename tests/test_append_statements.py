@@ -56,7 +56,7 @@ def test_sqlite_append_runs_under_the_row_lock(make_session):
     # INSERT its turn (a user message opens one), UPDATE the session's bookkeeping, COMMIT.
     assert statements("s", "user") == [
         "BEGIN IMMEDIATE",
-        'SELECT "sessions_app_conversationsession"."id", "sessions_app_conversationsession"."owner_id",',
+        'SELECT "sessions_app_conversationsession"."key", "sessions_app_conversationsession"."sid",',
         'INSERT INTO "sessions_app_message"',
         'INSERT INTO "sessions_app_turn"',
         'UPDATE "sessions_app_conversationsession" SET',
@@ -67,7 +67,7 @@ def test_sqlite_append_runs_under_the_row_lock(make_session):
     # an assistant message UPDATEs its turn instead of inserting one.
     assert statements("s", "assistant") == [
         "BEGIN IMMEDIATE",
-        'SELECT "sessions_app_conversationsession"."id", "sessions_app_conversationsession"."owner_id",',
+        'SELECT "sessions_app_conversationsession"."key", "sessions_app_conversationsession"."sid",',
         'INSERT INTO "sessions_app_message"',
         'UPDATE "sessions_app_turn" SET',
         'SELECT "sessions_app_message"."seq" AS',
@@ -105,7 +105,7 @@ def test_a_session_over_its_limit_anyway_is_appended_under_the_lock(make_session
         make_session(session_id, max_messages=10, at=now)
         for i in range(6):
             engine.message_append(session_id, "user" if i % 2 == 0 else "system", f"m{i}", now=now)
-        ConversationSession.objects.filter(pk=session_id).update(max_messages=1)
+        ConversationSession.objects.filter(sid=session_id).update(max_messages=1)
     used = []
     real = pg_append.append_bookkeeping
     monkeypatch.setattr(pg_append, "append_bookkeeping", lambda *args: used.append(1) or real(*args))

@@ -1,6 +1,7 @@
 """Change notifications reach the session's channel-layer group only after the commit."""
 
 import asyncio
+import uuid
 
 import pytest
 from channels.db import database_sync_to_async
@@ -22,7 +23,7 @@ async def test_append_notifies_with_sequence_and_turn():
     async with Listener("ev") as listener:
         await sync(engine.message_append, "ev", "user", "hi")
         event = await listener.get()
-    assert event == {"type": "session.event", "session_id": "ev", "kind": "message", "seq": 1, "turn": 1}
+    assert event == {"type": "session.event", "session": listener.key.hex, "kind": "message", "seq": 1, "turn": 1}
 
 
 class Abort(Exception):
@@ -75,7 +76,14 @@ async def test_each_kind_of_change_is_announced():
     assert kinds == ["config", "state", "cleared", "deleted"]
 
 
-def test_group_names_are_valid_for_any_session_id():
-    names = {events.group_name(i) for i in ["a", "x" * 128, "a:b.c-d_e"]}
+def test_group_names_are_valid_and_named_by_key():
+    keys = [uuid.uuid4() for _ in range(3)]
+    names = {events.group_name(key) for key in keys}
     assert len(names) == 3
     assert all(len(n) < 100 and n.replace(".", "").replace("-", "").replace("_", "").isalnum() for n in names)
+
+
+def test_events_are_addressed_by_key_never_by_id():
+    """A caller's id is not an address: another user may have the same id, or create it later."""
+    with pytest.raises(TypeError):
+        events.emit("support-42", events.MESSAGE)

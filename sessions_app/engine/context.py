@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 
 from ..models import ConversationSession, Message, Role, Turn
 from .errors import storage_errors
+from .purge import db_key
 
 
 def listed_messages(session: ConversationSession) -> QuerySet[Message]:
@@ -127,7 +128,8 @@ def _context_rows(session: ConversationSession, head_seq: int | None, upper: int
     ``upper``, in one query."""
     table = Message._meta.db_table
     newest = f"SELECT * FROM {table} WHERE session_id = %s AND seq >= %s AND role <> %s"
-    params: list[Any] = [session.pk, session.low_seq, Role.SYSTEM.value]
+    key = db_key(session.pk)
+    params: list[Any] = [key, session.low_seq, Role.SYSTEM.value]
     if upper is not None:
         newest += " AND seq < %s"
         params.append(upper)
@@ -135,7 +137,7 @@ def _context_rows(session: ConversationSession, head_seq: int | None, upper: int
     params.append(limit)
     if head_seq is not None:
         sql = f"SELECT * FROM {table} WHERE session_id = %s AND seq = %s UNION ALL {sql}"
-        params = [session.pk, head_seq, *params]
+        params = [key, head_seq, *params]
     return list(Message.objects.raw(sql, params))
 
 
