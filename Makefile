@@ -8,7 +8,7 @@ PORT ?= 8000
 PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432/convo
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/1
 
-.PHONY: run test test-sqlite test-postgres test-fast lint format bench venv services clean
+.PHONY: run dev test test-sqlite test-postgres test-fast lint format bench venv services clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,17 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed
 
+# Debug off (friendly error pages; static files collected and served by WhiteNoise). Without
+# DJANGO_SECRET_KEY, a key is generated into .secret_key on first start.
 run: venv
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py runserver $(HOST):$(PORT)
+
+# Development mode: Django's debug pages (they show settings: never on a reachable server).
+dev: venv
+	$(PY) manage.py migrate --noinput
+	DJANGO_DEBUG=true $(PY) manage.py runserver $(HOST):$(PORT)
 
 services:
 	bash .ci/services

@@ -4,7 +4,10 @@ Everything a deployment changes comes from the environment; with nothing set, Co
 SQLite file in the project and the in-memory channel layer, so a newcomer needs nothing else.
 """
 
+import contextlib
+import datetime as dt
 import os
+import secrets
 from pathlib import Path
 
 import dj_database_url
@@ -41,17 +44,83 @@ def env_float(name: str, default: float) -> float:
         raise ImproperlyConfigured(f"{name} must be a number (got {value!r})") from None
 
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise RuntimeError("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
-    SECRET_KEY = "convo-insecure-development-key-change-me"  # noqa: S105 - development only
+def secret_key_from_file(path: Path) -> str:
+    """Return the key kept in ``path``, creating it (random, mode 0600) on first use.
+
+    The file appears complete or not at all: the key is written to a private temporary file that is
+    then hard-linked into place, which fails if another process got there first (then its key wins).
+    """
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        from django.core.management.utils import get_random_secret_key
+
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(get_random_secret_key() + "\n")
+            with contextlib.suppress(FileExistsError):  # another process was first: its key wins
+                os.link(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        key = path.read_text().strip()
+    if not key:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"the secret key file {path} is empty: delete it or set DJANGO_SECRET_KEY")
+    return key
+
+
+# Debug is opt-in (DJANGO_DEBUG=true, or `make dev`): its error pages show settings and local variables.
+DEBUG = env_bool("DJANGO_DEBUG", False)
+# Without DJANGO_SECRET_KEY, a random key generated on first start and kept in a git-ignored file.
+CONVO_SECRET_KEY_FILE = Path(os.environ.get("CONVO_SECRET_KEY_FILE", "").strip() or BASE_DIR / ".secret_key")
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "") or secret_key_from_file(CONVO_SECRET_KEY_FILE)
 
 ALLOWED_HOSTS = [
     h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()
 ]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+# HTTPS deployments (CONVO_HTTPS=true): cookies only over HTTPS, HTTP redirected to HTTPS, and HSTS
+# for CONVO_HSTS_SECONDS (0 switches HSTS off, e.g. while trying HTTPS out).
+CONVO_HTTPS = env_bool("CONVO_HTTPS", False)
+CONVO_HSTS_SECONDS = env_int("CONVO_HSTS_SECONDS", 31536000) or 0
+if CONVO_HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = CONVO_HSTS_SECONDS
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("CONVO_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("CONVO_HSTS_PRELOAD", True)
+# Behind a TLS-terminating proxy: the request header that proxy sets to "https" (e.g.
+# HTTP_X_FORWARDED_PROTO for X-Forwarded-Proto). Only set it when the proxy always sets or strips it.
+CONVO_PROXY_SSL_HEADER = os.environ.get("CONVO_PROXY_SSL_HEADER", "").strip()
+if CONVO_PROXY_SSL_HEADER:
+    SECURE_PROXY_SSL_HEADER = (CONVO_PROXY_SSL_HEADER, "https")
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+# Content-Security-Policy (django-csp) on every response: scripts, styles and everything else from
+# Convo itself only, nothing inline. sessions_app.middleware adds the page's own websocket origin to
+# connect-src, and relaxes style-src for the Django admin only (its templates use inline styles).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 INSTALLED_APPS = [
     "daphne",
@@ -67,19 +136,26 @@ INSTALLED_APPS = [
     "template_partials",
     # In INSTALLED_APPS so the API docs page is served from django-ninja's bundled static files (no CDN).
     "ninja",
+    "csp",
+    "axes",
     "sessions_app",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # django-csp plus the per-request parts: the page's websocket origin, inline styles for the admin only.
+    "sessions_app.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "sessions_app.middleware.PrivateCacheMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes requires: turns a locked-out login into the lock-out page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "convo_site.urls"
@@ -126,6 +202,29 @@ else:
         }
     }
 
+# Login throttle (django-axes): after CONVO_LOGIN_FAILURE_LIMIT wrong passwords for one username, or
+# from one address, further logins for it are refused (429 and a lock-out page) for
+# CONVO_LOGIN_COOLOFF_MINUTES; a successful login resets the count. AxesStandaloneBackend only checks
+# the lock; ModelBackend authenticates.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+CONVO_LOGIN_FAILURE_LIMIT = env_int("CONVO_LOGIN_FAILURE_LIMIT", 5)
+CONVO_LOGIN_COOLOFF_MINUTES = env_int("CONVO_LOGIN_COOLOFF_MINUTES", 15)
+AXES_ENABLED = env_bool("CONVO_LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = CONVO_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = dt.timedelta(minutes=CONVO_LOGIN_COOLOFF_MINUTES or 15)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_LOCKOUT_CALLABLE = "sessions_app.middleware.login_locked_out"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False
+# The client address for the per-address count: REMOTE_ADDR (what daphne saw, or, with daphne's
+# --proxy-headers, the proxy's X-Forwarded-For), never a header a client could set freely.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -158,7 +257,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"sessions_app": {"handlers": ["console"], "level": CONVO_LOG_LEVEL}},
+    "loggers": {
+        "sessions_app": {"handlers": ["console"], "level": CONVO_LOG_LEVEL},
+        # Server errors (the friendly 500 page) leave their traceback in the server's log.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
 }
 
 # Convo: project-wide defaults of a session's config (the spec's SessionConfig::default()).

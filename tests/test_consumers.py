@@ -18,6 +18,7 @@ from sessions_app import engine, events
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 ORIGIN = (b"origin", b"http://localhost")
+HOST = (b"host", b"localhost")  # the handshake's own origin is its scheme (ws → http), Host and port
 
 
 @pytest.fixture(
@@ -63,7 +64,7 @@ def cookie_for(user):
 
 
 async def connect(session_id, user=None, origin=ORIGIN):
-    headers = [origin] if origin else []
+    headers = [HOST, origin] if origin else [HOST]
     if user is not None:
         cookie = await database_sync_to_async(cookie_for)(user)
         headers.append((b"cookie", cookie.encode()))

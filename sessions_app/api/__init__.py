@@ -109,7 +109,7 @@ api = ConvoAPI(
     docs_url="/docs",
     # Swagger UI from django-ninja's bundled static files ("ninja" in INSTALLED_APPS); no online
     # validator badge, so the page makes no request outside this server.
-    docs=Swagger(settings={"validatorUrl": None, "persistAuthorization": True}),
+    docs=Swagger(settings={"validatorUrl": None, "persistAuthorization": False}),
     openapi_url="/openapi.json",
 )
 install_handlers(api)
