@@ -23,7 +23,7 @@ from sessions_app.models import Reply
 from sessions_app.replies import workers
 
 from .replies_support import drain_replies
-from .test_consumers import ORIGIN, _quick_panels, hello, layer  # noqa: F401 (fixtures)
+from .test_consumers import HOST, ORIGIN, _quick_panels, hello, layer  # noqa: F401 (fixtures)
 
 SECRET = "hunter2"
 
@@ -49,7 +49,7 @@ async def open_socket(session_id: str, user=None, client: Client | None = None):
     if client is None:
         client = await database_sync_to_async(_login)(user)
     comm = WebsocketCommunicator(
-        application, f"/ws/sessions/{session_id}/", headers=[ORIGIN, (b"cookie", _cookie(client))]
+        application, f"/ws/sessions/{session_id}/", headers=[HOST, ORIGIN, (b"cookie", _cookie(client))]
     )
     connected, _ = await comm.connect(timeout=5)
     return comm, connected
@@ -253,3 +253,55 @@ async def test_hello_rechecks_the_login(user):
     await database_sync_to_async(get_user_model().objects.filter(pk=user.pk).update)(is_active=False)
     await socket.send_json_to({"type": "hello", "last_seq": 0})
     assert (await socket.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4401}
+
+
+# ---------------------------------------------------------------------------------------------
+# Namespaces, and operators who see every owner.
+
+
+def test_ids_are_unique_per_owner_and_ownerless_sessions_have_their_own_namespace(user, other_user):
+    mine = engine.session_create("dup", owner=user)
+    theirs = engine.session_create("dup", owner=other_user)
+    service = engine.session_create("dup")  # no owner
+    assert len({mine.pk, theirs.pk, service.pk}) == 3
+    for owner in (user, other_user, None):
+        with pytest.raises(engine.SessionAlreadyExists):
+            engine.session_create("dup", owner=owner)
+        assert engine.session_get("dup", owner=owner).owner_id == getattr(owner, "pk", None)
+    # The engine used by operators (ANY_OWNER): an id several owners have is refused clearly, on every
+    # path (PostgreSQL's one-statement append included); the key always works.
+    for call in (
+        lambda: engine.session_get("dup"),
+        lambda: engine.message_append("dup", "user", "hi"),
+        lambda: engine.state_set("dup", "k", "v"),
+        lambda: engine.session_delete("dup"),
+    ):
+        with pytest.raises(engine.SessionAmbiguous, match="Several owners have a session with the id dup"):
+            call()
+    assert engine.message_append(theirs.pk, "user", "by key").session_id == theirs.pk
+    assert engine.messages_all(engine.session_get("dup", owner=user)) == []
+    engine.session_delete(theirs.pk)
+    engine.session_delete(service.pk)
+    assert engine.session_get("dup") == mine  # one left: unambiguous again
+
+
+def test_operators_see_owner_and_id(admin_client, user, other_user):
+    import datetime as dt
+    import io
+
+    from django.core.management import call_command
+
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    for owner in (user, other_user):
+        engine.session_create("support-42", owner=owner, config=engine.SessionConfig(timeout_seconds=1), now=past)
+    out = io.StringIO()
+    call_command("purge_expired_sessions", "--dry-run", stdout=out)
+    assert "alice / support-42" in out.getvalue() and "bob / support-42" in out.getvalue()
+    assert str(engine.session_get("support-42", owner=user)) == "support-42 (alice)"
+    changelist = admin_client.get("/admin/sessions_app/conversationsession/").content.decode()
+    assert changelist.count(">support-42<") == 2 and ">alice<" in changelist and ">bob<" in changelist
+    key = engine.session_get("support-42", owner=other_user).pk
+    detail = admin_client.get(f"/admin/sessions_app/conversationsession/{key}/change/").content.decode()
+    assert "support-42" in detail and "bob" in detail
+    call_command("purge_expired_sessions", stdout=io.StringIO())
+    assert not engine.session_list()

@@ -25,18 +25,18 @@ ROLES = ["user", "assistant", "user", "assistant", "tool", "system"]
 def snapshot(session_id):
     """Everything an append writes, without ids and times."""
     session = ConversationSession.objects.get(sid=session_id)
-    ids = dict(Message.objects.filter(session_id=session_id).values_list("id", "seq"))
+    ids = dict(Message.objects.filter(session__sid=session_id).values_list("id", "seq"))
     return {
         "bookkeeping": [getattr(session, f) for f in ("last_seq", "low_seq", "head_seq", "turn_count", "total_tokens")],
         "listed": [m.seq for m in engine.messages_all(session)],
         "messages": list(
-            Message.objects.filter(session_id=session_id)
+            Message.objects.filter(session__sid=session_id)
             .order_by("seq")
             .values_list("seq", "role", "content", "name", "tool_call_id", "metadata", "tokens", "turn_number")
         ),
         "turns": [
             (t.number, ids[t.user_message_id], ids.get(t.assistant_response_id), t.completed_at is not None)
-            for t in Turn.objects.filter(session_id=session_id).order_by("number")
+            for t in Turn.objects.filter(session__sid=session_id).order_by("number")
         ],
         "context": [m.seq for m in engine.get_context(session, 40)],
     }
@@ -125,7 +125,7 @@ def test_concurrent_appends_keep_sequences_and_turns_gap_free(make_session):
     seqs = list(Message.objects.filter(session__sid="busy").order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, 201))
     session = engine.session_get("busy")
-    numbers = list(Turn.objects.filter(session_id="busy").order_by("number").values_list("number", flat=True))
+    numbers = list(Turn.objects.filter(session__sid="busy").order_by("number").values_list("number", flat=True))
     assert numbers == list(range(1, 101)) and session.turn_count == 100
     assert session.message_count == 30
     listed = engine.messages_all(session)
