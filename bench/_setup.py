@@ -33,13 +33,13 @@ def database_label() -> str:
 
 def make_long_session(session_id: str, owner, n_messages: int, *, batch: int = 5000):
     """A session of ``n_messages`` alternating user/assistant messages in complete turns, inserted in
-    bulk with exactly the bookkeeping the engine would have written (seq, turns, tokens, low/last seq).
+    bulk with exactly the bookkeeping the engine would have written (seq, turn numbers, tokens, low/last seq).
     """
     from django.db import transaction
     from django.utils import timezone
 
     from sessions_app import engine
-    from sessions_app.models import ConversationSession, Message, Turn
+    from sessions_app.models import ConversationSession, Message
 
     ConversationSession.objects.filter(sid=session_id, owner=owner).delete()
     session = engine.session_create(
@@ -79,19 +79,7 @@ def make_long_session(session_id: str, owner, n_messages: int, *, batch: int = 5
                         turn_number=turn_number,
                     )
                 )
-            created = Message.objects.bulk_create(rows)
-            turns = []
-            for message in created:
-                if message.role == "user":
-                    turns.append(
-                        Turn(session=session, number=message.turn_number, user_message=message, started_at=now)
-                    )
-                else:
-                    turns[-1].assistant_response = message
-                    turns[-1].completed_at = now
-            if created and created[0].role == "assistant":
-                raise RuntimeError("batches must start with a user message (use an even batch size)")
-            Turn.objects.bulk_create(turns)
+            Message.objects.bulk_create(rows)  # turns are read from the messages: no turn rows
             remaining -= len(rows)
         ConversationSession.objects.filter(pk=session.pk).update(
             last_seq=seq, turn_count=turn_number, total_tokens=total
@@ -100,6 +88,6 @@ def make_long_session(session_id: str, owner, n_messages: int, *, batch: int = 5
     from django.db import connection
 
     with connection.cursor() as cursor:
-        for model in (Message, Turn, ConversationSession):
+        for model in (Message, ConversationSession):
             cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
     return engine.session_get(session.pk)

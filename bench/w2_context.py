@@ -44,7 +44,7 @@ def build_convo_session(session_id: str, count: int) -> None:
     from django.db import connection, transaction
 
     from sessions_app import engine
-    from sessions_app.models import ConversationSession, Message, Turn
+    from sessions_app.models import ConversationSession, Message
 
     with contextlib.suppress(engine.SessionNotFound):
         engine.session_delete(session_id)
@@ -53,7 +53,7 @@ def build_convo_session(session_id: str, count: int) -> None:
         system_prompt=SYSTEM_PROMPT,
         config=engine.SessionConfig(max_messages=count, timeout_seconds=None),
     ).pk
-    msg, turn, sess = Message._meta.db_table, Turn._meta.db_table, ConversationSession._meta.db_table
+    msg, sess = Message._meta.db_table, ConversationSession._meta.db_table
     # Messages 2..count: i = seq - 2; even i is a user message opening turn i/2 + 1, odd i its answer.
     # The text is message_text(i)'s pattern, built in SQL; tokens is the spec's estimate of it.
     words = message_text(0).split(": ", 1)[1]
@@ -69,17 +69,6 @@ def build_convo_session(session_id: str, count: int) -> None:
             """,
             {"sid": key, "n": count, "words": words},
         )
-        cur.execute(f"ANALYZE {msg}")  # fresh statistics, or the join below may pick a nested seq scan
-        cur.execute(
-            f"""
-            INSERT INTO {turn} (session_id, number, user_message_id, assistant_response_id, started_at,
-                                completed_at, metadata)
-            SELECT u.session_id, u.turn_number, u.id, a.id, u.created_at, a.created_at, '{{}}'::jsonb
-            FROM {msg} u LEFT JOIN {msg} a ON a.session_id = u.session_id AND a.seq = u.seq + 1
-            WHERE u.session_id = %s AND u.role = 'user'
-            """,
-            [key],
-        )
         cur.execute(
             f"""
             UPDATE {sess} s SET last_seq = %(n)s, turn_count = (%(n)s - 1 + 1) / 2,
@@ -90,7 +79,6 @@ def build_convo_session(session_id: str, count: int) -> None:
         )
     with connection.cursor() as cur:
         cur.execute(f"VACUUM ANALYZE {msg}")
-        cur.execute(f"VACUUM ANALYZE {turn}")
 
 
 def spec_context(messages, budget: int):

@@ -154,6 +154,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "sessions_app.rendering.render_budget_middleware",  # bounds a request's Markdown rendering time
     # Last, as django-axes requires: turns a locked-out login into the lock-out page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -311,6 +312,22 @@ CONVO_MAX_CONTENT_CHARS = env_int("CONVO_MAX_CONTENT_CHARS", 32000)
 # Idempotency-Key is remembered.
 CONVO_API_MAX_BODY_BYTES = env_int("CONVO_API_MAX_BODY_BYTES", 1024 * 1024)
 CONVO_API_IDEMPOTENCY_TTL_SECONDS = env_int("CONVO_API_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
+
+# Convo: what one user can make the server do (issue 9). Counters (sign-up, API) live in Redis when
+# REDIS_URL is set, shared by every process; else in this process's cache (sessions_app.throttle).
+# Rendered Markdown larger than this (bytes of HTML) is shown as plain preformatted text instead.
+CONVO_MARKDOWN_MAX_HTML_BYTES = env_int("CONVO_MARKDOWN_MAX_HTML_BYTES", 128 * 1024)
+# Milliseconds of Markdown rendering one request may spend; messages after that show as plain text.
+CONVO_MARKDOWN_BUDGET_MS = env_int("CONVO_MARKDOWN_BUDGET_MS", 300)
+# Websocket frames a page may send per second (a token bucket with this burst); past it: closed, 1008.
+CONVO_WS_FRAMES_PER_SECOND = env_float("CONVO_WS_FRAMES_PER_SECOND", 5.0)
+CONVO_WS_FRAME_BURST = env_int("CONVO_WS_FRAME_BURST", 20)
+# Sign-up attempts per client address per hour ("none": unlimited); past it: 429.
+CONVO_SIGNUP_PER_HOUR = env_int("CONVO_SIGNUP_PER_HOUR", 10)
+# API requests per minute per API key (browser sessions: per user; "none": unlimited); past it: 429.
+CONVO_API_RATE_LIMIT = env_int("CONVO_API_RATE_LIMIT", 600)
+# Assistant replies one user may have running at once, over all their conversations; past it: 409.
+CONVO_MAX_CONCURRENT_REPLIES = env_int("CONVO_MAX_CONCURRENT_REPLIES", 3)
 
 
 # Convo: assistant replies (sessions_app.replies). CONVO_RESPONDER: "builtin" (offline, no model) or

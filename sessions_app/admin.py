@@ -17,7 +17,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from . import engine, keys
-from .models import ApiKey, ConversationSession, Message, Reply, Turn
+from .models import ApiKey, ConversationSession, Message, Reply, Turn, TurnEntry
+from .templatetags.convo_ui import display_json
 
 # How many of the newest messages and turns a session page shows inline (the rest: the linked lists).
 ADMIN_INLINE_ROWS = 200
@@ -63,10 +64,8 @@ class SessionIdFilter(admin.SimpleListFilter):
 
 
 def _pretty_json(value) -> str:
-    return format_html(
-        "<pre style='margin:0;white-space:pre-wrap'>{}</pre>",
-        json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
-    )
+    # Indented only while small and shallow, as in the chat's state panel (linear in the stored size).
+    return format_html("<pre style='margin:0;white-space:pre-wrap'>{}</pre>", display_json(value))
 
 
 @admin.register(ConversationSession)
@@ -137,7 +136,7 @@ class ConversationSessionAdmin(admin.ModelAdmin):
     @admin.display(description="turn timeline")
     def turn_timeline(self, obj: ConversationSession) -> str:
         rows = engine.turns(obj, newest=ADMIN_INLINE_ROWS)
-        link = reverse("admin:sessions_app_turn_changelist") + f"?session={obj.pk.hex}"
+        link = reverse("admin:sessions_app_turnentry_changelist") + f"?session={obj.pk.hex}"
         return render_to_string(
             "admin/sessions_app/turn_table.html", {"rows": rows, "total": obj.turn_count, "link": link}
         )
@@ -224,11 +223,14 @@ class MessageAdmin(_ReadOnlyAdmin):
         return obj.content if len(obj.content) <= 120 else obj.content[:119] + "…"
 
 
-@admin.register(Turn)
-class TurnAdmin(_ReadOnlyAdmin):
+@admin.register(TurnEntry)
+class TurnEntryAdmin(_ReadOnlyAdmin):
+    """Turns, derived as the engine derives them: one row per user message, with the turn's tool calls
+    and newest response found in its sequence range (up to the next turn's user message)."""
+
     list_display = [
         "session",
-        "number",
+        "turn_number",
         "user_content",
         "tool_call_count",
         "response_content",
@@ -236,41 +238,78 @@ class TurnAdmin(_ReadOnlyAdmin):
         "completed_at",
         "duration",
         "is_complete",
+        "metadata_json",
     ]
     list_filter = [SessionIdFilter]
     search_fields = ["=session__sid"]
-    list_select_related = ["session__owner", "user_message", "assistant_response"]
-    ordering = ["-started_at", "-id"]
+    ordering = ["-created_at", "-id"]
+    list_select_related = ["session__owner"]
     show_full_result_count = False
 
     def get_queryset(self, request):
-        # Count each turn's tool messages in the same query (no N+1 on the list page).
-        from django.db.models import Count, OuterRef, Subquery
+        # Each turn's tool-call count and newest response in the same query (no N+1 on the list page),
+        # each an index range scan over the turn's messages.
+        from django.db.models import Count, OuterRef, Subquery, Value
+        from django.db.models.functions import Coalesce
 
-        tools = (
-            Message.objects.filter(session=OuterRef("session"), turn_number=OuterRef("number"), role="tool")
-            .order_by()
-            .values("session")
-            .annotate(n=Count("id"))
-            .values("n")
+        next_user = engine.turn_user_messages(OuterRef("session"), OuterRef("turn_number") + 1).values("seq")[:1]
+        own = Message.objects.filter(session=OuterRef("session"), turn_number=OuterRef("turn_number"))
+        tools = own.filter(role="tool").order_by().values("session").annotate(n=Count("id")).values("n")
+        response = own.filter(
+            role="assistant", seq__gt=OuterRef("seq"), seq__lt=Coalesce(Subquery(next_user), Value(2**63 - 1))
+        ).order_by("-seq")[:1]
+        return (
+            super()
+            .get_queryset(request)
+            .filter(role="user")
+            .select_related("session__owner")
+            .annotate(
+                tool_calls_n=Subquery(tools),
+                response=Subquery(response.values("content")),
+                response_at=Subquery(response.values("created_at")),
+                turn_metadata=Subquery(
+                    Turn.objects.filter(session=OuterRef("session"), number=OuterRef("turn_number")).values("metadata")[
+                        :1
+                    ]
+                ),
+            )
         )
-        return super().get_queryset(request).annotate(tool_calls_n=Subquery(tools))
+
+    @admin.display(description="turn", ordering="turn_number")
+    def turn_number(self, obj: TurnEntry) -> int:
+        return obj.turn_number
 
     @admin.display(description="user message")
-    def user_content(self, obj: Turn) -> str:
-        return obj.user_message.content[:120]
+    def user_content(self, obj: TurnEntry) -> str:
+        return obj.content[:120]
 
     @admin.display(description="tool calls")
-    def tool_call_count(self, obj: Turn) -> int:
+    def tool_call_count(self, obj: TurnEntry) -> int:
         return obj.tool_calls_n or 0
 
     @admin.display(description="response")
-    def response_content(self, obj: Turn) -> str:
-        return obj.assistant_response.content[:120] if obj.assistant_response else "—"
+    def response_content(self, obj: TurnEntry) -> str:
+        return obj.response[:120] if obj.response is not None else "—"
+
+    @admin.display(description="started", ordering="created_at")
+    def started_at(self, obj: TurnEntry):
+        return obj.created_at
+
+    @admin.display(description="completed")
+    def completed_at(self, obj: TurnEntry):
+        return obj.response_at
+
+    @admin.display(description="duration")
+    def duration(self, obj: TurnEntry):
+        return obj.response_at - obj.created_at if obj.response_at is not None else None
 
     @admin.display(boolean=True, description="complete")
-    def is_complete(self, obj: Turn) -> bool:
-        return obj.is_complete
+    def is_complete(self, obj: TurnEntry) -> bool:
+        return obj.response is not None
+
+    @admin.display(description="metadata")
+    def metadata_json(self, obj: TurnEntry) -> str:
+        return json.dumps(obj.turn_metadata, ensure_ascii=False) if obj.turn_metadata else "—"
 
 
 class ApiKeyStatusFilter(admin.SimpleListFilter):

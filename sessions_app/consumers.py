@@ -9,14 +9,17 @@ Authorization: at connect the consumer finds the session by (user, id) and from 
 by its key: the group, the reads and every event it forwards are that session's, whoever later
 creates a session with the same id. Deleting the session closes the socket (4404); clearing it
 re-sends the page. The socket also joins its user's group: logging out (that browser), a new password
-or deactivation closes it (4401), and every ``hello`` re-checks that the login still holds, so a
-socket cannot outlive its login.
+or deactivation closes it (4401), and the hello re-checks that the login still holds, so a socket
+cannot outlive its login.
 
-Protocol (client → server, JSON): ``{"type": "hello", "last_seq": N, "budget": B}`` right after the
-socket opens — the server answers with exactly the listed messages after N, in order, plus fresh
-panels, and from then on pushes every change; ``{"type": "budget", "budget": B}`` when the page's
-context budget changes. Close code 4404: the session is gone (the page does not reconnect); 4401: the
-login ended (the page does not reconnect either).
+Protocol (client → server, JSON): ``{"type": "hello", "last_seq": N, "version": V, "budget": B}``
+right after the socket opens — the server answers with exactly the listed messages after N, in
+order, plus fresh panels unless the page's panels are current (V, the session header's
+``data-version``), and from then on pushes every change (a second hello is ignored);
+``{"type": "budget", "budget": B}`` when the page's context budget changes. Close code 4404: the
+session is gone (the page does not reconnect); 4401: the login ended (nor does it then); 1008: the
+page sent frames faster than CONVO_WS_FRAMES_PER_SECOND (burst CONVO_WS_FRAME_BURST), each of which
+may cost a rendering.
 
 Assistant replies: a REPLY event is rendered from the event itself (the streamed text and Stop while
 it runs, an alert when it failed), since deltas come many times a second; when it ends, Regenerate /
@@ -58,6 +61,7 @@ CATCHUP_MAX = 500
 PANEL_DELAY = 0.5
 CLOSE_GONE = 4404
 CLOSE_LOGGED_OUT = 4401
+CLOSE_POLICY = 1008  # the page sent more frames than CONVO_WS_FRAMES_PER_SECOND allows
 REPLY_ENDS = ("done", "stopped", "error")
 
 
@@ -182,6 +186,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
     _panels_since: float | None = None  # ... and a read started after this (for changes without a seq)
     _gone: bool = False
     _reply_events: int = 0  # REPLY events handled (a refresh's database view of the reply yields to them)
+    _hello_seen: bool = False
+    _closing: bool = False
+    _tokens: float | None = None  # the frame bucket (see _frame_allowed)
+    _tokens_at: float = 0.0
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale database connections before every handler, a hop into the database
@@ -221,6 +229,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 await self.channel_layer.group_discard(group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not self._frame_allowed():
+            if not self._closing:
+                self._closing = True
+                await self.close(code=CLOSE_POLICY)
+            return
         try:
             message = json.loads(text_data or "")
         except ValueError:
@@ -231,11 +244,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
             budget = message.get("budget")
             self.budget = budget if _positive_int(budget) and budget > 0 else None
         if message.get("type") == "hello":
+            if self._hello_seen:
+                return  # one catch-up per socket: from then on it is sent every change
+            self._hello_seen = True
             if not await database_sync_to_async(self._still_logged_in)():
                 await self._revoke()
                 return
             after = _positive_int(message.get("last_seq")) or 0
-            await self._refresh(time.monotonic(), after=after)
+            await self._hello(time.monotonic(), after, message.get("version"))
         elif message.get("type") == "budget" and self.last_seq is not None:
             self._schedule_panels(seq=self.last_seq)
 
@@ -301,6 +317,42 @@ class SessionConsumer(AsyncWebsocketConsumer):
                     await self.channel_layer.group_discard(group, self.channel_name)
             await self.close(code=CLOSE_LOGGED_OUT)
 
+    def _frame_allowed(self) -> bool:
+        """A token bucket per socket: CONVO_WS_FRAME_BURST frames at once, refilled at
+        CONVO_WS_FRAMES_PER_SECOND. A page sends a hello and the odd budget change; a flood of frames,
+        each of which may cost a rendering, closes the socket."""
+        now = time.monotonic()
+        burst = settings.CONVO_WS_FRAME_BURST
+        if self._tokens is None:
+            self._tokens = float(burst)
+        else:
+            self._tokens = min(burst, self._tokens + (now - self._tokens_at) * settings.CONVO_WS_FRAMES_PER_SECOND)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    async def _hello(self, t0: float, after: int, version: Any) -> None:
+        """Catch up a page that opened or reconnected: only what it lacks. A page with the newest
+        message and the current panels (``version``, see rendering.panels_version) gets nothing, or
+        just the reply as the database has it when one is running or failed."""
+        session = await self._snapshot(since=t0)
+        if session is None:
+            return
+        if after != session.last_seq or version != rendering.panels_version(session):
+            await self._refresh(t0, after=after)
+            return
+        self.last_seq = session.last_seq
+        reply_events = self._reply_events
+        try:
+            html = await database_sync_to_async(rendering.render_reply_if_any_oob)(session)
+        except engine.SessionNotFound:
+            await self._send_gone()
+            return
+        if html and self._reply_events == reply_events:
+            await self.send(text_data=html)
+
     def _find(self, user: Any) -> ConversationSession | None:
         try:
             return engine.session_get(self.session_id, owner=user)
@@ -355,7 +407,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
         def build() -> str | None:
             try:
-                return render_cache.put(key, render())
+                with rendering.render_budget():  # Markdown time bounded per push, as per request
+                    return render_cache.put(key, render())
             except engine.SessionNotFound:
                 return None
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
+import contextlib
 import logging
 import os
 import threading
@@ -92,17 +94,27 @@ async def _send_all(layer: Any, events: list[tuple[str, dict[str, Any]]]) -> Non
         await layer.group_send(group, event)
 
 
+# While events keep coming, how long the sender lets them gather between batches (a change in a busy
+# stream reaches pages at most this much later; the first one after a pause goes at once).
+SENDER_LINGER = 0.01
+
+
 class _Sender:
-    """One long-lived event loop thread per process that sends queued events in order."""
+    """One long-lived event loop thread per process that sends queued events in order.
+
+    Handing events over costs the writer one ``deque.append`` (atomic, no lock) and, only when the
+    sender is idle and waiting, one wake-up through the loop's self-pipe. The sender sends the first
+    event at once; while more keep coming it polls every ``SENDER_LINGER`` seconds, taking everything
+    queued at once and sending it in order; within such a batch, consecutive MESSAGE events of one session become
+    the newest of them (a page re-reads the database from its last sequence number, so the newest
+    tells it everything), which keeps each session's order and drops no other kind. So a busy writer
+    neither wakes the sender nor shares the CPU with one send per write.
+    """
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.pending = 0
-        self.lock = threading.Lock()
-        self.idle = threading.Event()
-        self.idle.set()
+        self.queue: collections.deque = collections.deque()
+        self.waiter: asyncio.Future | None = None  # set while the sender waits for work
         self.thread = threading.Thread(target=self._run, name="convo-event-sender", daemon=True)
         self.thread.start()
 
@@ -110,37 +122,96 @@ class _Sender:
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self._work())
 
-    async def _work(self) -> None:
-        while True:
-            layer, events = await self.queue.get()
-            try:
-                await _send_all(layer, events)
-            except Exception:  # a push failure must never undo or fail a committed write
-                logger.exception("Could not push %d session event(s) to the channel layer", len(events))
-            with self.lock:
-                self.pending -= 1
-                if not self.pending:
-                    self.idle.set()
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    def submit(self, layer: Any, events: list[tuple[str, dict[str, Any]]]) -> None:
-        with self.lock:
-            self.pending += 1
-            self.idle.clear()
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (layer, events))
+    async def _work(self) -> None:
+        queue = self.queue
+        while True:
+            if not queue:
+                # Announce the wait before looking again: a writer that appends after the look sees
+                # the waiter and wakes it; one that appended before it is seen here.
+                self.waiter = self.loop.create_future()
+                if not queue:
+                    await self.waiter
+                self.waiter = None
+            # The first batch goes at once; then, while events keep coming, poll every SENDER_LINGER
+            # seconds (no wake-ups from the writers meanwhile), sending what gathered as one batch.
+            while queue:
+                batch = []
+                with contextlib.suppress(IndexError):
+                    while True:
+                        batch.append(queue.popleft())
+                for layer, events in _coalesce(batch):
+                    if layer is None:
+                        events.set()  # a flush marker: everything queued before it was sent
+                        continue
+                    try:
+                        await _send_all(layer, events)
+                    except Exception:  # a push failure must never undo or fail a committed write
+                        logger.exception("Could not push %d session event(s) to the channel layer", len(events))
+                await asyncio.sleep(SENDER_LINGER)
+
+    def submit(self, layer: Any, events: Any) -> None:
+        self.queue.append((layer, events))
+        if self.waiter is not None:
+            self.loop.call_soon_threadsafe(self._wake)
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything submitted was sent (at exit, so a script's last events go out)."""
-        return self.idle.wait(timeout)
+        done = threading.Event()
+        self.submit(None, done)
+        return done.wait(timeout)
+
+
+def _coalesce(batch: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """The batch with each run of MESSAGE events of one session (nothing else of that session between
+    them) replaced by its newest event, at the place of the first; everything else as it was."""
+    if len(batch) < 2:
+        return batch
+    out: list[tuple[Any, Any]] = []
+    last: dict[tuple[int, str], tuple[int, int]] = {}  # (layer, group) -> where its latest event is
+    for layer, events in batch:
+        if layer is None:
+            out.append((layer, events))
+            continue
+        kept = []
+        for item in events:  # (group, event): a session's group is named by its key
+            key = (id(layer), item[0])
+            at = last.get(key)
+            if item[1].get("kind") == MESSAGE and at is not None:
+                where, index = at
+                if out[where][1][index][1].get("kind") == MESSAGE:
+                    out[where][1][index] = item
+                    continue
+            kept.append(item)
+            last[key] = (len(out), len(kept) - 1)
+        if kept:
+            out.append((layer, kept))
+    return out
 
 
 _sender_instance: _Sender | None = None
 _sender_lock = threading.Lock()
 
 
+def _forget_sender() -> None:
+    global _sender_instance
+    _sender_instance = None  # a forked child starts its own sender (the thread did not survive the fork)
+
+
+os.register_at_fork(after_in_child=_forget_sender)
+
+
 def _sender() -> _Sender:
     global _sender_instance
+    sender = _sender_instance
+    if sender is not None:
+        return sender
     with _sender_lock:
-        if _sender_instance is None or _sender_instance.pid != os.getpid():
+        if _sender_instance is None:
             _sender_instance = _Sender()
             atexit.register(_sender_instance.flush, 10.0)
         return _sender_instance

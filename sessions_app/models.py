@@ -139,9 +139,11 @@ class Message(models.Model):
         ordering = ["session", "seq"]
         constraints = [models.UniqueConstraint(fields=["session", "seq"], name="message_session_seq_unique")]
         indexes = [
-            # A turn's tool calls (the only lookup by turn: user and assistant messages are referenced
-            # by the turn row), so only tool messages pay for this index.
+            # A turn's tool calls (only tool messages pay for this index).
             models.Index(fields=["session", "turn_number"], name="message_tool_turn", condition=Q(role="tool")),
+            # A turn's user message, where its messages start (turns are derived from the messages; only
+            # user messages pay for this index).
+            models.Index(fields=["session", "turn_number"], name="message_user_turn", condition=Q(role="user")),
         ]
 
     def __str__(self) -> str:
@@ -149,42 +151,35 @@ class Message(models.Model):
 
 
 class Turn(models.Model):
+    """A turn's metadata (e.g. the error of a failed reply), the only part of a turn not derived.
+
+    A turn itself is read from its messages (``engine.turns``): its user message is the user message
+    with its number, its tool calls the tool messages with it, its response the newest assistant
+    message with it, its times those messages' times. A row exists only once a turn gets metadata,
+    so an append writes no turn row.
+    """
+
     session = models.ForeignKey(ConversationSession, on_delete=models.CASCADE, related_name="turns", db_index=False)
     number = models.PositiveIntegerField()
-    # A turn's messages are always deleted together with the turn (clear, delete, purge in the engine),
-    # so the database need not check these references: that would double the purge's work.
-    user_message = models.ForeignKey(
-        Message, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False, db_index=False
-    )
-    assistant_response = models.ForeignKey(
-        Message,
-        null=True,
-        blank=True,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_constraint=False,
-        db_index=False,
-    )
-    started_at = models.DateTimeField()
-    completed_at = models.DateTimeField(null=True, blank=True)
     metadata = models.JSONField(default=dict, blank=True, help_text="E.g. the error of a failed reply.")
 
     class Meta:
         ordering = ["session", "number"]
         constraints = [models.UniqueConstraint(fields=["session", "number"], name="turn_session_number_unique")]
+        verbose_name = "turn metadata"
+        verbose_name_plural = "turn metadata"
 
     def __str__(self) -> str:
         return f"{self.session} turn {self.number}"
 
-    @property
-    def is_complete(self) -> bool:
-        return self.assistant_response_id is not None
 
-    @property
-    def duration(self) -> dt.timedelta | None:
-        if self.completed_at is None:
-            return None
-        return self.completed_at - self.started_at
+class TurnEntry(Message):
+    """A turn as the admin lists it: the user message that opened it (turns are read from messages)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "turn"
+        verbose_name_plural = "turns"
 
 
 def _now() -> dt.datetime:

@@ -7,9 +7,15 @@ byte for byte what a reload would show.
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import re
+import threading
+import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +25,13 @@ from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Substr
 from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
 from . import engine, replies
 from .forms import EditSessionForm
-from .models import ConversationSession, Message, Role, Turn
+from .models import ConversationSession, Message, Role
 
 # ---------------------------------------------------------------------------------------------
 # Markdown: CommonMark with tables and strikethrough; raw HTML is not passed through by the parser,
@@ -34,6 +41,20 @@ from .models import ConversationSession, Message, Role, Turn
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable(
     ["table", "strikethrough"]
 )
+
+
+def _image_or_link(self, tokens, idx, options, env) -> str:
+    """Markdown never loads a remote resource (issue 9): an image whose source has a scheme or a host
+    becomes a link to it, labelled with its alt text; a path on this site stays an image."""
+    token = tokens[idx]
+    src = token.attrGet("src") or ""
+    if not re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*:|//|\\)", src.strip()):
+        return self.image(tokens, idx, options, env)
+    label = self.renderInlineAsText(token.children or [], options, env) or src
+    return f'<a href="{escape(src)}">{escape("Image: " + label)}</a>'
+
+
+_markdown.add_render_rule("image", _image_or_link)
 _ALLOWED_TAGS = {
     "p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li",
     "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td", "img",
@@ -47,15 +68,68 @@ _ALLOWED_ATTRIBUTES = {
 }
 
 
+# The cost of Markdown is bounded three ways (issue 9): a message whose tables would have more
+# than MAX_TABLE_CELLS cells (markdown-it's costly case: ~0.1 ms a cell, and a 32,000-character
+# table took 3 s and gave 690 KB) or whose HTML would exceed CONVO_MARKDOWN_MAX_HTML_BYTES is shown
+# as plain preformatted text; each text is rendered once per process (a cache bounded in bytes);
+# and a request that has spent CONVO_MARKDOWN_BUDGET_MS rendering shows the rest as plain text.
+MAX_TABLE_CELLS = 2000
+CACHE_BYTES = 32 * 1024 * 1024
+_TABLE_DELIMITER = re.compile(r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$", re.MULTILINE)
+_TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def escape_text(text: str) -> str:
+    """Escape for an element's text (``<pre>``, ``<textarea>``): quotes need no escaping there."""
+    return text.translate(_TEXT_ESCAPES)
+
+
 def markdown_html(text: str) -> SafeString:
-    """Render Markdown to sanitized HTML."""
-    return mark_safe(_markdown_clean(text))  # noqa: S308 - sanitized by nh3
+    """Render Markdown to sanitized HTML, or plain preformatted text when that would cost too much."""
+    html = _markdown_cache.get(text)
+    if html is None:
+        budget = _budget.get()
+        if budget is not None and budget.spent:
+            return mark_safe(plain_html(text))  # noqa: S308 - escaped; not cached: a later request renders it
+        started = time.perf_counter()
+        html = _markdown_or_plain(text)
+        if budget is not None:
+            budget.charge(time.perf_counter() - started)
+        _markdown_cache.put(text, html)
+    return mark_safe(html)  # noqa: S308 - sanitized by nh3, or escaped
 
 
-@functools.lru_cache(maxsize=4096)
-def _markdown_clean(text: str) -> str:
-    """Markdown → HTML → nh3; a pure function of the text, so the newest results are kept."""
+def markdown_deferred(text: str) -> bool:
+    """Whether ``markdown_html(text)`` would now give plain text only because this request's render
+    budget is spent (a cached fragment of it must not outlive the request)."""
+    budget = _budget.get()
+    return budget is not None and budget.spent and _markdown_cache.get(text) is None
+
+
+def plain_html(text: str) -> str:
+    return f'<pre class="plain">{escape_text(text)}</pre>'
+
+
+def table_cells(text: str) -> int:
+    """An upper bound of the cells markdown-it would make of the text's tables (0: none)."""
+    if "|" not in text or "-" not in text:
+        return 0
+    columns = 0
+    for match in _TABLE_DELIMITER.finditer(text):
+        if "|" in match.group(0):
+            columns = max(columns, match.group(0).count("|") + 1)
+    if not columns:
+        return 0
+    return columns * (text.count("\n") + 1)
+
+
+def _markdown_or_plain(text: str) -> str:
+    """Markdown → HTML → nh3, or the plain text when its tables or its HTML are too large."""
+    if table_cells(text) > MAX_TABLE_CELLS:
+        return plain_html(text)
     html = _markdown.render(text)
+    if len(html) > settings.CONVO_MARKDOWN_MAX_HTML_BYTES:
+        return plain_html(text)
     clean = nh3.clean(
         html,
         tags=_ALLOWED_TAGS,
@@ -65,6 +139,86 @@ def _markdown_clean(text: str) -> str:
         filter_style_properties={"text-align"},
     )
     return clean
+
+
+class _ByteBoundedCache:
+    """Rendered Markdown by its text's digest, newest kept, at most ``limit`` bytes of HTML."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: OrderedDict[bytes, str] = OrderedDict()
+        self._size = 0
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def get(self, text: str) -> str | None:
+        key = self._key(text)
+        with self._lock:
+            html = self._items.get(key)
+            if html is not None:
+                self._items.move_to_end(key)
+            return html
+
+    def put(self, text: str, html: str) -> None:
+        key = self._key(text)
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._size -= len(old)
+            self._items[key] = html
+            self._size += len(html)
+            while self._size > self._limit and self._items:
+                self._size -= len(self._items.popitem(last=False)[1])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
+
+_markdown_cache = _ByteBoundedCache(CACHE_BYTES)
+
+
+class RenderBudget:
+    """Seconds of Markdown rendering left to one request (or one websocket push)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+    @property
+    def spent(self) -> bool:
+        return self.left <= 0
+
+    def charge(self, seconds: float) -> None:
+        self.left -= seconds
+
+
+_budget: ContextVar[RenderBudget | None] = ContextVar("convo_render_budget", default=None)
+
+
+@contextmanager
+def render_budget(milliseconds: int | None = None) -> Iterator[RenderBudget]:
+    """Give the rendering inside the block a budget (default CONVO_MARKDOWN_BUDGET_MS)."""
+    ms = settings.CONVO_MARKDOWN_BUDGET_MS if milliseconds is None else milliseconds
+    budget = RenderBudget(ms / 1000)
+    token = _budget.set(budget)
+    try:
+        yield budget
+    finally:
+        _budget.reset(token)
+
+
+def render_budget_middleware(get_response):
+    """Every request renders its Markdown within one budget (see render_budget)."""
+
+    def middleware(request):
+        with render_budget():
+            return get_response(request)
+
+    return middleware
 
 
 def fingerprint(*parts: Any) -> str:
@@ -126,10 +280,10 @@ def sidebar_entries(user: Any, *, only: uuid.UUID | None = None, now=None) -> li
 
     One query whatever the number of sessions: the title is turn 1's user message (the first user
     message: every user message opens a turn, and turns outlive max_messages), a correlated subquery
-    on the (session, number) unique index; ``only`` (a key) restricts it to one session, for a live update.
+    on the partial index of user messages by turn; ``only`` (a key) restricts it to one session, for a live update.
     """
     now = now or timezone.now()
-    first_user = Turn.objects.filter(session=OuterRef("pk"), number=1).values("user_message__content")[:1]
+    first_user = engine.turn_user_messages(OuterRef("pk"), 1).values("content")[:1]
     qs = (
         ConversationSession.objects.filter(owner=user)
         .annotate(first_user_message=Substr(Subquery(first_user), 1, 80))
@@ -219,13 +373,25 @@ def panels_context(
     return ctx
 
 
-def last_turn(session: ConversationSession, turns: list[Turn] | None = None) -> Turn | None:
+def last_turn(session: ConversationSession, turns: list[engine.TurnView] | None = None) -> engine.TurnView | None:
     """The session's last turn (from the newest turns when at hand), which Regenerate and Retry answer."""
     if not session.turn_count:
         return None
     if turns and turns[-1].number == session.turn_count:
         return turns[-1]
-    return Turn.objects.filter(session=session, number=session.turn_count).first()
+    return engine.last_turn(session)
+
+
+def panels_version(session: ConversationSession, now=None) -> str:
+    """A digest of everything the panels show from the session's row. A page sends the version of
+    the panels it has with its hello; when it matches and the page has the newest message, the
+    catch-up sends nothing (a reconnect costs no rendering)."""
+    return fingerprint(
+        session.pk, session.last_seq, session.low_seq, session.head_seq, session.turn_count,
+        session.total_tokens, session.updated_at, session.expires_at, session.is_expired(now),
+        session.max_messages, session.max_tokens, session.timeout_seconds, session.persist_system_prompt,
+        session.system_prompt, session.metadata, session.variables, session.data,
+    )  # fmt: skip
 
 
 def list_bounds(session: ConversationSession) -> dict[str, Any]:
@@ -306,7 +472,7 @@ def reply_context(
     }
 
 
-def reply_state(session: ConversationSession, turn: Turn | None = None) -> dict[str, Any]:
+def reply_state(session: ConversationSession, turn: engine.TurnView | None = None) -> dict[str, Any]:
     """The reply area as the database has it: the running reply (its text so far and a Stop button),
     or the last turn's failed reply, or nothing. For a page that opens or reconnects mid-reply."""
     running = replies.running_reply(session)
@@ -329,6 +495,16 @@ def render_reply_oob(
 def render_reply_state_oob(session: ConversationSession) -> str:
     """The reply stream as the database has it (see reply_state), after a (re)connect."""
     return render_partial("reply-stream", {**reply_state(session), "announce": False, "oob": True})
+
+
+def render_reply_if_any_oob(session: ConversationSession) -> str:
+    """The reply stream and actions when a reply runs or the last one failed; else nothing (a page
+    that reconnects with everything else current)."""
+    state = reply_state(session)
+    if not state["reply_state"]:
+        return ""
+    stream = render_partial("reply-stream", {**state, "announce": False, "oob": True})
+    return stream + render_reply_actions_oob(session)
 
 
 def render_reply_actions_oob(session: ConversationSession) -> str:

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import engine, keys, rendering, replies
+from . import engine, keys, rendering, replies, throttle
 from .forms import (
     BudgetForm,
     DataForm,
@@ -100,6 +100,9 @@ def _after_write(request: HttpRequest, session_id: str) -> HttpResponse:
 # ---------------------------------------------------------------------------------------------
 # Accounts and home.
 
+TOO_MANY_REQUESTS = 429
+SIGNUP_THROTTLED = "Too many sign-up attempts from your address ({limit} an hour): try again in {minutes} minute(s)."
+
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
@@ -120,6 +123,16 @@ def signup(request: HttpRequest) -> HttpResponse:
         return redirect("home")
     form = SignUpForm(request.POST or None)
     if request.method == "POST":
+        # Every attempt counts, whatever its outcome: account creation costs a password hash, and
+        # the form's "already exists" error must not become a fast way to list user names.
+        limit = settings.CONVO_SIGNUP_PER_HOUR
+        retry_after = throttle.hit("signup", request.META.get("REMOTE_ADDR", ""), limit=limit, window=3600)
+        if retry_after is not None:
+            minutes = -(-retry_after // 60)
+            ctx = {"form": SignUpForm(), "throttled": SIGNUP_THROTTLED.format(limit=limit, minutes=minutes)}
+            response = render(request, "registration/signup.html", ctx, status=TOO_MANY_REQUESTS)
+            response["Retry-After"] = str(retry_after)
+            return response
         if form.is_valid():
             user = form.save()
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")

@@ -9,7 +9,7 @@ went through, else it holds the message and the status to answer with.
 | raised | answer | status |
 | --- | --- | --- |
 | SessionNotFound | Http404 | 404 |
-| ReplyInProgress, NothingToReply | its message | 409 |
+| ReplyInProgress, NothingToReply, TooManyReplies | its message | 409 |
 | ImproperlyConfigured (the responder settings) | ``unconfigured`` | 503 |
 | SessionExpired | ``expired`` | ``status`` (422) |
 | SessionAlreadyExists | "That id is taken" on ``session_id`` | ``status`` |
@@ -88,7 +88,7 @@ def _answer(
 ) -> tuple[str, int, str | None] | None:
     """(message, status, form field or None) for a refusal; None for an error that is not one (or
     that only a form can show)."""
-    if isinstance(exc, replies.ReplyInProgress | replies.NothingToReply):
+    if isinstance(exc, replies.ReplyInProgress | replies.NothingToReply | replies.TooManyReplies):
         return str(exc), CONFLICT, None
     if isinstance(exc, ImproperlyConfigured):
         return unconfigured.format(exc=exc), UNAVAILABLE, None

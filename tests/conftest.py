@@ -4,7 +4,7 @@ import os
 import pytest
 from django.conf import settings
 
-from sessions_app import engine
+from sessions_app import engine, throttle
 
 from .fake_openai import FakeOpenAI
 from .replies_support import API_KEY, drain_replies
@@ -26,6 +26,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    """Rate-limit counters (sign-up, API) start at zero in every test (on Redis they outlive the run)."""
+    throttle.reset()
 
 
 @pytest.fixture

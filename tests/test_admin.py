@@ -100,9 +100,28 @@ def test_message_and_turn_lists_filter_by_role_and_session(staff):
     messages_url = reverse("admin:sessions_app_message_changelist")
     body = staff.get(messages_url, {"role": "tool", "session": "s2"}).content.decode()
     assert "call-2" in body and "call-3" not in body
-    turns = staff.get(reverse("admin:sessions_app_turn_changelist"), {"session": "s5"})
+    turns = staff.get(reverse("admin:sessions_app_turnentry_changelist"), {"session": "s5"})
     assert turns.status_code == 200
     assert "question number 5" in turns.content.decode()
+
+
+def test_turn_list_is_derived_from_the_messages(staff):
+    """One row per turn (its user message), with its tool calls and newest response; constant queries."""
+    add("s1", "assistant", "a better answer")  # complete() again: the newest response is the turn's
+    add("s1", "user", "still open")
+    add("s2", "user", "next question")
+    url = reverse("admin:sessions_app_turnentry_changelist")
+    with CaptureQueriesContext(connection) as queries:
+        body = staff.get(url, {"session": "s1"}).content.decode()
+    rows = body.split("<tbody>")[1].split("</tbody>")[0].split("<tr")[1:]
+    assert len(rows) == 2  # turns 2 and 1 of s1, newest first
+    assert "still open" in rows[0] and "answer 1" not in rows[0] and 'alt="False"' in rows[0]
+    assert "question number 1" in rows[1] and "a better answer" in rows[1] and "answer 1<" not in rows[1]
+    assert '<td class="field-tool_call_count">1</td>' in rows[1] and 'alt="True"' in rows[1]
+    everything = len(queries)
+    with CaptureQueriesContext(connection) as queries:
+        assert "next question" in staff.get(url).content.decode()
+    assert len(queries) == everything
 
 
 def test_non_staff_cannot_see_admin(client, user):

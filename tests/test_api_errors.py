@@ -47,6 +47,8 @@ DOCUMENTED = {
     ("PUT", "/sessions/{id}/state/data/{key}"): {200, 400, 401, 403, 404, 410, 413, 422},
     ("DELETE", "/sessions/{id}/state/data/{key}"): {204, 401, 403, 404, 410},
 }
+# Since issue 9 every operation counts against the caller's rate limit, so each also documents 429.
+DOCUMENTED = {operation: statuses | {429} for operation, statuses in DOCUMENTED.items()}
 
 # The exceptions the request itself raises arrive as Ninja's and Django's own.
 AS_RAISED = {
@@ -106,6 +108,6 @@ def test_request_errors_follow_from_method_and_signature():
     def page(request, id: str, limit: int = 10):
         pass
 
-    assert {status_and_code(e)[0] for e in request_errors("GET", read)} == {401}
-    assert {status_and_code(e)[0] for e in request_errors("DELETE", read)} == {401, 403}
-    assert {status_and_code(e)[0] for e in request_errors("GET", page)} == {401, 422}
+    assert {status_and_code(e)[0] for e in request_errors("GET", read)} == {401, 429}
+    assert {status_and_code(e)[0] for e in request_errors("DELETE", read)} == {401, 403, 429}
+    assert {status_and_code(e)[0] for e in request_errors("GET", page)} == {401, 422, 429}

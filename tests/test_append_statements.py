@@ -52,24 +52,22 @@ def test_sqlite_append_runs_under_the_row_lock(make_session):
     if connection.vendor != "sqlite":
         pytest.skip("the locking path's statements on SQLite")
     make_session("s", max_messages=2)
-    # BEGIN IMMEDIATE (takes the write lock), SELECT the session (lock_session), INSERT the message,
-    # INSERT its turn (a user message opens one), UPDATE the session's bookkeeping, COMMIT.
+    # BEGIN IMMEDIATE (takes the write lock), SELECT the session (lock_session), INSERT the message
+    # (its turn_number opens the turn: no turn row), UPDATE the session's bookkeeping, COMMIT.
     assert statements("s", "user") == [
         "BEGIN IMMEDIATE",
         'SELECT "sessions_app_conversationsession"."key", "sessions_app_conversationsession"."sid",',
         'INSERT INTO "sessions_app_message"',
-        'INSERT INTO "sessions_app_turn"',
         'UPDATE "sessions_app_conversationsession" SET',
         "COMMIT",
     ]
     engine.message_append("s", "assistant", "answer")
-    # At the limit: the same, plus the SELECT of the oldest listed messages that enforce_limits drops;
-    # an assistant message UPDATEs its turn instead of inserting one.
+    # At the limit: the same, plus the SELECT of the oldest listed messages that enforce_limits drops
+    # (an assistant message completes its turn by its turn_number alone).
     assert statements("s", "assistant") == [
         "BEGIN IMMEDIATE",
         'SELECT "sessions_app_conversationsession"."key", "sessions_app_conversationsession"."sid",',
         'INSERT INTO "sessions_app_message"',
-        'UPDATE "sessions_app_turn" SET',
         'SELECT "sessions_app_message"."seq" AS',
         'UPDATE "sessions_app_conversationsession" SET',
         "COMMIT",

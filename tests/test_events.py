@@ -87,3 +87,72 @@ def test_events_are_addressed_by_key_never_by_id():
     """A caller's id is not an address: another user may have the same id, or create it later."""
     with pytest.raises(TypeError):
         events.emit("support-42", events.MESSAGE)
+
+
+def _event(session, kind, **data):
+    """(group, event) as emit queues them (a session's group is named by its key; here, by a letter)."""
+    return ("convo.session." + session, {"type": "session.event", "session": session, "kind": kind, **data})
+
+
+def test_a_batch_keeps_each_sessions_order_and_only_merges_message_runs():
+    layer = object()
+    a1, a2, a3 = (_event("a", events.MESSAGE, seq=n) for n in (1, 2, 3))
+    b1, b2 = _event("b", events.MESSAGE, seq=1), _event("b", events.MESSAGE, seq=2)
+    reply = _event("a", events.REPLY, state="delta", text="x")
+    cleared, deleted = _event("a", events.CLEARED), _event("b", events.DELETED)
+    a4 = _event("a", events.MESSAGE, seq=1)
+    marker = object()
+    batch = [(layer, [a1]), (layer, [b1]), (layer, [a2]), (None, marker), (layer, [reply]), (layer, [a3])]
+    batch += [(layer, [cleared, b2]), (layer, [a4]), (layer, [deleted])]
+    sent = events._coalesce(batch)
+    flat = [e for target, group in sent if target is not None for e in group]
+    # a: 1,2 merge into 2; the reply and the clear stay between; b: 1,2 merge into 2, then deleted.
+    assert [e for e in flat if e[1]["session"] == "a"] == [a2, reply, a3, cleared, a4]
+    assert [e for e in flat if e[1]["session"] == "b"] == [b2, deleted]
+    assert (None, marker) in sent
+    assert events._coalesce([(layer, [a1])]) == [(layer, [a1])]
+
+
+async def test_a_burst_of_appends_arrives_in_order_with_the_newest_sequence_last():
+    await sync(engine.session_create, "ev")
+
+    def burst():
+        for i in range(30):
+            engine.message_append("ev", "user", f"m{i}")
+        engine.session_clear_messages("ev")
+        engine.message_append("ev", "user", "after the clear")
+        engine.session_delete("ev")
+
+    async with Listener("ev") as listener:
+        await sync(burst)
+        received = []
+        while not received or received[-1]["kind"] != events.DELETED:
+            event = await listener.get()
+            assert event is not None, received
+            received.append(event)
+    kinds = [e["kind"] for e in received]
+    cleared = kinds.index(events.CLEARED)
+    before = [e["seq"] for e in received[:cleared]]
+    assert before == sorted(before) and before[-1] == 30 and set(kinds[:cleared]) == {events.MESSAGE}
+    assert kinds[cleared:] == [events.CLEARED, events.MESSAGE, events.DELETED]
+    assert received[cleared + 1]["seq"] == 31
+
+
+def test_flush_waits_for_what_was_queued():
+    sent = []
+
+    async def slow_send(layer, batch):
+        await asyncio.sleep(0.05)
+        sent.extend(batch)
+
+    sender = events._Sender()
+    original = events._send_all
+    events._send_all = slow_send
+    try:
+        for i in range(5):
+            sender.submit("layer", [_event("f", events.MESSAGE, seq=i)])
+        sender.submit("layer", [_event("f", events.DELETED)])
+        assert sender.flush(5)
+        assert [e[1]["kind"] for e in sent][-1] == events.DELETED and sent[0][1]["kind"] == events.MESSAGE
+    finally:
+        events._send_all = original

@@ -15,7 +15,7 @@ from django.db import connection
 
 from sessions_app import engine
 from sessions_app.engine import pg_append
-from sessions_app.models import ConversationSession, Message, Turn
+from sessions_app.models import ConversationSession, Message
 
 from .conftest import add
 
@@ -36,7 +36,7 @@ def snapshot(session_id):
         ),
         "turns": [
             (t.number, ids[t.user_message_id], ids.get(t.assistant_response_id), t.completed_at is not None)
-            for t in Turn.objects.filter(session__sid=session_id).order_by("number")
+            for t in engine.turns(session)
         ],
         "context": [m.seq for m in engine.get_context(session, 40)],
     }
@@ -125,7 +125,7 @@ def test_concurrent_appends_keep_sequences_and_turns_gap_free(make_session):
     seqs = list(Message.objects.filter(session__sid="busy").order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, 201))
     session = engine.session_get("busy")
-    numbers = list(Turn.objects.filter(session__sid="busy").order_by("number").values_list("number", flat=True))
+    numbers = [t.number for t in engine.turns(engine.session_get("busy"))]
     assert numbers == list(range(1, 101)) and session.turn_count == 100
     assert session.message_count == 30
     listed = engine.messages_all(session)

@@ -26,9 +26,11 @@ def seed(expired: int, live: int, messages: int = 4) -> None:
         engine.session_create(f"old-{i}", config=engine.SessionConfig(timeout_seconds=60), now=PAST)
         for j in range(messages):
             add(f"old-{i}", "user" if j % 2 == 0 else "assistant", f"m{j}", now=PAST)
+        engine.turn_set_metadata(f"old-{i}", 1, {"note": "stored"}, now=PAST)  # a turn row to delete
     for i in range(live):
         engine.session_create(f"live-{i}")
         add(f"live-{i}", "user", "still here")
+        engine.turn_set_metadata(f"live-{i}", 1, {"note": "stored"})
     engine.session_create("forever", config=engine.SessionConfig(timeout_seconds=None), now=PAST)
 
 

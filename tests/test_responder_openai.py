@@ -368,10 +368,11 @@ def test_the_admin_never_shows_the_key(fake_llm, make_session, admin_client):
     for url in (
         "/admin/sessions_app/reply/",
         f"/admin/sessions_app/reply/{reply.pk}/change/",
-        "/admin/sessions_app/turn/",
+        "/admin/sessions_app/turnentry/",  # the turn list, which shows the error in the turn's metadata
     ):
         page = admin_client.get(url)
         assert page.status_code == 200 and API_KEY.encode() not in page.content
+    assert b"[redacted]" in admin_client.get("/admin/sessions_app/turnentry/").content
 
 
 async def test_an_error_is_pushed_to_the_page(fake_llm, close_async_db):

@@ -11,8 +11,20 @@ from ninja.errors import AuthenticationError
 from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
-from .. import keys
-from .errors import CsrfFailed
+from .. import keys, throttle
+from .errors import CsrfFailed, RateLimited
+
+
+def count_request(who: str) -> None:
+    """Count one request of a key (or browser user) against CONVO_API_RATE_LIMIT a minute; past
+    it, RateLimited (429 with Retry-After). The counters are shared by every process with Redis."""
+    limit = settings.CONVO_API_RATE_LIMIT
+    retry_after = throttle.hit("api", who, limit=limit, window=60)
+    if retry_after is not None:
+        raise RateLimited(
+            f"Rate limit exceeded: at most {limit} requests a minute with this key; retry in {retry_after} s.",
+            {"Retry-After": str(retry_after)},
+        )
 
 
 class BearerKeyAuth(HttpBearer):
@@ -32,7 +44,10 @@ class BearerKeyAuth(HttpBearer):
         return user
 
     def authenticate(self, request: HttpRequest, token: str) -> Any | None:
-        return keys.user_for_key(token)
+        user = keys.user_for_key(token)
+        if user is not None:
+            count_request("key:" + keys.hash_key(token))
+        return user
 
 
 class BrowserSessionAuth(APIKeyCookie):
@@ -49,4 +64,7 @@ class BrowserSessionAuth(APIKeyCookie):
         return request.COOKIES.get(self.param_name)
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Any | None:
-        return request.user if request.user.is_authenticated else None
+        if not request.user.is_authenticated:
+            return None
+        count_request(f"user:{request.user.pk}")
+        return request.user

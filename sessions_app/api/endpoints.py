@@ -218,6 +218,7 @@ def clear_session(request: HttpRequest, id: str):
         engine.SessionValidationError,
         ContentTooLarge,
         replies.ReplyInProgress,
+        replies.TooManyReplies,
         IdempotencyKeyInvalid,
         IdempotencyKeyReused,
     ),
@@ -322,7 +323,7 @@ def get_context(
     "POST",
     "/sessions/{id}/reply",
     {202: ReplyOut},
-    raises=(*LOOKUP, engine.SessionExpired, replies.ReplyInProgress, replies.NothingToReply),
+    raises=(*LOOKUP, engine.SessionExpired, replies.ReplyInProgress, replies.TooManyReplies, replies.NothingToReply),
     tags=["replies"],
 )
 def start_reply(request: HttpRequest, id: str, payload: ReplyIn | None = None):

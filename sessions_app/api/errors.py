@@ -71,6 +71,10 @@ class InvalidInput(ApiError):
     pass
 
 
+class RateLimited(ApiError):
+    """More requests than CONVO_API_RATE_LIMIT a minute with one key (headers: Retry-After)."""
+
+
 class InternalError(ApiError):
     pass
 
@@ -86,11 +90,13 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     engine.SessionAlreadyExists: (409, "session_exists"),
     replies.ReplyInProgress: (409, "reply_in_progress"),
     replies.NothingToReply: (409, "nothing_to_reply"),
+    replies.TooManyReplies: (409, "too_many_replies"),
     IdempotencyKeyReused: (409, "idempotency_key_reused"),
     engine.SessionExpired: (410, "session_expired"),
     BodyTooLarge: (413, "body_too_large"),
     ContentTooLarge: (413, "content_too_large"),
     InvalidInput: (422, "validation_error"),
+    RateLimited: (429, "rate_limited"),
     engine.SessionValidationError: (422, "validation_error"),
     engine.SerializationError: (422, "validation_error"),
     IdempotencyKeyInvalid: (422, "validation_error"),
@@ -128,9 +134,10 @@ def too_big() -> BodyTooLarge:
 
 def request_errors(method: str, view: Callable[..., Any]) -> list[type[Exception]]:
     """The exceptions a request can raise before the endpoint runs: every operation needs
-    credentials; an unsafe method passes CSRF (browser sessions); a JSON body can be unreadable,
-    too large or invalid; any parameter that is not a plain string can be invalid."""
-    raised: list[type[Exception]] = [Unauthorized]
+    credentials and counts against the caller's rate limit; an unsafe method passes CSRF (browser
+    sessions); a JSON body can be unreadable, too large or invalid; any parameter that is not a
+    plain string can be invalid."""
+    raised: list[type[Exception]] = [Unauthorized, RateLimited]
     if method in UNSAFE_METHODS:
         raised.append(CsrfFailed)
     hints = typing.get_type_hints(view)

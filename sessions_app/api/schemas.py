@@ -15,7 +15,7 @@ from ninja import Schema
 from pydantic import ConfigDict, Field, model_validator
 
 from .. import engine
-from ..models import ConversationSession, Message, Reply, Turn
+from ..models import ConversationSession, Message, Reply
 
 MAX_INT = engine.MAX_INT
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -300,7 +300,7 @@ class TurnPageOut(Schema):
     next_after: int | None
 
 
-def turn_out(turn: Turn) -> dict[str, Any]:
+def turn_out(turn: engine.TurnView) -> dict[str, Any]:
     return {
         "number": turn.number,
         "user_message": message_out(turn.user_message),

@@ -25,6 +25,7 @@ tests can pass it explicitly.
 
 from .context import (
     ContextWindow,
+    TurnView,
     context_window,
     current_turn,
     get_context,
@@ -36,6 +37,9 @@ from .context import (
     messages_page,
     messages_recent,
     total_tokens,
+    turn_metadata,
+    turn_user_messages,
+    turn_user_seq,
     turns,
 )
 from .errors import (
@@ -112,6 +116,7 @@ __all__ = [
     "SessionRef",
     "SessionValidationError",
     "StorageError",
+    "TurnView",
     "age",
     "context_window",
     "count_expired",
@@ -158,6 +163,9 @@ __all__ = [
     "storage_errors",
     "total_tokens",
     "turn_set_metadata",
+    "turn_metadata",
+    "turn_user_messages",
+    "turn_user_seq",
     "turns",
     "validate_session_id",
 ]

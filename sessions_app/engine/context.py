@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import QuerySet
@@ -150,39 +152,127 @@ def current_turn(session: ConversationSession) -> int:
     return session.turn_count
 
 
+@dataclass(eq=False)
+class TurnView:
+    """A turn (the spec's Turn), read from its messages: the user message that opened it, the tool
+    messages attached to it, and the newest assistant message that completed it (an earlier response
+    the spec's complete() replaced stays in the list, not in the turn). Its times are those messages'
+    times; ``metadata`` is the one stored part (a ``models.Turn`` row, written only when set)."""
+
+    session_id: str
+    number: int
+    user_message: Message
+    tool_calls: list[Message] = field(default_factory=list)
+    assistant_response: Message | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.session_id} turn {self.number}"
+
+    @property
+    def pk(self) -> tuple[str, int]:
+        return (self.session_id, self.number)
+
+    @property
+    def user_message_id(self) -> int:
+        return self.user_message.pk
+
+    @property
+    def assistant_response_id(self) -> int | None:
+        return self.assistant_response.pk if self.assistant_response is not None else None
+
+    @property
+    def started_at(self) -> dt.datetime:
+        return self.user_message.created_at
+
+    @property
+    def completed_at(self) -> dt.datetime | None:
+        return self.assistant_response.created_at if self.assistant_response is not None else None
+
+    @property
+    def is_complete(self) -> bool:
+        return self.assistant_response is not None
+
+    @property
+    def duration(self) -> dt.timedelta | None:
+        if self.completed_at is None:
+            return None
+        return self.completed_at - self.started_at
+
+
 @storage_errors
 def turns(
     session: ConversationSession, *, numbers: Iterable[int] | None = None, newest: int | None = None
-) -> list[Turn]:
-    """Turns in order, each with ``tool_calls`` (its tool messages) attached. Three queries in all.
+) -> list[TurnView]:
+    """Turns in order, read from their messages. Two queries in all, both index range scans.
 
-    ``numbers`` picks turns; ``newest`` takes only the last n.
+    ``numbers`` picks turns; ``newest`` takes only the last n. The messages of turns lo..hi are the
+    sequence range from turn lo's user message (found on the partial user-message index) up to turn
+    hi+1's; the stored metadata of those turns comes in a second query.
     """
-    qs = Turn.objects.filter(session=session).select_related("user_message", "assistant_response")
+    count = session.turn_count
     if numbers is not None:
-        qs = qs.filter(number__in=list(numbers))
-    if newest is not None:
-        result = list(qs.order_by("-number")[:newest])
-        result.reverse()
+        wanted = {n for n in numbers if 1 <= n <= count}
+    elif newest is not None:
+        wanted = set(range(max(count - newest, 0) + 1, count + 1))
     else:
-        result = list(qs.order_by("number"))
-    if not result:
-        return result
-    tools: dict[int, list[Message]] = {t.number: [] for t in result}
-    for msg in Message.objects.filter(
-        session=session,
-        role=Role.TOOL,
-        turn_number__gte=result[0].number,
-        turn_number__lte=result[-1].number,
-    ).order_by("seq"):
-        if msg.turn_number in tools:
-            tools[msg.turn_number].append(msg)
-    for turn in result:
-        turn.tool_calls = tools[turn.number]
-    return result
+        wanted = set(range(1, count + 1))
+    if not wanted:
+        return []
+    lo, hi = min(wanted), max(wanted)
+    table = Message._meta.db_table
+    user_seq = f"SELECT seq FROM {table} WHERE session_id = %s AND role = %s AND turn_number = %s"
+    sql = f"SELECT * FROM {table} WHERE session_id = %s AND seq >= ({user_seq})"
+    key = db_key(session.pk)
+    params: list[Any] = [key, key, Role.USER.value, lo]
+    if hi < count:
+        sql += f" AND seq < ({user_seq})"
+        params += [key, Role.USER.value, hi + 1]
+    sql += " AND turn_number IS NOT NULL ORDER BY seq"
+    found: dict[int, TurnView] = {}
+    for message in Message.objects.raw(sql, params):
+        number = message.turn_number
+        if message.role == Role.USER:
+            if number in wanted:
+                found[number] = TurnView(session_id=session.pk, number=number, user_message=message)
+            continue
+        turn = found.get(number)
+        if turn is None:
+            continue
+        if message.role == Role.TOOL:
+            turn.tool_calls.append(message)
+        elif message.role == Role.ASSISTANT:
+            turn.assistant_response = message  # the newest one wins (messages come in order)
+    if found:
+        for number, metadata in Turn.objects.filter(session=session, number__gte=lo, number__lte=hi).values_list(
+            "number", "metadata"
+        ):
+            if number in found:
+                found[number].metadata = metadata
+    return [found[n] for n in sorted(found)]
 
 
-def get_turn(session: ConversationSession, number: int) -> Turn | None:
+def turn_user_messages(session: Any, number: Any) -> QuerySet[Message]:
+    """The user message that opened turn ``number`` (one row or none), as a queryset: on the partial
+    user-message index. ``session`` and ``number`` may be expressions (e.g. ``OuterRef("pk")``)."""
+    return Message.objects.filter(session=session, role=Role.USER, turn_number=number)
+
+
+@storage_errors
+def turn_user_seq(session_id: uuid.UUID, number: int) -> int | None:
+    """The sequence number of the user message that opened turn ``number`` of the session (by key;
+    None: no such turn)."""
+    return turn_user_messages(session_id, number).values_list("seq", flat=True).first()
+
+
+@storage_errors
+def turn_metadata(session_id: uuid.UUID, number: int) -> dict[str, str]:
+    """A turn's stored metadata ({} when it has none); the session by key."""
+    found = Turn.objects.filter(session_id=session_id, number=number).values_list("metadata", flat=True).first()
+    return found or {}
+
+
+def get_turn(session: ConversationSession, number: int) -> TurnView | None:
     """The spec's get_turn: None for 0 or past the end."""
     if number < 1 or number > session.turn_count:
         return None
@@ -190,7 +280,7 @@ def get_turn(session: ConversationSession, number: int) -> Turn | None:
     return found[0] if found else None
 
 
-def last_turn(session: ConversationSession) -> Turn | None:
+def last_turn(session: ConversationSession) -> TurnView | None:
     return get_turn(session, session.turn_count)
 
 

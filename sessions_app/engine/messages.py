@@ -1,7 +1,7 @@
 """Appending messages (the spec's add_message_obj) and turn metadata.
 
-An append gives the message its sequence and turn numbers, opens or completes a turn, and applies the
-message limit (``bookkeeping``). On PostgreSQL it goes through ``pg_append`` (one read, one write);
+An append gives the message its sequence and turn numbers (which open, extend or complete a turn: turns
+are read from the messages, ``context.turns``) and applies the message limit (``bookkeeping``). On PostgreSQL it goes through ``pg_append`` (one read, one write);
 elsewhere, or when another writer got in between, it runs under the session's row lock here.
 """
 
@@ -77,12 +77,6 @@ def message_append(
         append_bookkeeping(session, new)
         new.session = session
         new.save(force_insert=True)
-        if role == Role.USER:
-            Turn.objects.create(session=session, number=new.turn_number, user_message=new, started_at=now)
-        elif role == Role.ASSISTANT and new.turn_number is not None:
-            Turn.objects.filter(session=session, number=new.turn_number).update(
-                assistant_response=new, completed_at=now
-            )
         enforce_limits(session)
         touch(session, now)
         session.save(update_fields=BOOKKEEPING_FIELDS)
@@ -111,23 +105,27 @@ def turn_set_metadata(
     *,
     owner: Owner = ANY_OWNER,
     now: dt.datetime | None = None,
-) -> Turn:
-    """Merge ``values`` into a turn's metadata (a None value removes the key); raise SessionNotFound
-    when the session or the turn does not exist."""
+) -> dict[str, str]:
+    """Merge ``values`` into a turn's metadata (a None value removes the key) and return the metadata;
+    raise SessionNotFound when the session or the turn does not exist.
+
+    The metadata is the one stored part of a turn: its row is written here, the first time a turn
+    gets metadata (every turn from 1 to the session's current turn exists, read from its messages).
+    """
     now = now or timezone.now()
     with transaction.atomic():
         session = lock_session(session_id, owner, now)
-        turn = Turn.objects.filter(session=session, number=number).first()
-        if turn is None:
+        if not isinstance(number, int) or not 1 <= number <= session.turn_count:
             raise SessionNotFound(f"{session_id} turn {number}")
+        row = Turn.objects.filter(session=session, number=number).first() or Turn(session=session, number=number)
         for key, value in values.items():
             check_text("metadata key", key)
             if value is None:
-                turn.metadata.pop(key, None)
+                row.metadata.pop(key, None)
             else:
-                turn.metadata[key] = check_text(f"metadata[{key!r}]", value)
-        turn.save(update_fields=["metadata"])
+                row.metadata[key] = check_text(f"metadata[{key!r}]", value)
+        row.save()
         touch(session, now)
         session.save(update_fields=["updated_at", "expires_at"])
         events.emit(session.pk, events.MESSAGE, seq=session.last_seq, turn=number)
-    return turn
+    return row.metadata

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.db import transaction
 
-from ..models import ConversationSession, Message, Role, Turn
+from ..models import ConversationSession, Message
 from .bookkeeping import append_bookkeeping, enforce_limits
 from .errors import SessionAmbiguous, SessionExpired, SessionNotFound
 from .sessions import ANY_OWNER, Owner, SessionRef, owner_pk
@@ -36,8 +36,7 @@ class _OverLimit(Exception):
 
 
 def append(connection: Any, new: Message, session_id: SessionRef, owner: Owner, now: dt.datetime) -> bool:
-    """Append ``new`` to the session ``session_id`` names in one read and one write statement, trying
-    APPEND_TRIES times (``new.session_id`` is set to the session's key).
+    """Append ``new`` in one read and one write statement, trying APPEND_TRIES times.
 
     Returns False when another writer got in between every time (or the session is in a state the
     locking path must handle): the caller appends under the row lock then. Raises SessionNotFound /
@@ -56,7 +55,7 @@ def append(connection: Any, new: Message, session_id: SessionRef, owner: Owner, 
 
 
 def _append_sql() -> dict[str, str]:
-    s, m, t = (model._meta.db_table for model in (ConversationSession, Message, Turn))
+    s, m = (model._meta.db_table for model in (ConversationSession, Message))
     # The session's bookkeeping and the oldest listed messages that enforce_limits may look at, in one
     # round trip (one row per message read, or one row of NULLs after the session's columns).
     read = f"""
@@ -72,37 +71,73 @@ def _append_sql() -> dict[str, str]:
     # lock, so a concurrent appender waits, re-checks and finds it changed.
     write = f"""
         WITH s AS (
-            UPDATE {s} SET last_seq = %s, low_seq = %s, head_seq = %s, turn_count = %s, total_tokens = %s,
-                           updated_at = %s, expires_at = %s
-            WHERE key = %s AND last_seq = %s AND low_seq = %s AND head_seq IS NOT DISTINCT FROM %s
+            UPDATE {s} SET last_seq = %s, low_seq = %s, head_seq = %s::bigint, turn_count = %s, total_tokens = %s,
+                           updated_at = %s, expires_at = %s::timestamptz
+            WHERE key = %s AND last_seq = %s AND low_seq = %s AND head_seq IS NOT DISTINCT FROM %s::bigint
               AND turn_count = %s AND total_tokens = %s AND max_messages = %s
-              AND timeout_seconds IS NOT DISTINCT FROM %s AND updated_at = %s
+              AND timeout_seconds IS NOT DISTINCT FROM %s::integer AND updated_at = %s
             RETURNING key
         ), m AS (
             INSERT INTO {m} (session_id, seq, role, content, name, tool_call_id, metadata, created_at, tokens,
                              turn_number)
-            SELECT s.key, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s FROM s
+            SELECT s.key, %s::bigint, %s::text, %s::text, %s::text, %s::text, %s::jsonb, %s::timestamptz,
+                   %s::integer, %s::integer FROM s
             RETURNING id
-        ){{turn}}
+        )
         SELECT id FROM m"""
-    open_turn = f""", t AS (
-            INSERT INTO {t} (session_id, number, user_message_id, assistant_response_id, started_at, completed_at,
-                             metadata)
-            SELECT %s, %s, m.id, NULL, %s, NULL, '{{}}'::jsonb FROM m
-        )"""
-    complete_turn = f""", t AS (
-            UPDATE {t} SET assistant_response_id = m.id, completed_at = %s FROM m
-            WHERE {t}.session_id = %s AND {t}.number = %s
-        )"""
-    return {"read": read, "write": write, "open_turn": open_turn, "complete_turn": complete_turn}
+    return {"read": read, "write": write}
 
 
 _APPEND_SQL: dict[str, str] = {}
 
 
+_PREPARING_CURSOR: list[type] = []
+
+
+def _preparing_cursor_class() -> type:
+    """A psycopg cursor that binds parameters on the server and runs each statement as a prepared one
+    (parsed and planned once per connection, not on every append); Django's own cursors bind on the
+    client. Built on first use: the PostgreSQL backend is imported only where it runs."""
+    if not _PREPARING_CURSOR:
+        from django.db.backends.postgresql.base import ServerBindingCursor
+
+        class PreparingCursor(ServerBindingCursor):
+            def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+                # Django turns psycopg's preparing off on its connections (threshold None); on just
+                # for this statement, with a threshold no count reaches, only prepare=True prepares.
+                conn = self.connection
+                saved, conn.prepare_threshold = conn.prepare_threshold, 2**31 - 1
+                try:
+                    return super().execute(query, params, prepare=True, **kwargs)
+                finally:
+                    conn.prepare_threshold = saved
+
+            def _send_query_prepared(self, name: bytes, pgq: Any, **kwargs: Any) -> None:
+                self._query = pgq  # what Django's query log reads (psycopg keeps it only when not prepared)
+                super()._send_query_prepared(name, pgq, **kwargs)
+
+        _PREPARING_CURSOR.append(PreparingCursor)
+    return _PREPARING_CURSOR[0]
+
+
+def _prepared_cursor(connection: Any) -> Any:
+    """A cursor of ``connection`` that prepares its statements, wrapped as Django wraps its own (errors
+    become Django's; statements are logged and pass through execute wrappers)."""
+    connection.ensure_connection()
+    raw = connection.connection
+    with connection.wrap_database_errors:
+        cursor = _preparing_cursor_class()(raw)
+        # Timestamps load in the connection's time zone, as in Django's create_cursor().
+        from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, Format, register_tzloader
+
+        if connection.timezone != raw.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT).timezone:
+            register_tzloader(connection.timezone, cursor)
+        return connection._prepare_cursor(cursor)
+
+
 def _append_once(connection: Any, new: Message, session_id: SessionRef, owner: Owner, now: dt.datetime) -> bool:
     """Read the session's bookkeeping and oldest listed messages, apply the rules in memory, then write
-    the session row, the message and its turn in one statement that does nothing if the session row
+    the session row and the message (its turn_number is what opens or completes a turn) in one statement that does nothing if the session row
     changed since the read. Returns False in that case (the caller tries again)."""
     if not _APPEND_SQL:
         _APPEND_SQL.update(_append_sql())
@@ -114,7 +149,7 @@ def _append_once(connection: Any, new: Message, session_id: SessionRef, owner: O
         else:
             where += " AND s.owner_id = %s"
             params.append(owner_pk(owner))
-    with connection.cursor() as cursor:  # one cursor for both statements: creating one costs
+    with _prepared_cursor(connection) as cursor:  # one cursor for both statements: creating one costs
         cursor.execute(sql["read"].format(where=where), params)
         rows = cursor.fetchall()
         if not rows:
@@ -156,15 +191,7 @@ def _append_once(connection: Any, new: Message, session_id: SessionRef, owner: O
             new.seq, new.role.value, new.content, new.name, new.tool_call_id, json.dumps(new.metadata),
             new.created_at, new.tokens, new.turn_number,
         ]  # fmt: skip
-        if new.role == Role.USER:
-            turn_sql = sql["open_turn"]
-            params += [key, new.turn_number, now]
-        elif new.role == Role.ASSISTANT and new.turn_number is not None:
-            turn_sql = sql["complete_turn"]
-            params += [now, key, new.turn_number]
-        else:
-            turn_sql = ""
-        cursor.execute(sql["write"].format(turn=turn_sql), params)
+        cursor.execute(sql["write"], params)
         row = cursor.fetchone()
     if row is None:
         return False

@@ -44,7 +44,9 @@ session raises ``engine.SessionNotFound``); the default ``ANY_OWNER`` is for ope
 ``responder_label() -> str``  "built-in responder — no language model configured", or
     "<model> on <host>" (never the key or the full URL).
 
-Errors: ``ReplyError`` (base), ``ReplyInProgress`` (``.session_key``, ``.reply_id``), ``NothingToReply``.
+Errors: ``ReplyError`` (base), ``ReplyInProgress`` (``.session_key``, ``.reply_id``), ``NothingToReply``,
+``TooManyReplies`` (the owner has CONVO_MAX_CONCURRENT_REPLIES replies running in any of their
+sessions; → UI message / HTTP 409).
 
 Events (``sessions_app.events``, group ``events.group_name(session key)``): kind ``events.REPLY`` with
 ``state`` = started | delta | done | stopped | error, ``text`` = the whole text so far, ``reply`` (id),
@@ -77,6 +79,7 @@ from .service import (
     NothingToReply,
     ReplyError,
     ReplyInProgress,
+    TooManyReplies,
     append_and_reply,
     latest_reply,
     running_reply,
@@ -93,6 +96,7 @@ __all__ = [
     "ProviderError",
     "ReplyError",
     "ReplyInProgress",
+    "TooManyReplies",
     "append_and_reply",
     "latest_reply",
     "recover_stale_replies",

@@ -24,7 +24,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from sessions_app import engine, events
-from sessions_app.models import ConversationSession, Message, Reply, Role, Turn
+from sessions_app.models import ConversationSession, Message, Reply, Role
 
 from . import tools
 from .responders import (
@@ -92,9 +92,7 @@ def _max_rounds() -> int:
 
 def mark_turn_error(reply: Reply, message: str, now: dt.datetime) -> None:
     """Record a failed reply in its turn's metadata, if that turn is still the one it answered."""
-    if not Turn.objects.filter(
-        session_id=reply.session_id, number=reply.turn_number, user_message__seq=reply.user_seq
-    ).exists():
+    if engine.turn_user_seq(reply.session_id, reply.turn_number) != reply.user_seq:
         return
     with contextlib.suppress(engine.SessionError):  # deleted or expired meanwhile: nothing to annotate
         engine.turn_set_metadata(reply.session_id, reply.turn_number, _turn_error(message, now), now=now)
@@ -220,9 +218,7 @@ class _Run:
     def _check_turn(self, session: ConversationSession) -> None:
         if (
             session.turn_count != self.reply.turn_number
-            or not Turn.objects.filter(
-                session_id=self.sid, number=self.reply.turn_number, user_message__seq=self.reply.user_seq
-            ).exists()
+            or engine.turn_user_seq(self.sid, self.reply.turn_number) != self.reply.user_seq
         ):
             raise _Abandoned(CHANGED_MESSAGE)
 
@@ -316,9 +312,8 @@ class _Run:
 
     def _store_answer(self, reply: Reply, finish: str) -> int:
         message = engine.message_append(self.sid, Role.ASSISTANT, _clean(self.text), metadata=self._metadata(finish))
-        turn = Turn.objects.get(session_id=self.sid, number=self.reply.turn_number)
-        if "reply_error" in turn.metadata:
-            engine.turn_set_metadata(self.sid, turn.number, {"reply_error": None, "reply_error_at": None})
+        if "reply_error" in engine.turn_metadata(self.sid, self.reply.turn_number):
+            engine.turn_set_metadata(self.sid, self.reply.turn_number, {"reply_error": None, "reply_error_at": None})
         return message.seq
 
     def _end_done(self, finish: str) -> None:

@@ -15,11 +15,13 @@ import time
 import uuid
 from functools import partial
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from sessions_app import engine, events
-from sessions_app.models import ConversationSession, Message, Reply, Role, Turn
+from sessions_app.models import ConversationSession, Message, Reply, Role
 
 from . import workers
 from .responders import get_responder
@@ -40,6 +42,10 @@ class ReplyInProgress(ReplyError):
 
 class NothingToReply(ReplyError):
     """There is no open turn to answer (no message yet, or the last one is answered: regenerate it)."""
+
+
+class TooManyReplies(ReplyError):
+    """The owner already has CONVO_MAX_CONCURRENT_REPLIES replies running (UI: a message; API: 409)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,10 +161,31 @@ def _refuse_if_running(key: uuid.UUID) -> None:
         raise ReplyInProgress(key, running)
 
 
+def _refuse_if_too_many(session: ConversationSession) -> None:
+    """Refuse a reply past the owner's CONVO_MAX_CONCURRENT_REPLIES running ones (ownerless
+    sessions, the operators', have no cap). The owner's user row is locked first, so that two
+    starts at once in different sessions cannot both pass the count (PostgreSQL; SQLite
+    serializes writers anyway). Replies whose process stopped beating are not counted."""
+    limit = settings.CONVO_MAX_CONCURRENT_REPLIES
+    if limit is None or session.owner_id is None:
+        return
+    get_user_model().objects.select_for_update().filter(pk=session.owner_id).values_list("pk").first()
+    alive = timezone.now() - dt.timedelta(seconds=settings.CONVO_REPLY_STALE_SECONDS)
+    running = Reply.objects.filter(
+        session__owner_id=session.owner_id, status=Reply.Status.RUNNING, heartbeat_at__gte=alive
+    ).count()
+    if running >= limit:
+        raise TooManyReplies(
+            f"You already have {running} replies running (at most {limit} at once): "
+            "wait for one to finish or stop it, then try again."
+        )
+
+
 def _begin(session: ConversationSession, *, regenerate: bool) -> Reply:
     """Insert the running row and queue the thread. Call holding the session's row lock."""
     _refuse_if_running(session.pk)
-    turn = Turn.objects.filter(session=session, number=session.turn_count).select_related("user_message").first()
+    _refuse_if_too_many(session)
+    turn = engine.last_turn(session)
     if turn is None:
         raise NothingToReply("There is no message to reply to yet: send one first.")
     if turn.is_complete and not regenerate:

@@ -4,8 +4,9 @@ import json
 
 from django import template
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.safestring import mark_safe
 
-from sessions_app.rendering import fingerprint, markdown_html
+from sessions_app.rendering import escape_text, fingerprint, markdown_deferred, markdown_html, panels_version
 
 register = template.Library()
 
@@ -16,10 +17,46 @@ def markdown(text: str):
     return markdown_html(text or "")
 
 
+# A data value is indented only while that stays small: up to PRETTY_MAX_CHARS of compact JSON and
+# PRETTY_MAX_DEPTH levels. Beyond, it is shown compact, so the state panel grows linearly with the
+# stored state (indentation grows with depth × lines: a 35 KB upload once made a 65 MB page).
+PRETTY_MAX_CHARS = 2048
+PRETTY_MAX_DEPTH = 8
+
+
 @register.filter
-def pretty_json(value) -> str:
-    """Indented JSON text (escaped by the template like any other text)."""
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+def pretty_json(value):
+    """JSON text for a ``<pre>`` or ``<textarea>`` (see display_json), escaped for element text."""
+    return mark_safe(escape_text(display_json(value)))  # noqa: S308 - escaped for element text
+
+
+def display_json(value) -> str:
+    """A JSON value as text to show: indented while small and shallow, else compact."""
+    compact = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    if len(compact) <= PRETTY_MAX_CHARS and json_depth(value) <= PRETTY_MAX_DEPTH:
+        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    return compact
+
+
+def json_depth(value) -> int:
+    """How deeply lists and objects nest in a JSON value (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+@register.filter
+def version(session) -> str:
+    """What a page sends back with its hello: the version of the panels it shows."""
+    return panels_version(session)
 
 
 @register.filter
@@ -28,6 +65,7 @@ def message_key(message) -> str:
     return fingerprint(
         message.session_id, message.pk, message.seq, message.role, message.content, message.name,
         message.tool_call_id, message.created_at, message.tokens, message.turn_number,
+        markdown_deferred(message.content),
     )  # fmt: skip
 
 

@@ -30,6 +30,10 @@
     var b = byId("list-bounds");
     return b ? parseInt(b.getAttribute("data-last-seq"), 10) || 0 : 0;
   }
+  function panelsVersion() {
+    var h = byId("session-header");
+    return h ? h.getAttribute("data-version") : null;
+  }
   function budget() {
     var input = byId("budget");
     var value = input ? parseInt(input.value, 10) : NaN;
@@ -203,8 +207,9 @@
     live.retries = 0;
     live.opened = true;
     setStatus("live", "Live");
-    // Tell the server what the page has: it answers with exactly the missing messages and fresh panels.
-    send({ type: "hello", last_seq: lastSeq(), budget: budget() });
+    // Tell the server what the page has: it answers with exactly the missing messages, and fresh
+    // panels unless the page's are current.
+    send({ type: "hello", last_seq: lastSeq(), version: panelsVersion(), budget: budget() });
   });
   document.addEventListener("htmx:wsClose", function (e) {
     var code = e.detail.event.code;

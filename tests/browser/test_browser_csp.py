@@ -118,3 +118,24 @@ def test_login_lock_out_page(page, server, django_user_model, transactional_db):
     page.fill("input[name=password]", "pw-carol-123")
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("heading", name="Too many failed logins")).to_be_visible()
+
+
+def test_markdown_images_from_elsewhere_become_links(page, server, staff, login, make_session, violations):
+    """Markdown never makes the browser fetch a remote resource: an image from another host is shown as a
+    link to it (and nothing is requested from that host); an image on this site stays an image."""
+    from sessions_app import engine
+
+    login(staff)
+    make_session("csp-img", owner=staff)
+    engine.message_append(
+        "csp-img", "assistant", "![a cat](http://198.51.100.7/cat.png) and ![logo](/static/convo/picture.png)"
+    )
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(f"{server.url}/c/csp-img/")
+    link = page.locator("#message-list a", has_text="Image: a cat")
+    expect(link).to_have_attribute("href", "http://198.51.100.7/cat.png")
+    expect(page.locator("#message-list img[src='/static/convo/picture.png']")).to_have_count(1)
+    expect(page.locator("#message-list img[src^='http']")).to_have_count(0)
+    assert not [url for url in requested if "198.51.100.7" in url]
+    assert violations(page) == []

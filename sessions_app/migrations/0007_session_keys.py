@@ -4,7 +4,7 @@ Every session gets a random UUID ``key``, the new primary key; its id moves to `
 owner, and among the sessions without an owner). Messages, turns, replies and idempotency records are
 re-pointed from the id to the key, row for row: nothing is lost and every link is kept.
 
-Going back works while no two sessions share an id (the old schema has one namespace).
+Going back works on empty tables, and only while no two sessions share an id (the old schema has one namespace).
 """
 
 import uuid
@@ -109,7 +109,7 @@ def _session_fk(related_name, **kwargs):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("sessions_app", "0005_hot_session_updates"),
+        ("sessions_app", "0006_derived_turns"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -129,11 +129,14 @@ class Migration(migrations.Migration):
         # 2. The references by id go (with the constraints and indexes that hold them).
         migrations.RemoveConstraint(model_name="message", name="message_session_seq_unique"),
         migrations.RemoveIndex(model_name="message", name="message_tool_turn"),
+        migrations.RemoveIndex(model_name="message", name="message_user_turn"),
         migrations.RemoveConstraint(model_name="turn", name="turn_session_number_unique"),
         migrations.RemoveConstraint(model_name="reply", name="reply_one_running_per_session"),
         migrations.RemoveIndex(model_name="reply", name="reply_session_recent"),
         migrations.AlterModelOptions(name="message", options={}),
-        migrations.AlterModelOptions(name="turn", options={}),
+        migrations.AlterModelOptions(
+            name="turn", options={"verbose_name": "turn metadata", "verbose_name_plural": "turn metadata"}
+        ),
         migrations.AlterModelOptions(name="reply", options={"verbose_name_plural": "replies"}),
         migrations.RemoveField(model_name="message", name="session"),
         migrations.RemoveField(model_name="turn", name="session"),
@@ -178,7 +181,14 @@ class Migration(migrations.Migration):
         migrations.AlterField(model_name="turn", name="session", field=_session_fk("turns")),
         migrations.AlterField(model_name="reply", name="session", field=_session_fk("replies")),
         migrations.AlterModelOptions(name="message", options={"ordering": ["session", "seq"]}),
-        migrations.AlterModelOptions(name="turn", options={"ordering": ["session", "number"]}),
+        migrations.AlterModelOptions(
+            name="turn",
+            options={
+                "ordering": ["session", "number"],
+                "verbose_name": "turn metadata",
+                "verbose_name_plural": "turn metadata",
+            },
+        ),
         migrations.AlterModelOptions(
             name="reply", options={"ordering": ["session", "started_at", "id"], "verbose_name_plural": "replies"}
         ),
@@ -190,6 +200,12 @@ class Migration(migrations.Migration):
             model_name="message",
             index=models.Index(
                 condition=models.Q(("role", "tool")), fields=["session", "turn_number"], name="message_tool_turn"
+            ),
+        ),
+        migrations.AddIndex(
+            model_name="message",
+            index=models.Index(
+                condition=models.Q(("role", "user")), fields=["session", "turn_number"], name="message_user_turn"
             ),
         ),
         migrations.AddConstraint(
