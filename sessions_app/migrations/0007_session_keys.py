@@ -4,7 +4,7 @@ Every session gets a random UUID ``key``, the new primary key; its id moves to `
 owner, and among the sessions without an owner). Messages, turns, replies and idempotency records are
 re-pointed from the id to the key, row for row: nothing is lost and every link is kept.
 
-Going back works on empty tables, and only while no two sessions share an id (the old schema has one namespace).
+Going back works with rows in place while no two sessions share an id (the old schema has one namespace).
 """
 
 import uuid
@@ -125,6 +125,10 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="apiidempotencykey", name="session_key", field=models.UUIDField(null=True, blank=True)
         ),
+        # Nullable first, so that going back adds the columns before fill_child_ids fills them.
+        migrations.AlterField(model_name="message", name="session", field=_session_fk("messages", null=True)),
+        migrations.AlterField(model_name="turn", name="session", field=_session_fk("turns", null=True)),
+        migrations.AlterField(model_name="reply", name="session", field=_session_fk("replies", null=True)),
         migrations.RunPython(fill_child_keys, fill_child_ids),
         # 2. The references by id go (with the constraints and indexes that hold them).
         migrations.RemoveConstraint(model_name="message", name="message_session_seq_unique"),
