@@ -41,7 +41,7 @@ def make_long_session(session_id: str, owner, n_messages: int, *, batch: int = 5
     from sessions_app import engine
     from sessions_app.models import ConversationSession, Message
 
-    ConversationSession.objects.filter(pk=session_id).delete()
+    ConversationSession.objects.filter(sid=session_id, owner=owner).delete()
     session = engine.session_create(
         session_id,
         owner=owner,
@@ -81,7 +81,7 @@ def make_long_session(session_id: str, owner, n_messages: int, *, batch: int = 5
                 )
             Message.objects.bulk_create(rows)  # turns are read from the messages: no turn rows
             remaining -= len(rows)
-        ConversationSession.objects.filter(pk=session_id).update(
+        ConversationSession.objects.filter(pk=session.pk).update(
             last_seq=seq, turn_count=turn_number, total_tokens=total
         )
     # Fresh planner statistics, as autovacuum / a long-running database would have them.
@@ -90,4 +90,4 @@ def make_long_session(session_id: str, owner, n_messages: int, *, batch: int = 5
     with connection.cursor() as cursor:
         for model in (Message, ConversationSession):
             cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
-    return engine.session_get(session_id)
+    return engine.session_get(session.pk)

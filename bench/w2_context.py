@@ -48,11 +48,11 @@ def build_convo_session(session_id: str, count: int) -> None:
 
     with contextlib.suppress(engine.SessionNotFound):
         engine.session_delete(session_id)
-    engine.session_create(
+    key = engine.session_create(
         session_id,
         system_prompt=SYSTEM_PROMPT,
         config=engine.SessionConfig(max_messages=count, timeout_seconds=None),
-    )
+    ).pk
     msg, sess = Message._meta.db_table, ConversationSession._meta.db_table
     # Messages 2..count: i = seq - 2; even i is a user message opening turn i/2 + 1, odd i its answer.
     # The text is message_text(i)'s pattern, built in SQL; tokens is the spec's estimate of it.
@@ -67,15 +67,15 @@ def build_convo_session(session_id: str, count: int) -> None:
             FROM generate_series(0, %(n)s - 2) AS g(i)
             CROSS JOIN LATERAL (SELECT left('message ' || g.i || ': ' || %(words)s, 200) AS text) c
             """,
-            {"sid": session_id, "n": count, "words": words},
+            {"sid": key, "n": count, "words": words},
         )
         cur.execute(
             f"""
             UPDATE {sess} s SET last_seq = %(n)s, turn_count = (%(n)s - 1 + 1) / 2,
-                   total_tokens = (SELECT sum(tokens) FROM {msg} WHERE session_id = s.id)
-            WHERE id = %(sid)s
+                   total_tokens = (SELECT sum(tokens) FROM {msg} WHERE session_id = s.key)
+            WHERE key = %(sid)s
             """,
-            {"sid": session_id, "n": count},
+            {"sid": key, "n": count},
         )
     with connection.cursor() as cur:
         cur.execute(f"VACUUM ANALYZE {msg}")

@@ -33,18 +33,18 @@ def seed_convo(cur, expired: int, live: int, per_session: int) -> None:
     sess, msg, turn = (m._meta.db_table for m in (ConversationSession, Message, Turn))
     for table in (turn, msg, sess):
         cur.execute(
-            f"DELETE FROM {table} WHERE session_id LIKE 'w3-%%'"
+            f"DELETE FROM {table} WHERE session_id IN (SELECT key FROM {sess} WHERE sid LIKE 'w3-%%')"
             if table != sess
-            else f"DELETE FROM {table} WHERE id LIKE 'w3-%%'"
+            else f"DELETE FROM {table} WHERE sid LIKE 'w3-%%'"
         )
     # Expired: touched 2 to 3 hours ago with a one-hour timeout (expiry spread over the past hour).
     # Live: touched within the last 10 minutes.
     cur.execute(
         f"""
-        INSERT INTO {sess} (id, owner_id, system_prompt, variables, data, metadata, max_messages, max_tokens,
+        INSERT INTO {sess} (key, sid, owner_id, system_prompt, variables, data, metadata, max_messages, max_tokens,
                             timeout_seconds, persist_system_prompt, created_at, updated_at, expires_at,
                             last_seq, low_seq, head_seq, turn_count, total_tokens)
-        SELECT g.kind || lpad(g.i::text, 7, '0'), NULL, NULL, '{{}}', '{{}}', '{{}}', 100, 8192, 3600, true,
+        SELECT gen_random_uuid(), g.kind || lpad(g.i::text, 7, '0'), NULL, NULL, '{{}}', '{{}}', '{{}}', 100, 8192, 3600, true,
                g.touched - interval '1 minute', g.touched,
                date_trunc('second', g.touched) + interval '3601 seconds',
                %(per)s, 1, NULL, (%(per)s + 1) / 2, 0
@@ -61,20 +61,20 @@ def seed_convo(cur, expired: int, live: int, per_session: int) -> None:
         f"""
         INSERT INTO {msg} (session_id, seq, role, content, name, tool_call_id, metadata, created_at, tokens,
                            turn_number)
-        SELECT s.id, k.seq, CASE WHEN k.seq %% 2 = 1 THEN 'user' ELSE 'assistant' END, c.text, NULL, NULL,
+        SELECT s.key, k.seq, CASE WHEN k.seq %% 2 = 1 THEN 'user' ELSE 'assistant' END, c.text, NULL, NULL,
                '{{}}'::jsonb, s.updated_at, octet_length(c.text) / 4 + 1, (k.seq + 1) / 2
         FROM {sess} s
         CROSS JOIN generate_series(1, %(per)s) AS k(seq)
         CROSS JOIN LATERAL (SELECT left('message ' || k.seq || ': ' || %(words)s, 200) AS text) c
-        WHERE s.id LIKE 'w3-%%'
+        WHERE s.sid LIKE 'w3-%%'
         """,
         {"per": per_session, "words": WORDS},
     )
     cur.execute(
         f"""
         UPDATE {sess} s SET total_tokens = t.total
-        FROM (SELECT session_id, sum(tokens) AS total FROM {msg} WHERE session_id LIKE 'w3-%%' GROUP BY session_id) t
-        WHERE s.id = t.session_id
+        FROM (SELECT session_id, sum(tokens) AS total FROM {msg} GROUP BY session_id) t
+        WHERE s.key = t.session_id AND s.sid LIKE 'w3-%%'
         """
     )
 
@@ -100,10 +100,10 @@ def counts(cur) -> dict[str, int]:
     sess, msg, turn = (m._meta.db_table for m in (ConversationSession, Message, Turn))
     result = {}
     for name, sql in {
-        "expired_sessions": f"SELECT count(*) FROM {sess} WHERE id LIKE 'w3-exp-%%'",
-        "live_sessions": f"SELECT count(*) FROM {sess} WHERE id LIKE 'w3-live-%%'",
-        "messages": f"SELECT count(*) FROM {msg} WHERE session_id LIKE 'w3-%%'",
-        "turns": f"SELECT count(*) FROM {turn} WHERE session_id LIKE 'w3-%%'",
+        "expired_sessions": f"SELECT count(*) FROM {sess} WHERE sid LIKE 'w3-exp-%%'",
+        "live_sessions": f"SELECT count(*) FROM {sess} WHERE sid LIKE 'w3-live-%%'",
+        "messages": f"SELECT count(*) FROM {msg} WHERE session_id IN (SELECT key FROM {sess} WHERE sid LIKE 'w3-%%')",
+        "turns": f"SELECT count(*) FROM {turn} WHERE session_id IN (SELECT key FROM {sess} WHERE sid LIKE 'w3-%%')",
         "django_sessions": "SELECT count(*) FROM django_session",
         "django_sessions_expired": "SELECT count(*) FROM django_session WHERE expire_date < now()",
     }.items():
@@ -210,9 +210,9 @@ def seed_cleanup(cur) -> None:
     from sessions_app.models import ConversationSession, Message, Turn
 
     sess, msg, turn = (m._meta.db_table for m in (ConversationSession, Message, Turn))
-    cur.execute(f"DELETE FROM {turn} WHERE session_id LIKE 'w3-%%'")
-    cur.execute(f"DELETE FROM {msg} WHERE session_id LIKE 'w3-%%'")
-    cur.execute(f"DELETE FROM {sess} WHERE id LIKE 'w3-%%'")
+    cur.execute(f"DELETE FROM {turn} WHERE session_id IN (SELECT key FROM {sess} WHERE sid LIKE 'w3-%%')")
+    cur.execute(f"DELETE FROM {msg} WHERE session_id IN (SELECT key FROM {sess} WHERE sid LIKE 'w3-%%')")
+    cur.execute(f"DELETE FROM {sess} WHERE sid LIKE 'w3-%%'")
     cur.execute("DELETE FROM django_session")
 
 

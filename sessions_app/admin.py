@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 
 from django.contrib import admin, messages
 from django.db.models import Q
@@ -44,25 +45,30 @@ class ExpiredFilter(admin.SimpleListFilter):
 
 
 class SessionIdFilter(admin.SimpleListFilter):
-    """Filter messages or turns by session id (any id via the URL; the sidebar offers the latest)."""
+    """Filter messages or turns by session: its key (the session page's links, the sidebar's latest),
+    or an id typed in the URL, which matches that id's sessions of every owner."""
 
     title = "session"
     parameter_name = "session"
 
     def lookups(self, request, model_admin):
-        recent = ConversationSession.objects.order_by("-updated_at").values_list("id", flat=True)[:15]
-        choices = [(sid, sid) for sid in recent]
-        if self.value() and self.value() not in recent:
+        recent = list(ConversationSession.objects.select_related("owner").order_by("-updated_at")[:15])
+        choices = [(session.pk.hex, str(session)) for session in recent]
+        if self.value() and self.value() not in {key for key, _ in choices}:
             choices.insert(0, (self.value(), self.value()))
         return choices
 
     def queryset(self, request, queryset):
         if self.value():
             try:
-                session_id = engine.lookup_session_id(self.value())
+                return queryset.filter(session_id=uuid.UUID(self.value()))
+            except ValueError:
+                pass
+            try:
+                sid = engine.lookup_session_id(self.value())
             except engine.SessionNotFound:
                 return queryset.none()  # an id no session can have (PostgreSQL refuses NUL in text)
-            return queryset.filter(session_id=session_id)
+            return queryset.filter(session__sid=sid)
         return queryset
 
 
@@ -74,7 +80,7 @@ def _pretty_json(value) -> str:
 @admin.register(ConversationSession)
 class ConversationSessionAdmin(admin.ModelAdmin):
     list_display = [
-        "id",
+        "sid",
         "owner",
         "messages_in_list",
         "turn_count",
@@ -85,14 +91,14 @@ class ConversationSessionAdmin(admin.ModelAdmin):
         "expired",
     ]
     list_filter = [ExpiredFilter, "owner", "created_at"]
-    search_fields = ["id", "owner__username", "messages__content"]
+    search_fields = ["sid", "owner__username", "messages__content"]
     list_select_related = ["owner"]
     date_hierarchy = "created_at"
     ordering = ["-updated_at"]
     actions = ["purge_expired_sessions", "clear_messages"]
     show_full_result_count = False
     fieldsets = [
-        (None, {"fields": ["id", "owner", "created_at", "updated_at", "expires_at", "expired"]}),
+        (None, {"fields": ["sid", "owner", "key", "created_at", "updated_at", "expires_at", "expired"]}),
         ("Config", {"fields": ["max_messages", "max_tokens", "timeout_seconds", "persist_system_prompt"]}),
         ("Content", {"fields": ["system_prompt", "state_json", "metadata_json"]}),
         (
@@ -138,7 +144,7 @@ class ConversationSessionAdmin(admin.ModelAdmin):
     @admin.display(description="message list")
     def message_list(self, obj: ConversationSession) -> str:
         rows = engine.messages_page(obj, limit=ADMIN_INLINE_ROWS, newest=True)
-        link = reverse("admin:sessions_app_message_changelist") + f"?session={obj.pk}"
+        link = reverse("admin:sessions_app_message_changelist") + f"?session={obj.pk.hex}"
         return render_to_string(
             "admin/sessions_app/message_table.html",
             {"rows": rows, "total": obj.message_count, "link": link},
@@ -147,7 +153,7 @@ class ConversationSessionAdmin(admin.ModelAdmin):
     @admin.display(description="turn timeline")
     def turn_timeline(self, obj: ConversationSession) -> str:
         rows = engine.turns(obj, newest=ADMIN_INLINE_ROWS)
-        link = reverse("admin:sessions_app_turnentry_changelist") + f"?session={obj.pk}"
+        link = reverse("admin:sessions_app_turnentry_changelist") + f"?session={obj.pk.hex}"
         return render_to_string(
             "admin/sessions_app/turn_table.html", {"rows": rows, "total": obj.turn_count, "link": link}
         )
@@ -165,13 +171,14 @@ class ConversationSessionAdmin(admin.ModelAdmin):
 
     def delete_queryset(self, request, queryset):
         # The engine deletes messages and turns set-wise; the default collector would load them all.
-        for session_id in queryset.values_list("id", flat=True):
+        # Operators work by key: an id may be several owners'.
+        for key in queryset.values_list("pk", flat=True):
             with contextlib.suppress(engine.SessionNotFound):  # deleted meanwhile
-                engine.session_delete(session_id)
+                engine.session_delete(key)
 
     @admin.action(description="Purge the selected expired sessions")
     def purge_expired_sessions(self, request, queryset):
-        selected = list(queryset.values_list("id", flat=True))
+        selected = list(queryset.values_list("pk", flat=True))
         try:
             result = engine.purge_sessions(selected)
         except engine.SessionError as exc:
@@ -188,9 +195,9 @@ class ConversationSessionAdmin(admin.ModelAdmin):
     @admin.action(description="Clear messages of the selected sessions")
     def clear_messages(self, request, queryset):
         cleared = 0
-        for session_id in queryset.values_list("id", flat=True):
+        for key in queryset.values_list("pk", flat=True):
             try:
-                engine.session_clear_messages(session_id, allow_expired=True)
+                engine.session_clear_messages(key, allow_expired=True)
                 cleared += 1
             except engine.SessionError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
@@ -222,7 +229,8 @@ class MessageAdmin(_ReadOnlyAdmin):
         "created_at",
     ]
     list_filter = ["role", SessionIdFilter]
-    search_fields = ["content", "=session__id"]
+    list_select_related = ["session__owner"]
+    search_fields = ["content", "=session__sid"]
     ordering = ["-created_at", "-id"]
     show_full_result_count = False
     list_per_page = 100
@@ -250,8 +258,9 @@ class TurnEntryAdmin(_ReadOnlyAdmin):
         "metadata_json",
     ]
     list_filter = [SessionIdFilter]
-    search_fields = ["=session__id"]
+    search_fields = ["=session__sid"]
     ordering = ["-created_at", "-id"]
+    list_select_related = ["session__owner"]
     show_full_result_count = False
 
     def get_queryset(self, request):
@@ -270,7 +279,7 @@ class TurnEntryAdmin(_ReadOnlyAdmin):
             super()
             .get_queryset(request)
             .filter(role="user")
-            .select_related("session")
+            .select_related("session__owner")
             .annotate(
                 tool_calls_n=Subquery(tools),
                 response=Subquery(response.values("content")),
@@ -383,7 +392,8 @@ class ReplyAdmin(_ReadOnlyAdmin):
         "worker",
     ]
     list_filter = ["status", "responder", SessionIdFilter]
-    search_fields = ["=session__id", "error"]
+    list_select_related = ["session__owner"]
+    search_fields = ["=session__sid", "error"]
     ordering = ["-started_at", "-id"]
     show_full_result_count = False
     readonly_fields = [

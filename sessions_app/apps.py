@@ -17,6 +17,22 @@ class SessionsAppConfig(AppConfig):
         request_started.connect(recover_on_startup, dispatch_uid="convo-replies-recover")
         checks.register(check_responder_settings)
 
+        from django.contrib.auth import get_user_model
+        from django.contrib.auth.signals import user_logged_out
+        from django.db.models.signals import post_init, post_save
+
+        from . import logins
+        from .engine import sessions_deleted
+        from .replies.workers import cancel_sessions
+
+        # Open pages follow the account (logout, new password, deactivation: see logins.py).
+        user_model = get_user_model()
+        user_logged_out.connect(logins.logged_out, dispatch_uid="convo-logins-logout")
+        post_init.connect(logins.remember, sender=user_model, dispatch_uid="convo-logins-remember")
+        post_save.connect(logins.saved, sender=user_model, dispatch_uid="convo-logins-saved")
+        # A deleted session's running reply stops at once (its row is gone with it).
+        sessions_deleted.connect(cancel_sessions, dispatch_uid="convo-replies-cancel-deleted")
+
 
 def check_responder_settings(app_configs=None, **kwargs):
     """Report a bad CONVO_RESPONDER / CONVO_LLM_* configuration at start-up, not at the first reply."""

@@ -5,14 +5,22 @@ notification the engine sends after a commit, re-reads the database and pushes t
 page is made of, as htmx out-of-band fragments. Notifications carry no content: the database is the
 source of truth, so a lost or late notification is repaired by the next one or by a reconnect.
 
+Authorization: at connect the consumer finds the session by (user, id) and from then on knows it only
+by its key: the group, the reads and every event it forwards are that session's, whoever later
+creates a session with the same id. Deleting the session closes the socket (4404); clearing it
+re-sends the page. The socket also joins its user's group: logging out (that browser), a new password
+or deactivation closes it (4401), and the hello re-checks that the login still holds, so a socket
+cannot outlive its login.
+
 Protocol (client → server, JSON): ``{"type": "hello", "last_seq": N, "version": V, "budget": B}``
 right after the socket opens — the server answers with exactly the listed messages after N, in
 order, plus fresh panels unless the page's panels are current (V, the session header's
 ``data-version``), and from then on pushes every change (a second hello is ignored);
 ``{"type": "budget", "budget": B}`` when the page's context budget changes. Close code 4404: the
-session is gone (the page does not reconnect); 1008: the page sent frames faster than
-CONVO_WS_FRAMES_PER_SECOND (burst CONVO_WS_FRAME_BURST), each of which may cost a rendering; 1009: a
-frame over CONVO_WS_MAX_FRAME_BYTES. Anything else that is not such a JSON object is ignored.
+session is gone (the page does not reconnect); 4401: the login ended (nor does it then); 1008: the
+page sent frames faster than CONVO_WS_FRAMES_PER_SECOND (burst CONVO_WS_FRAME_BURST), each of which
+may cost a rendering; 1009: a frame over CONVO_WS_MAX_FRAME_BYTES. Anything else that is not such a
+JSON object is ignored.
 
 Assistant replies: a REPLY event is rendered from the event itself (the streamed text and Stop while
 it runs, an alert when it failed), since deltas come many times a second; when it ends, Regenerate /
@@ -30,14 +38,19 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
+from importlib import import_module
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.utils.crypto import constant_time_compare
 
 from . import engine, events, rendering
+from .logins import login_digest
 from .models import ConversationSession
 
 logger = logging.getLogger(__name__)
@@ -47,6 +60,7 @@ CATCHUP_MAX = 500
 # Panels are re-rendered at most this often (seconds) while changes keep coming.
 PANEL_DELAY = 0.5
 CLOSE_GONE = 4404
+CLOSE_LOGGED_OUT = 4401
 CLOSE_POLICY = 1008  # the page sent more frames than CONVO_WS_FRAMES_PER_SECOND allows
 CLOSE_TOO_BIG = 1009  # a frame over CONVO_WS_MAX_FRAME_BYTES (RFC 6455: message too big)
 REPLY_ENDS = ("done", "stopped", "error")
@@ -92,8 +106,8 @@ class _Snapshots:
     """
 
     def __init__(self, size: int = 1024) -> None:
-        self._latest: OrderedDict[str, tuple[float, ConversationSession | None]] = OrderedDict()
-        self._pending: dict[str, tuple[float, asyncio.Future]] = {}
+        self._latest: OrderedDict[uuid.UUID, tuple[float, ConversationSession | None]] = OrderedDict()
+        self._pending: dict[uuid.UUID, tuple[float, asyncio.Future]] = {}
         self._size = size
 
     @staticmethod
@@ -104,7 +118,7 @@ class _Snapshots:
             return session is not None and session.last_seq >= min_seq
         return since is not None
 
-    async def get(self, session_id: str, *, min_seq: int | None = None, since: float | None = None):
+    async def get(self, session_id: uuid.UUID, *, min_seq: int | None = None, since: float | None = None):
         latest = self._latest.get(session_id)
         if latest is not None and self._fits(*latest, min_seq, since):
             return latest[1]
@@ -119,7 +133,7 @@ class _Snapshots:
                     return session
         return await self._read(session_id)
 
-    async def _read(self, session_id: str) -> ConversationSession | None:
+    async def _read(self, session_id: uuid.UUID) -> ConversationSession | None:
         started = time.monotonic()
         future = asyncio.get_running_loop().create_future()
         self._pending[session_id] = (started, future)
@@ -142,9 +156,9 @@ class _Snapshots:
         return session
 
 
-def _read_session(session_id: str) -> ConversationSession | None:
+def _read_session(key: uuid.UUID) -> ConversationSession | None:
     try:
-        return engine.session_get(session_id)
+        return engine.session_get(key)
     except engine.SessionNotFound:
         return None
 
@@ -160,8 +174,11 @@ def _positive_int(value: Any) -> int | None:
 
 
 class SessionConsumer(AsyncWebsocketConsumer):
-    session_id: str
+    session_id: str  # the caller's id, for the page's URLs
+    key: uuid.UUID  # the session the socket was authorized for: everything else goes by it
     group: str | None = None
+    user_group: str | None = None
+    _revoked: bool = False  # the login ended: the socket is closed for good
     last_seq: int | None = None  # the newest sequence number this page has been sent (None: no hello yet)
     budget: int | None = None
     _panels_due: bool = False
@@ -181,7 +198,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
         # database_sync_to_async, which does that itself, so they skip it.
         if message.get("type") == "session.event":
             await self.session_event(message)
-        else:
+        elif message.get("type") == "user.revoked":
+            await self.user_revoked(message)
+        elif not self._revoked or message.get("type") == "websocket.disconnect":
             await super().dispatch(message)
 
     async def connect(self) -> None:
@@ -190,19 +209,25 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close()  # before accept: the handshake is refused (403)
             return
-        if not await database_sync_to_async(self._owns)(user):
+        session = await database_sync_to_async(self._find)(user)
+        if session is None:
             await self.close()
             return
         self.user = user
-        self.group = events.group_name(self.session_id)
+        self.key = session.pk
+        self.login = login_digest(self._session_key())
+        self.user_group = events.user_group(user.pk)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
+        self.group = events.group_name(self.key)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
         if self._panels_task is not None:
             self._panels_task.cancel()
-        if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        for group in (self.group, self.user_group):
+            if group is not None:
+                await self.channel_layer.group_discard(group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self._frame_allowed():
@@ -224,21 +249,29 @@ class SessionConsumer(AsyncWebsocketConsumer):
             if self._hello_seen:
                 return  # one catch-up per socket: from then on it is sent every change
             self._hello_seen = True
+            if not await database_sync_to_async(self._still_logged_in)():
+                await self._revoke()
+                return
             after = _positive_int(message.get("last_seq")) or 0
             await self._hello(time.monotonic(), after, message.get("version"))
         elif message.get("type") == "budget" and self.last_seq is not None:
             self._schedule_panels(seq=self.last_seq)
 
     async def session_event(self, event: dict[str, Any]) -> None:
+        if self._revoked or self.group is None or event.get("session") != self.key.hex:
+            return  # only the session this socket was authorized for
         t0 = time.monotonic()
         kind = event.get("kind")
+        if kind == events.DELETED:
+            await self._send_gone()
+            return
         if kind == events.REPLY:
             await self._reply_event(t0, event)
             return
         if self.last_seq is None or self._gone:
             return  # no hello yet: the hello's catch-up will include this change
         seq = event.get("seq")
-        if kind in (events.CLEARED, events.CONFIG, events.DELETED):
+        if kind in (events.CLEARED, events.CONFIG):
             await self._refresh(t0, after=None)
         elif kind == events.MESSAGE and isinstance(seq, int):
             await self._new_messages(seq)
@@ -269,6 +302,22 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=html)
 
     # -----------------------------------------------------------------------------------------
+
+    async def user_revoked(self, event: dict[str, Any]) -> None:
+        """The user logged out (this browser's login, or every one), changed the password or was deactivated."""
+        login = event.get("login")
+        if login is None or login == self.login:
+            await self._revoke()
+
+    async def _revoke(self) -> None:
+        if not self._revoked:
+            self._revoked = True
+            if self._panels_task is not None:
+                self._panels_task.cancel()
+            for group in (self.group, self.user_group):
+                if group is not None:
+                    await self.channel_layer.group_discard(group, self.channel_name)
+            await self.close(code=CLOSE_LOGGED_OUT)
 
     def _frame_allowed(self) -> bool:
         """A token bucket per socket: CONVO_WS_FRAME_BURST frames at once, refilled at
@@ -306,22 +355,40 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if html and self._reply_events == reply_events:
             await self.send(text_data=html)
 
-    def _owns(self, user: Any) -> bool:
+    def _find(self, user: Any) -> ConversationSession | None:
         try:
-            engine.session_get(self.session_id, owner=user)
+            return engine.session_get(self.session_id, owner=user)
         except engine.SessionNotFound:
+            return None
+
+    def _session_key(self) -> str | None:
+        session = self.scope.get("session")
+        return getattr(session, "session_key", None) if session is not None else None
+
+    def _still_logged_in(self) -> bool:
+        """Whether the login the socket was opened with still holds: the browser's session still names
+        the user, with the same password, and the account is active."""
+        session_key = self._session_key()
+        if not session_key:
             return False
-        return True
+        data = import_module(settings.SESSION_ENGINE).SessionStore(session_key=session_key).load()
+        if data.get(SESSION_KEY) != str(self.user.pk) or BACKEND_SESSION_KEY not in data:
+            return False
+        user = get_user_model()._default_manager.filter(pk=self.user.pk).first()
+        if user is None or not getattr(user, "is_active", True):
+            return False
+        stored = data.get(HASH_SESSION_KEY)
+        return bool(stored) and constant_time_compare(stored, user.get_session_auth_hash())
 
     async def _snapshot(self, *, min_seq: int | None = None, since: float | None = None) -> ConversationSession | None:
-        session = await snapshots.get(self.session_id, min_seq=min_seq, since=since)
+        session = await snapshots.get(self.key, min_seq=min_seq, since=since)
         if session is None or session.owner_id != self.user.pk:
             await self._send_gone()
             return None
         return session
 
     async def _send_gone(self) -> None:
-        if not self._gone:
+        if not self._gone and not self._revoked:
             self._gone = True
             await self.send(text_data=rendering.render_gone_oob(self.session_id))
             await self.close(code=CLOSE_GONE)

@@ -2,6 +2,11 @@
 
 Open chat pages subscribe to their session's group; a notification names what changed (and, for a
 message, its sequence number) and the page re-reads the database, which stays the source of truth.
+
+A session's group is named after its key, never after its id: ids are the callers' (two users may
+each have ``support-42``, and a deleted id can be created again), keys are never reused. Each user
+also has a group (``user_group``): when the account logs out, changes its password or is
+deactivated, ``user_revoked`` tells that user's open pages to close.
 """
 
 from __future__ import annotations
@@ -10,10 +15,10 @@ import asyncio
 import atexit
 import collections
 import contextlib
-import hashlib
 import logging
 import os
 import threading
+import uuid
 from functools import partial
 from typing import Any
 
@@ -35,24 +40,40 @@ DELETED = "deleted"
 REPLY = "reply"
 
 
-def group_name(session_id: str) -> str:
-    """The channel-layer group of one session (group names allow fewer characters than session ids)."""
-    return "convo.session." + hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:40]
+def group_name(key: uuid.UUID) -> str:
+    """The channel-layer group of one session, named by its key."""
+    return "convo.session." + key.hex
 
 
-def emit(session_id: str, kind: str, **data: Any) -> None:
-    """Queue a notification to be sent once the current transaction commits (at once outside one)."""
-    emit_many([session_id], kind, **data)
+def user_group(user_pk: Any) -> str:
+    """The channel-layer group of one user's open pages."""
+    return f"convo.user.{user_pk}"
 
 
-def emit_many(session_ids: list[str], kind: str, **data: Any) -> None:
-    if not session_ids:
+def emit(key: uuid.UUID, kind: str, **data: Any) -> None:
+    """Queue a notification to the session ``key`` to be sent once the current transaction commits
+    (at once outside one)."""
+    emit_many([key], kind, **data)
+
+
+def emit_many(keys: list[uuid.UUID], kind: str, **data: Any) -> None:
+    if not keys:
         return
-    events = [{"type": "session.event", "session_id": sid, "kind": kind, **data} for sid in session_ids]
+    if not all(isinstance(key, uuid.UUID) for key in keys):
+        raise TypeError("session events are addressed by session key (uuid.UUID), never by id")
+    events = [(group_name(key), {"type": "session.event", "session": key.hex, "kind": kind, **data}) for key in keys]
     transaction.on_commit(partial(_send, events))
 
 
-def _send(events: list[dict[str, Any]]) -> None:
+def user_revoked(user_pk: Any, reason: str, *, login: str | None = None) -> None:
+    """Close the user's open pages once the current transaction commits: those of one browser login
+    (``login``, a digest of its session key: a logout), or all of them (a new password, deactivation).
+    They cannot resubscribe: their new handshake is no longer authenticated."""
+    event = {"type": "user.revoked", "reason": reason, **({"login": login} if login else {})}
+    transaction.on_commit(partial(_send, [(user_group(user_pk), event)]))
+
+
+def _send(events: list[tuple[str, dict[str, Any]]]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
@@ -68,9 +89,9 @@ def _send(events: list[dict[str, Any]]) -> None:
         _sender().submit(layer, events)
 
 
-async def _send_all(layer: Any, events: list[dict[str, Any]]) -> None:
-    for event in events:
-        await layer.group_send(group_name(event["session_id"]), event)
+async def _send_all(layer: Any, events: list[tuple[str, dict[str, Any]]]) -> None:
+    for group, event in events:
+        await layer.group_send(group, event)
 
 
 # While events keep coming, how long the sender lets them gather between batches (a change in a busy
@@ -151,21 +172,21 @@ def _coalesce(batch: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     if len(batch) < 2:
         return batch
     out: list[tuple[Any, Any]] = []
-    last: dict[tuple[int, str], tuple[int, int]] = {}  # (layer, session) -> where its latest event is
+    last: dict[tuple[int, str], tuple[int, int]] = {}  # (layer, group) -> where its latest event is
     for layer, events in batch:
         if layer is None:
             out.append((layer, events))
             continue
         kept = []
-        for event in events:
-            key = (id(layer), event["session_id"])
+        for item in events:  # (group, event): a session's group is named by its key
+            key = (id(layer), item[0])
             at = last.get(key)
-            if event["kind"] == MESSAGE and at is not None:
-                group, index = at
-                if out[group][1][index]["kind"] == MESSAGE:
-                    out[group][1][index] = event
+            if item[1].get("kind") == MESSAGE and at is not None:
+                where, index = at
+                if out[where][1][index][1].get("kind") == MESSAGE:
+                    out[where][1][index] = item
                     continue
-            kept.append(event)
+            kept.append(item)
             last[key] = (len(out), len(kept) - 1)
         if kept:
             out.append((layer, kept))

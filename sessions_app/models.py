@@ -15,6 +15,7 @@ the oldest message after the head, so these two numbers describe the list exactl
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 from django.conf import settings
 from django.db import models
@@ -29,7 +30,13 @@ class Role(models.TextChoices):
 
 
 class ConversationSession(models.Model):
-    id = models.CharField(primary_key=True, max_length=128)
+    """A conversation. Its id (``sid``) is the caller's name for it, unique per owner: two users may
+    each have ``support-42``, and sessions without an owner share a namespace of their own. Everything
+    inside Convo (messages, turns, replies, idempotency records, the channel-layer group) refers to
+    the ``key`` instead, which is never reused: a deleted id created again is another session."""
+
+    key = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    sid = models.CharField("id", max_length=128, help_text="The caller's id for the session, unique per owner.")
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -69,9 +76,30 @@ class ConversationSession(models.Model):
         # update of the session row a non-HOT one (new entries in every index, bloat on busy sessions).
         # A user's sessions are few enough to sort by activity after the owner index finds them.
         verbose_name = "conversation session"
+        constraints = [
+            # Also the index of lookups by id alone (operators); the owner's own index serves their lists.
+            models.UniqueConstraint(fields=["sid", "owner"], name="session_id_owner_unique"),
+            # NULLs are distinct in the one above: the sessions without an owner need their own.
+            models.UniqueConstraint(
+                fields=["sid"], condition=Q(owner__isnull=True), name="session_id_ownerless_unique"
+            ),
+        ]
 
     def __str__(self) -> str:
-        return self.id
+        return f"{self.sid} ({self.owner_label})"
+
+    @property
+    def id(self) -> str:
+        """The caller's id (``sid``), as the URLs, the API and the templates name the session."""
+        return self.sid
+
+    @property
+    def owner_label(self) -> str:
+        """Who owns the session, for operators' screens: the owner's username, or "no owner"."""
+        if self.owner_id is None:
+            return "no owner"
+        owner = self.owner
+        return owner.get_username() if owner is not None else f"user {self.owner_id}"
 
     @property
     def message_count(self) -> int:
@@ -119,7 +147,7 @@ class Message(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.session_id}#{self.seq} {self.role}"
+        return f"{self.session}#{self.seq} {self.role}"
 
 
 class Turn(models.Model):
@@ -142,7 +170,7 @@ class Turn(models.Model):
         verbose_name_plural = "turn metadata"
 
     def __str__(self) -> str:
-        return f"{self.session_id} turn {self.number}"
+        return f"{self.session} turn {self.number}"
 
 
 class TurnEntry(Message):
@@ -190,7 +218,8 @@ class ApiIdempotencyKey(models.Model):
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=255)
-    session_id = models.CharField(max_length=128)
+    # The session the request was for (its key: the caller's id may name another session later).
+    session_key = models.UUIDField(null=True, blank=True)
     fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the session id and the request body.")
     response = models.JSONField(default=dict)
     created_at = models.DateTimeField(db_index=True)
@@ -258,7 +287,7 @@ class Reply(models.Model):
         verbose_name_plural = "replies"
 
     def __str__(self) -> str:
-        return f"{self.session_id} turn {self.turn_number} reply {self.pk} ({self.status})"
+        return f"{self.session} turn {self.turn_number} reply {self.pk} ({self.status})"
 
     @property
     def is_running(self) -> bool:

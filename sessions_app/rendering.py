@@ -11,6 +11,7 @@ import hashlib
 import re
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -274,19 +275,19 @@ class SidebarEntry:
 SIDEBAR_LIMIT = 200
 
 
-def sidebar_entries(user: Any, *, only: str | None = None, now=None) -> list[SidebarEntry]:
+def sidebar_entries(user: Any, *, only: uuid.UUID | None = None, now=None) -> list[SidebarEntry]:
     """The user's conversations, most recent activity first, each titled by its first user message.
 
     One query whatever the number of sessions: the title is turn 1's user message (the first user
     message: every user message opens a turn, and turns outlive max_messages), a correlated subquery
-    on the partial index of user messages by turn; ``only`` restricts it to one session, for a live update.
+    on the partial index of user messages by turn; ``only`` (a key) restricts it to one session, for a live update.
     """
     now = now or timezone.now()
     first_user = engine.turn_user_messages(OuterRef("pk"), 1).values("content")[:1]
     qs = (
         ConversationSession.objects.filter(owner=user)
         .annotate(first_user_message=Substr(Subquery(first_user), 1, 80))
-        .order_by("-updated_at", "id")
+        .order_by("-updated_at", "sid")
     )
     if only is not None:
         qs = qs.filter(pk=only)
@@ -424,7 +425,7 @@ def render_panels_oob(session: ConversationSession, user: Any, *, budget: int | 
         render_partial("context-panel", ctx),
         render_partial("reply-actions", ctx),
     ]
-    entries = sidebar_entries(user, only=session.id, now=ctx["now"])
+    entries = sidebar_entries(user, only=session.pk, now=ctx["now"])
     if entries:
         parts.append(render_partial("sidebar-item", {"entry": entries[0], "oob": True, "current_id": session.id}))
     return "".join(parts)

@@ -8,21 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from sessions_app import events
+from sessions_app import engine, events
 
 
 class Listener:
-    def __init__(self, session_id: str) -> None:
-        self.group = events.group_name(session_id)
+    """Listen to one session's group: the session's key, or an id (looked up for any owner on entry)."""
+
+    def __init__(self, session: str | uuid.UUID) -> None:
+        self.session = session
+        self.key: uuid.UUID | None = None
+        self.group = ""
         self.layer = get_channel_layer()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.channel = ""
         self.task: asyncio.Task | None = None
 
     async def __aenter__(self) -> Listener:
+        self.key = self.session
+        if not isinstance(self.key, uuid.UUID):
+            self.key = (await database_sync_to_async(engine.session_get)(self.session)).pk
+        self.group = events.group_name(self.key)
         self.channel = await self.layer.new_channel()
         await self.layer.group_add(self.group, self.channel)
         self.task = asyncio.ensure_future(self._pump())

@@ -55,10 +55,15 @@ def test_filters_and_search(staff):
     assert ">s0<" in by_owner and ">gone<" not in by_owner
 
 
+def key(session_id):
+    """The admin names sessions by key (an id may be several owners')."""
+    return str(engine.session_get(session_id).pk)
+
+
 def test_session_page_shows_config_state_messages_and_turns(staff):
     engine.state_set("s1", "name", "Alice")
     engine.state_set_data("s1", "prefs", {"theme": "dark"})
-    response = staff.get(reverse("admin:sessions_app_conversationsession_change", args=["s1"]))
+    response = staff.get(reverse("admin:sessions_app_conversationsession_change", args=[key("s1")]))
     body = response.content.decode()
     assert response.status_code == 200
     assert "&quot;theme&quot;: &quot;dark&quot;" in body
@@ -69,24 +74,26 @@ def test_session_page_shows_config_state_messages_and_turns(staff):
 
 def test_purge_action_deletes_only_expired(staff):
     url = reverse("admin:sessions_app_conversationsession_changelist")
-    response = staff.post(url, {"action": "purge_expired_sessions", "_selected_action": ["gone", "s1"]}, follow=True)
+    response = staff.post(
+        url, {"action": "purge_expired_sessions", "_selected_action": [key("gone"), key("s1")]}, follow=True
+    )
     assert "Purged 1 expired session(s)" in response.content.decode()
-    assert not ConversationSession.objects.filter(pk="gone").exists()
-    assert ConversationSession.objects.filter(pk="s1").exists()
+    assert not ConversationSession.objects.filter(sid="gone").exists()
+    assert ConversationSession.objects.filter(sid="s1").exists()
 
 
 def test_clear_action_goes_through_the_engine(staff):
     url = reverse("admin:sessions_app_conversationsession_changelist")
-    staff.post(url, {"action": "clear_messages", "_selected_action": ["s2"]}, follow=True)
+    staff.post(url, {"action": "clear_messages", "_selected_action": [key("s2")]}, follow=True)
     session = engine.session_get("s2")
     assert [m.role for m in engine.messages_all(session)] == ["system"]
     assert session.turn_count == 0
 
 
 def test_delete_goes_through_the_engine(staff):
-    url = reverse("admin:sessions_app_conversationsession_delete", args=["s4"])
+    url = reverse("admin:sessions_app_conversationsession_delete", args=[key("s4")])
     staff.post(url, {"post": "yes"})
-    assert not ConversationSession.objects.filter(pk="s4").exists()
+    assert not ConversationSession.objects.filter(sid="s4").exists()
 
 
 def test_message_and_turn_lists_filter_by_role_and_session(staff):

@@ -56,14 +56,14 @@ def chat(api):
 
 def _expire(session_id: str) -> None:
     """Make a session expired (its expiry time in the past), as time passing would."""
-    ConversationSession.objects.filter(pk=session_id).update(
+    ConversationSession.objects.filter(sid=session_id).update(
         expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC), updated_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
     )
 
 
 def _snapshot():
     return (
-        list(ConversationSession.objects.order_by("id").values()),
+        list(ConversationSession.objects.order_by("sid").values()),
         list(Message.objects.order_by("session_id", "seq").values()),
     )
 
@@ -122,11 +122,14 @@ def test_create_with_partial_config_keeps_the_other_defaults(api, settings):
     }
 
 
-def test_create_with_an_id_in_use_is_409_even_when_another_user_owns_it(api, other_api):
+def test_create_with_an_id_in_use_is_409_only_for_your_own_ids(api, other_api, user, other_user):
+    """Ids are per owner (issue 9): another user's id is not there for you, so creating it succeeds."""
     assert api.post("/sessions", {"id": "taken"}).status_code == 201
     assert_error(api.post("/sessions", {"id": "taken"}), 409, "session_exists")
+    assert other_api.post("/sessions", {"id": "taken"}).status_code == 201
     assert_error(other_api.post("/sessions", {"id": "taken"}), 409, "session_exists")
-    assert engine.session_get("taken").messages.count() == 0
+    mine, theirs = engine.session_get("taken", owner=user), engine.session_get("taken", owner=other_user)
+    assert mine.pk != theirs.pk
 
 
 @pytest.mark.parametrize(
@@ -166,7 +169,7 @@ def test_create_refuses_bad_input_with_422(api, body):
 def test_create_refuses_a_too_long_system_prompt_with_413(api, settings):
     settings.CONVO_MAX_CONTENT_CHARS = 10
     assert_error(api.post("/sessions", {"id": "big", "system_prompt": "x" * 11}), 413, "content_too_large")
-    assert not ConversationSession.objects.filter(pk="big").exists()
+    assert not ConversationSession.objects.filter(sid="big").exists()
     assert api.post("/sessions", {"id": "ok", "system_prompt": "x" * 10}).status_code == 201
 
 
@@ -203,13 +206,15 @@ def test_put_replaces_an_expired_session_with_201(api):
     assert [m["content"] for m in api.get("/sessions/old/messages").json()["items"]] == ["v2"]
 
 
-def test_put_bad_id_is_422_and_foreign_id_is_404(api, other_api):
+def test_put_bad_id_is_422_and_another_users_id_is_yours_to_create(api, other_api, user, other_user):
     assert_error(api.put("/sessions/bad%20id"), 422, "validation_error")
     assert_error(api.put("/sessions/" + "x" * 129), 422, "validation_error")
     assert_error(api.put("/sessions/..."), 422, "validation_error")
-    other_api.put("/sessions/theirs")
-    assert_error(api.put("/sessions/theirs"), 404, "not_found")
-    assert engine.session_get("theirs").owner.username == "bob"
+    other_api.put("/sessions/theirs", {"system_prompt": "secret"})
+    r = api.put("/sessions/theirs")  # ids are per owner (issue 9): no sign that bob has one
+    assert r.status_code == 201 and r.json()["system_prompt"] is None
+    assert engine.session_get("theirs", owner=other_user).system_prompt == "secret"
+    assert engine.session_get("theirs", owner=user).pk != engine.session_get("theirs", owner=other_user).pk
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,12 +311,15 @@ def test_unknown_and_foreign_sessions_are_the_same_404(api, other_api):
         ("DELETE", "/sessions/theirs/state/data/k", None),
         ("DELETE", "/sessions/theirs/state", None),
         ("DELETE", "/sessions/theirs", None),
-        ("PUT", "/sessions/theirs", {}),
     ]:
         assert_error(api.call(method, path, body), 404, "not_found")
     assert _snapshot() == before
     assert [s["id"] for s in api.get("/sessions").json()["items"]] == []
     assert other_api.get("/sessions/theirs").status_code == 200
+    # PUT creates the caller's own "theirs" (ids are per owner, issue 9), leaving bob's untouched.
+    assert api.put("/sessions/theirs", {}).status_code == 201
+    assert other_api.get("/sessions/theirs/messages").json()["items"][-1]["content"] == "private"
+    assert api.get("/sessions/theirs/messages").json()["items"] == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +331,7 @@ def test_delete(api, chat):
     assert r.status_code == 204 and r.content == b""
     assert_error(api.get("/sessions/chat"), 404, "not_found")
     assert_error(api.delete("/sessions/chat"), 404, "not_found")
-    assert not Message.objects.filter(session_id="chat").exists()
+    assert not Message.objects.filter(session__sid="chat").exists()
 
 
 def test_delete_expired_session(api):
@@ -399,7 +407,7 @@ def test_append_to_an_expired_session_is_410(api):
     api.put("/sessions/old")
     _expire("old")
     assert_error(api.post("/sessions/old/messages", {"role": "user", "content": "late"}), 410, "session_expired")
-    assert not Message.objects.filter(session_id="old").exists()
+    assert not Message.objects.filter(session__sid="old").exists()
     assert api.put("/sessions/old").status_code == 201  # the client resumes with PUT
     assert api.post("/sessions/old/messages", {"role": "user", "content": "late"}).status_code == 201
 
@@ -413,7 +421,7 @@ def test_content_over_the_limit_is_413(api, settings):
     api.put("/sessions/s")
     assert_error(api.post("/sessions/s/messages", {"role": "user", "content": "é" * 21}), 413, "content_too_large")
     assert api.post("/sessions/s/messages", {"role": "user", "content": "é" * 20}).status_code == 201
-    assert Message.objects.filter(session_id="s").count() == 1
+    assert Message.objects.filter(session__sid="s").count() == 1
 
 
 def test_body_over_the_limit_is_413_before_anything_is_parsed(api, settings):
@@ -422,7 +430,7 @@ def test_body_over_the_limit_is_413_before_anything_is_parsed(api, settings):
     r = api.post("/sessions/s/messages", {"role": "user", "content": "x" * 2000})
     assert_error(r, 413, "body_too_large")
     assert_error(api.post("/sessions/s/messages", raw="{" * 5000), 413, "body_too_large")
-    assert not Message.objects.filter(session_id="s").exists()
+    assert not Message.objects.filter(session__sid="s").exists()
 
 
 def test_body_over_djangos_own_limit_is_413(api, settings):
@@ -449,7 +457,7 @@ def test_malformed_json_is_400(api, raw, settings):
     api.put("/sessions/s")
     assert_error(api.post("/sessions/s/messages", raw=raw), 400, "malformed_json")
     assert_error(api.post("/sessions", raw=raw), 400, "malformed_json")
-    assert not Message.objects.filter(session_id="s").exists()
+    assert not Message.objects.filter(session__sid="s").exists()
 
 
 def test_unicode_round_trips(api):
@@ -473,7 +481,7 @@ def test_idempotency_key_returns_the_first_result(api):
     assert first.status_code == again.status_code == 201
     assert again.json() == first.json()
     assert again["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first
-    assert Message.objects.filter(session_id="s").count() == 1
+    assert Message.objects.filter(session__sid="s").count() == 1
     other = api.post("/sessions/s/messages", body, headers={"Idempotency-Key": "abc-2"})
     assert other.json()["seq"] == 2
 
@@ -812,7 +820,7 @@ def test_browser_session_authenticates_with_csrf_on_unsafe_methods(user, client)
     assert r.status_code == 200
     r = browser.post("/api/v1/sessions", data='{"id": "web"}', content_type="application/json")
     assert_error(r, 403, "csrf_failed")
-    assert not ConversationSession.objects.filter(pk="web").exists()
+    assert not ConversationSession.objects.filter(sid="web").exists()
     browser.get("/api/v1/docs")  # sets the csrftoken cookie
     token = browser.cookies["csrftoken"].value
     r = browser.post(
@@ -833,7 +841,7 @@ def test_browser_session_append_with_idempotency_key(user):
     first = browser.post("/api/v1/sessions/web/messages", data=body, content_type="application/json", headers=headers)
     again = browser.post("/api/v1/sessions/web/messages", data=body, content_type="application/json", headers=headers)
     assert first.status_code == again.status_code == 201 and again.json() == first.json()
-    assert Message.objects.filter(session_id="web").count() == 1
+    assert Message.objects.filter(session__sid="web").count() == 1
 
 
 def test_inactive_user_key_is_401(user):

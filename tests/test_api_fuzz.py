@@ -180,7 +180,7 @@ def _validator(spec, schema):
 
 def _snapshot():
     return (
-        list(ConversationSession.objects.order_by("id").values()),
+        list(ConversationSession.objects.order_by("sid").values()),
         list(Message.objects.order_by("session_id", "seq").values()),
         list(Turn.objects.order_by("session_id", "number").values()),
     )
@@ -189,17 +189,17 @@ def _snapshot():
 def _setup_state(user, other_user):
     """The sessions requests aim at, reset before each example: live, expired and someone else's."""
     past = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-    if not ConversationSession.objects.filter(pk="mine").exists():
+    if not ConversationSession.objects.filter(sid="mine").exists():
         engine.session_create("mine", owner=user, system_prompt="sys")
         engine.message_append("mine", "user", "hello")
         engine.message_append("mine", "tool", "4", tool_call_id="c1")
         engine.state_set("mine", "color", "blue")
-    if not ConversationSession.objects.filter(pk="theirs").exists():
+    if not ConversationSession.objects.filter(sid="theirs").exists():
         engine.session_create("theirs", owner=other_user)
         engine.message_append("theirs", "user", "private")
-    if not ConversationSession.objects.filter(pk="old").exists():
+    if not ConversationSession.objects.filter(sid="old").exists():
         engine.session_create("old", owner=user)
-    ConversationSession.objects.filter(pk="old").update(updated_at=past, expires_at=past)
+    ConversationSession.objects.filter(sid="old").update(updated_at=past, expires_at=past)
 
 
 def test_fuzz_the_api_against_its_schema(user, other_user, spec):

@@ -58,8 +58,8 @@ def test_concurrent_retries_with_one_idempotency_key_create_exactly_one_message(
     assert {status for status, _, _ in results} == {201}
     assert len({repr(sorted(body.items())) for _, body, _ in results}) == 1  # every caller got the first result
     assert sum(1 for _, _, replayed in results if replayed is None) == 1
-    assert Message.objects.filter(session_id="retry").count() == 1
-    session = ConversationSession.objects.get(pk="retry")
+    assert Message.objects.filter(session__sid="retry").count() == 1
+    session = ConversationSession.objects.get(sid="retry")
     assert (session.last_seq, session.turn_count) == (1, 1)
 
 
@@ -87,28 +87,31 @@ def _call(func, *args, **kwargs):
 @pytest.mark.django_db(transaction=True)
 async def test_an_api_append_reaches_the_sessions_channel_group_after_commit(user):
     api = await _call(api_for, user)
+    assert (await _call(api.put, "/sessions/live")).status_code == 201
     async with Listener("live") as listener:
-        assert (await _call(api.put, "/sessions/live")).status_code == 201
         body = {"role": "user", "content": "hello page"}
         first = (await _call(api.post, "/sessions/live/messages", body, headers={"Idempotency-Key": "k1"})).json()
         replay = await _call(api.post, "/sessions/live/messages", body, headers={"Idempotency-Key": "k1"})
         assert replay["Idempotent-Replayed"] == "true"
-        await _call(ConversationSession.objects.filter(pk="live").update, expires_at="2000-01-01T00:00:00Z")
+        await _call(ConversationSession.objects.filter(sid="live").update, expires_at="2000-01-01T00:00:00Z")
         refused = await _call(api.post, "/sessions/live/messages", {"role": "user", "content": "refused"})
         assert refused.status_code == 410
-        await _call(api.put, "/sessions/live")  # replaces the expired session
-        second = (await _call(api.post, "/sessions/live/messages", {"role": "user", "content": "again"})).json()
+        await _call(api.put, "/sessions/live")  # replaces the expired session: another session, another key
 
         event = await listener.until(events.MESSAGE)
         assert event == {
             "type": "session.event",
-            "session_id": "live",
+            "session": listener.key.hex,
             "kind": events.MESSAGE,
             "seq": first["seq"],
             "turn": 1,
         }
-        # The replay and the refused append pushed nothing: the next message event is the new session's.
-        assert (await listener.until(events.DELETED))["session_id"] == "live"
+        # The replay and the refused append pushed nothing: the next event is the old session's end.
+        assert (await listener.until(events.DELETED))["session"] == listener.key.hex
+        old_key = listener.key
+    async with Listener("live") as listener:
+        assert listener.key != old_key
+        second = (await _call(api.post, "/sessions/live/messages", {"role": "user", "content": "again"})).json()
         event = await listener.until(events.MESSAGE)
         assert (event["seq"], event["turn"]) == (second["seq"], 1)
     await _call(connections.close_all)
@@ -120,7 +123,7 @@ async def test_api_state_and_clear_reach_the_channel_group(user):
     await _call(api.put, "/sessions/panel")
     async with Listener("panel") as listener:
         await _call(api.put, "/sessions/panel/state/variables/color", {"value": "blue"})
-        assert (await listener.until(events.STATE))["session_id"] == "panel"
+        assert (await listener.until(events.STATE))["session"] == listener.key.hex
         await _call(api.post, "/sessions/panel/clear")
-        assert (await listener.until(events.CLEARED))["session_id"] == "panel"
+        assert (await listener.until(events.CLEARED))["session"] == listener.key.hex
     await _call(connections.close_all)

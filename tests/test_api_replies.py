@@ -19,7 +19,7 @@ def api(user, replies_env):
 
 def wait_done(api, session_id="chat"):
     body = api.get(f"/sessions/{session_id}/reply").json()
-    return reply_out(replies.wait_reply(body["id"], timeout=15))
+    return reply_out(replies.wait_reply(body["id"], timeout=15), session_id)
 
 
 def test_respond_true_starts_a_reply_that_completes_the_turn_with_a_tool_call(api):

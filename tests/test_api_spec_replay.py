@@ -161,7 +161,7 @@ def test_expiry_via_get_or_create(api):
     add(api, "test", "user", "Hello")
     assert api.put("/sessions/test").status_code == 200
     past = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-    ConversationSession.objects.filter(pk="test").update(updated_at=past, expires_at=past + dt.timedelta(seconds=61))
+    ConversationSession.objects.filter(sid="test").update(updated_at=past, expires_at=past + dt.timedelta(seconds=61))
     assert api.get("/sessions/test").json()["expired"] is True
     assert_error(api.post("/sessions/test/messages", {"role": "user", "content": "late"}), 410, "session_expired")
     fresh = api.put("/sessions/test")

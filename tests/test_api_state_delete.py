@@ -45,16 +45,16 @@ def test_delete_reads_the_session_once_under_the_lock(api, path):
 @pytest.mark.parametrize("path", PATHS)
 def test_deleting_a_missing_key_changes_nothing_and_sends_no_event(api, path, django_capture_on_commit_callbacks):
     assert api.delete(path).status_code == 204
-    before = ConversationSession.objects.values().get(pk="s")
+    before = ConversationSession.objects.values().get(sid="s")
     with django_capture_on_commit_callbacks() as callbacks:
         assert_error(api.delete(path), 404, "not_found")
-    assert ConversationSession.objects.values().get(pk="s") == before
+    assert ConversationSession.objects.values().get(sid="s") == before
     assert callbacks == []
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_deleting_from_an_expired_session_is_gone_whether_or_not_the_key_exists(api, path):
     past = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-    ConversationSession.objects.filter(pk="s").update(updated_at=past, expires_at=past)
+    ConversationSession.objects.filter(sid="s").update(updated_at=past, expires_at=past)
     assert_error(api.delete(path.replace("/k", "/missing")), 410, "session_expired")
     assert_error(api.delete(path), 410, "session_expired")

@@ -56,7 +56,7 @@ def test_sqlite_append_runs_under_the_row_lock(make_session):
     # (its turn_number opens the turn: no turn row), UPDATE the session's bookkeeping, COMMIT.
     assert statements("s", "user") == [
         "BEGIN IMMEDIATE",
-        'SELECT "sessions_app_conversationsession"."id", "sessions_app_conversationsession"."owner_id",',
+        'SELECT "sessions_app_conversationsession"."key", "sessions_app_conversationsession"."sid",',
         'INSERT INTO "sessions_app_message"',
         'UPDATE "sessions_app_conversationsession" SET',
         "COMMIT",
@@ -66,7 +66,7 @@ def test_sqlite_append_runs_under_the_row_lock(make_session):
     # (an assistant message completes its turn by its turn_number alone).
     assert statements("s", "assistant") == [
         "BEGIN IMMEDIATE",
-        'SELECT "sessions_app_conversationsession"."id", "sessions_app_conversationsession"."owner_id",',
+        'SELECT "sessions_app_conversationsession"."key", "sessions_app_conversationsession"."sid",',
         'INSERT INTO "sessions_app_message"',
         'SELECT "sessions_app_message"."seq" AS',
         'UPDATE "sessions_app_conversationsession" SET',
@@ -103,7 +103,7 @@ def test_a_session_over_its_limit_anyway_is_appended_under_the_lock(make_session
         make_session(session_id, max_messages=10, at=now)
         for i in range(6):
             engine.message_append(session_id, "user" if i % 2 == 0 else "system", f"m{i}", now=now)
-        ConversationSession.objects.filter(pk=session_id).update(max_messages=1)
+        ConversationSession.objects.filter(sid=session_id).update(max_messages=1)
     used = []
     real = pg_append.append_bookkeeping
     monkeypatch.setattr(pg_append, "append_bookkeeping", lambda *args: used.append(1) or real(*args))

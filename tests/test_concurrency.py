@@ -32,11 +32,11 @@ def test_four_writers_append_400_messages_without_gaps_or_duplicates():
     for t in threads:
         t.join(120)
     assert errors == []
-    seqs = list(Message.objects.filter(session_id="busy").order_by("seq").values_list("seq", flat=True))
+    seqs = list(Message.objects.filter(session__sid="busy").order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, 401))
     numbers = [t.number for t in engine.turns(engine.session_get("busy"))]
     assert numbers == list(range(1, len(numbers) + 1))
-    assert len(numbers) == Message.objects.filter(session_id="busy", role="user").count() == 200
+    assert len(numbers) == Message.objects.filter(session__sid="busy", role="user").count() == 200
     session = engine.session_get("busy")
     assert session.message_count == 400
-    assert session.total_tokens == sum(Message.objects.filter(session_id="busy").values_list("tokens", flat=True))
+    assert session.total_tokens == sum(Message.objects.filter(session__sid="busy").values_list("tokens", flat=True))

@@ -243,11 +243,11 @@ async def test_reply_events_fill_and_empty_the_reply_stream(layer, user, owned):
     comm, _ = await connect("live-1", user)
     await hello(comm, 1)
     channel_layer = get_channel_layer()
-    event = {"type": "session.event", "session_id": "live-1", "kind": events.REPLY, "reply": 7, "turn": 1}
-    await channel_layer.group_send(events.group_name("live-1"), {**event, "state": "delta", "text": "Hel<b>lo"})
+    event = {"type": "session.event", "session": owned.pk.hex, "kind": events.REPLY, "reply": 7, "turn": 1}
+    await channel_layer.group_send(events.group_name(owned.pk), {**event, "state": "delta", "text": "Hel<b>lo"})
     html = await comm.receive_from(timeout=5)
     assert 'id="reply-stream"' in html and "role-assistant" in html and "Hel&lt;b&gt;lo" in html
-    await channel_layer.group_send(events.group_name("live-1"), {**event, "state": "done", "text": "Hello"})
+    await channel_layer.group_send(events.group_name(owned.pk), {**event, "state": "done", "text": "Hello"})
     html = await comm.receive_from(timeout=5)
     assert 'id="reply-stream"' in html and "Hello" not in html
     await comm.disconnect()
@@ -272,8 +272,8 @@ async def test_a_running_reply_shows_its_text_and_stop(layer, user, owned, state
     await hello(comm, 1)
     text = "" if state == "started" else "Twelve times seven"
     await get_channel_layer().group_send(
-        events.group_name("live-1"),
-        {"type": "session.event", "session_id": "live-1", "kind": events.REPLY, "state": state, "text": text,
+        events.group_name(owned.pk),
+        {"type": "session.event", "session": owned.pk.hex, "kind": events.REPLY, "state": state, "text": text,
          "reply": 41, "turn": 3},
     )  # fmt: skip
     html = stream_of(await comm.receive_from(timeout=5))
@@ -296,11 +296,11 @@ async def test_an_ended_reply_clears_the_stream_and_offers_the_next_step(layer, 
     comm, _ = await connect("live-1", user)
     await hello(comm, 3)
     await settle(comm)
-    event = {"type": "session.event", "session_id": "live-1", "kind": events.REPLY, "state": state, "text": "84",
+    event = {"type": "session.event", "session": owned.pk.hex, "kind": events.REPLY, "state": state, "text": "84",
              "reply": 5, "turn": 1}  # fmt: skip
     if state == "error":
         event["error"] = "The language model server returned HTTP 500: boom"
-    await get_channel_layer().group_send(events.group_name("live-1"), event)
+    await get_channel_layer().group_send(events.group_name(owned.pk), event)
     html = await comm.receive_from(timeout=5)
     stream = stream_of(html)
     assert "streaming" not in stream and "Stop</button>" not in stream

@@ -87,13 +87,13 @@ def test_empty_session_has_empty_window(make_session):
 def test_window_cost_follows_the_window_not_the_session(make_session):
     """A 3,000-message session: the window reads a bounded number of rows in a few queries."""
     make_session("big", max_messages=10_000)
-    session = ConversationSession.objects.get(pk="big")
+    session = ConversationSession.objects.get(sid="big")
     now = session.created_at
     Message.objects.bulk_create(
         Message(session=session, seq=i, role="user", content="x" * 200, created_at=now, tokens=51)
         for i in range(1, 3001)
     )
-    ConversationSession.objects.filter(pk="big").update(last_seq=3000, total_tokens=3000 * 51)
+    ConversationSession.objects.filter(sid="big").update(last_seq=3000, total_tokens=3000 * 51)
     session = engine.session_get("big")
     with CaptureQueriesContext(connection) as ctx:
         w = engine.context_window(session, 4096)

@@ -1,6 +1,7 @@
 """Change notifications reach the session's channel-layer group only after the commit."""
 
 import asyncio
+import uuid
 
 import pytest
 from channels.db import database_sync_to_async
@@ -22,7 +23,7 @@ async def test_append_notifies_with_sequence_and_turn():
     async with Listener("ev") as listener:
         await sync(engine.message_append, "ev", "user", "hi")
         event = await listener.get()
-    assert event == {"type": "session.event", "session_id": "ev", "kind": "message", "seq": 1, "turn": 1}
+    assert event == {"type": "session.event", "session": listener.key.hex, "kind": "message", "seq": 1, "turn": 1}
 
 
 class Abort(Exception):
@@ -75,14 +76,22 @@ async def test_each_kind_of_change_is_announced():
     assert kinds == ["config", "state", "cleared", "deleted"]
 
 
-def test_group_names_are_valid_for_any_session_id():
-    names = {events.group_name(i) for i in ["a", "x" * 128, "a:b.c-d_e"]}
+def test_group_names_are_valid_and_named_by_key():
+    keys = [uuid.uuid4() for _ in range(3)]
+    names = {events.group_name(key) for key in keys}
     assert len(names) == 3
     assert all(len(n) < 100 and n.replace(".", "").replace("-", "").replace("_", "").isalnum() for n in names)
 
 
-def _event(session_id, kind, **data):
-    return {"type": "session.event", "session_id": session_id, "kind": kind, **data}
+def test_events_are_addressed_by_key_never_by_id():
+    """A caller's id is not an address: another user may have the same id, or create it later."""
+    with pytest.raises(TypeError):
+        events.emit("support-42", events.MESSAGE)
+
+
+def _event(session, kind, **data):
+    """(group, event) as emit queues them (a session's group is named by its key; here, by a letter)."""
+    return ("convo.session." + session, {"type": "session.event", "session": session, "kind": kind, **data})
 
 
 def test_a_batch_keeps_each_sessions_order_and_only_merges_message_runs():
@@ -98,8 +107,8 @@ def test_a_batch_keeps_each_sessions_order_and_only_merges_message_runs():
     sent = events._coalesce(batch)
     flat = [e for target, group in sent if target is not None for e in group]
     # a: 1,2 merge into 2; the reply and the clear stay between; b: 1,2 merge into 2, then deleted.
-    assert [e for e in flat if e["session_id"] == "a"] == [a2, reply, a3, cleared, a4]
-    assert [e for e in flat if e["session_id"] == "b"] == [b2, deleted]
+    assert [e for e in flat if e[1]["session"] == "a"] == [a2, reply, a3, cleared, a4]
+    assert [e for e in flat if e[1]["session"] == "b"] == [b2, deleted]
     assert (None, marker) in sent
     assert events._coalesce([(layer, [a1])]) == [(layer, [a1])]
 
@@ -144,6 +153,6 @@ def test_flush_waits_for_what_was_queued():
             sender.submit("layer", [_event("f", events.MESSAGE, seq=i)])
         sender.submit("layer", [_event("f", events.DELETED)])
         assert sender.flush(5)
-        assert [e["kind"] for e in sent][-1] == events.DELETED and sent[0]["kind"] == events.MESSAGE
+        assert [e[1]["kind"] for e in sent][-1] == events.DELETED and sent[0][1]["kind"] == events.MESSAGE
     finally:
         events._send_all = original

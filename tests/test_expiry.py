@@ -52,7 +52,7 @@ def test_writes_to_an_expired_session_are_refused_and_store_nothing(make_session
         add("s", "user", "too late", now=now + 60 * S)
     with pytest.raises(engine.SessionExpired):
         engine.state_set("s", "k", "v", now=now + 60 * S)
-    assert Message.objects.filter(session_id="s").count() == 0
+    assert Message.objects.filter(session__sid="s").count() == 0
     assert engine.session_get("s").variables == {}
 
 
@@ -66,7 +66,7 @@ def test_get_or_create_replaces_an_expired_session_under_the_same_id(make_sessio
     assert session.created_at == later
     assert engine.messages_all(session) == []
     assert session.variables == {}
-    assert Message.objects.filter(session_id="s").count() == 0
+    assert Message.objects.filter(session__sid="s").count() == 0
 
 
 def test_get_or_create_returns_a_live_session_unchanged(make_session, now):

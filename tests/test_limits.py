@@ -67,7 +67,7 @@ def test_evicted_messages_stay_in_their_turns_and_in_the_database(make_session):
     turn = engine.get_turn(session, 1)
     assert turn.user_message.content == "question 1"
     assert [m.content for m in turn.tool_calls] == ["tool result"]
-    assert Message.objects.filter(session_id="s").count() == 4
+    assert Message.objects.filter(session__sid="s").count() == 4
     assert engine.total_tokens(session) == sum(m.tokens for m in engine.messages_all(session))
 
 

@@ -102,9 +102,11 @@ def test_owner_scoping(user, other_user):
     with pytest.raises(engine.SessionNotFound):
         engine.message_append("mine", "user", "hi", owner=other_user)
     with pytest.raises(engine.SessionNotFound):
-        engine.session_get_or_create("mine", owner=other_user)
-    with pytest.raises(engine.SessionNotFound):
         engine.session_delete("mine", owner=other_user)
+    # Ids are per owner: get_or_create gives other_user a session of their own (issue 9).
+    theirs, created = engine.session_get_or_create("mine", owner=other_user)
+    assert created and theirs.owner_id == other_user.pk
+    assert engine.session_get("mine", owner=user).pk != theirs.pk
     assert engine.session_get("service", owner=None).id == "service"
     assert engine.session_get("mine", owner=user).owner_id == user.pk
 

@@ -24,13 +24,13 @@ ROLES = ["user", "assistant", "user", "assistant", "tool", "system"]
 
 def snapshot(session_id):
     """Everything an append writes, without ids and times."""
-    session = ConversationSession.objects.get(pk=session_id)
-    ids = dict(Message.objects.filter(session_id=session_id).values_list("id", "seq"))
+    session = ConversationSession.objects.get(sid=session_id)
+    ids = dict(Message.objects.filter(session__sid=session_id).values_list("id", "seq"))
     return {
         "bookkeeping": [getattr(session, f) for f in ("last_seq", "low_seq", "head_seq", "turn_count", "total_tokens")],
         "listed": [m.seq for m in engine.messages_all(session)],
         "messages": list(
-            Message.objects.filter(session_id=session_id)
+            Message.objects.filter(session__sid=session_id)
             .order_by("seq")
             .values_list("seq", "role", "content", "name", "tool_call_id", "metadata", "tokens", "turn_number")
         ),
@@ -122,7 +122,7 @@ def test_concurrent_appends_keep_sequences_and_turns_gap_free(make_session):
     for thread in threads:
         thread.join(timeout=120)
     assert errors == []
-    seqs = list(Message.objects.filter(session_id="busy").order_by("seq").values_list("seq", flat=True))
+    seqs = list(Message.objects.filter(session__sid="busy").order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, 201))
     session = engine.session_get("busy")
     numbers = [t.number for t in engine.turns(engine.session_get("busy"))]
@@ -194,8 +194,9 @@ def test_context_window_reads_further_when_the_newest_are_smaller_than_average(m
 
 @pytest.mark.django_db
 def test_append_to_a_session_id_given_as_a_number(make_session, now):
-    """The id is compared as text on both paths, as the ORM does."""
+    """An id is a string (or a session is named by its key): a number names no session, on both paths."""
     make_session("42", at=now)
-    assert engine.message_append(42, "user", "hi", now=now).seq == 1
-    with pytest.raises(engine.SessionNotFound):
-        engine.message_append(43, "user", "hi", now=now)
+    for wrong in (42, 43):
+        with pytest.raises(engine.SessionNotFound):
+            engine.message_append(wrong, "user", "hi", now=now)
+    assert engine.message_append("42", "user", "hi", now=now).seq == 1

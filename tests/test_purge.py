@@ -38,19 +38,24 @@ def test_purge_deletes_only_expired_sessions_with_their_rows():
     seed(expired=5, live=3)
     result = engine.purge_expired(batch_size=2)
     assert (result.sessions, result.messages) == (5, 20)
-    assert sorted(ConversationSession.objects.values_list("id", flat=True)) == ["forever", "live-0", "live-1", "live-2"]
+    assert sorted(ConversationSession.objects.values_list("sid", flat=True)) == [
+        "forever",
+        "live-0",
+        "live-1",
+        "live-2",
+    ]
     assert Message.objects.count() == 3
     assert Turn.objects.count() == 3
 
 
 def test_purge_sessions_rechecks_expiry_so_a_touched_session_survives():
     seed(expired=2, live=0)
-    picked = ["old-0", "old-1"]
+    picked = [engine.session_get(sid).pk for sid in ("old-0", "old-1")]
     # old-1 becomes active again after being picked (the spec's get_or_create replaces it).
     engine.session_get_or_create("old-1")
     result = engine.purge_sessions(picked)
     assert result.sessions == 1
-    assert ConversationSession.objects.filter(pk="old-1").exists()
+    assert ConversationSession.objects.filter(sid="old-1").exists()
 
 
 @pytest.mark.postgres
@@ -62,7 +67,7 @@ def test_session_in_use_during_purge_is_kept():
 
     def writer():
         with transaction.atomic():
-            session = ConversationSession.objects.select_for_update().get(pk="old-0")
+            session = ConversationSession.objects.select_for_update().get(sid="old-0")
             locked.set()
             release.wait(10)
             session.timeout_seconds = None
@@ -79,7 +84,7 @@ def test_session_in_use_during_purge_is_kept():
         release.set()
         thread.join(10)
     assert result.sessions == 2
-    assert ConversationSession.objects.filter(pk="old-0").exists()
+    assert ConversationSession.objects.filter(sid="old-0").exists()
 
 
 def test_command_deletes_and_reports():

@@ -37,7 +37,7 @@ def test_arithmetic_calls_the_calculator_and_completes_the_turn(make_session):
     assert answer.metadata["latency_ms"].isdigit()
     assert reply.message_seq == answer.seq
     assert [m.role for m in engine.messages_all(session)] == ["system", "user", "tool", "assistant"]
-    summary = reply_out(reply)
+    summary = reply_out(reply, "s")
     assert {k: summary[k] for k in ("status", "turn", "text", "finish_reason", "error", "message_seq")} == {
         "status": "done",
         "turn": 1,
@@ -163,7 +163,7 @@ def test_concurrent_starts_make_exactly_one_reply(make_session, replies_env):
     for t in threads:
         t.join(20)
     assert outcomes.count("busy") == 3
-    assert Reply.objects.filter(session_id="s").count() == 1
+    assert Reply.objects.filter(session__sid="s").count() == 1
 
 
 def test_nothing_to_reply(make_session):
@@ -277,7 +277,7 @@ def test_interrupted_replies_are_recovered(make_session, replies_env):
     for sid, beat in (("dead", stale), ("alive", now)):
         message = engine.message_append(sid, "user", "hi")
         rows[sid] = Reply.objects.create(
-            session_id=sid,
+            session=engine.session_get(sid),
             turn_number=1,
             user_seq=message.seq,
             base_seq=message.seq,
@@ -338,7 +338,7 @@ def test_session_deleted_mid_reply(make_session, replies_env):
     _, reply = replies.append_and_reply("s", "tell me something")
     engine.session_delete("s")
     drain_replies()
-    assert not Reply.objects.filter(session_id="s").exists()  # deleted with the session
+    assert not Reply.objects.filter(session__sid="s").exists()  # deleted with the session
     assert not workers._local
 
 
@@ -382,7 +382,7 @@ def test_a_dead_process_on_this_host_is_recovered_sooner(make_session, replies_e
         make_session(sid)
         message = engine.message_append(sid, "user", "hi")
         Reply.objects.create(
-            session_id=sid,
+            session=engine.session_get(sid),
             turn_number=1,
             user_seq=message.seq,
             base_seq=message.seq,
@@ -392,7 +392,7 @@ def test_a_dead_process_on_this_host_is_recovered_sooner(make_session, replies_e
             started_at=old,
         )
     assert replies.recover_stale_replies() == 2
-    status = dict(Reply.objects.values_list("session_id", "status"))
+    status = dict(Reply.objects.values_list("session__sid", "status"))
     assert status == {"gone": "interrupted", "rebooted": "interrupted", "alive": "running", "elsewhere": "running"}
     # Stop on a dead reply reports nothing to stop: recovery ended it first.
     assert replies.stop_reply("gone") is False
@@ -406,7 +406,7 @@ def test_a_starting_process_recovers_on_its_first_request(make_session, replies_
     message = engine.message_append("s", "user", "hi")
     old = timezone.now() - timezone.timedelta(seconds=replies_env.CONVO_REPLY_STALE_SECONDS + 1)
     reply = Reply.objects.create(
-        session_id="s",
+        session=engine.session_get("s"),
         turn_number=1,
         user_seq=message.seq,
         base_seq=message.seq,

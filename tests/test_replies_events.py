@@ -14,7 +14,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 async def subscribe(session_id: str) -> str:
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    await layer.group_add(events.group_name(session_id), channel)
+    key = (await database_sync_to_async(engine.session_get)(session_id)).pk
+    await layer.group_add(events.group_name(key), channel)
     return channel
 
 

@@ -377,10 +377,10 @@ def test_the_admin_never_shows_the_key(fake_llm, make_session, admin_client):
 
 async def test_an_error_is_pushed_to_the_page(fake_llm, close_async_db):
     """A failed reply sends a REPLY error event with the message (and without the key)."""
-    await database_sync_to_async(engine.session_create)("s")
+    session = await database_sync_to_async(engine.session_create)("s")
     layer = get_channel_layer()
     page = await layer.new_channel()
-    await layer.group_add(events.group_name("s"), page)
+    await layer.group_add(events.group_name(session.pk), page)
     fake_llm.error(500, {"error": {"message": f"internal failure for {API_KEY}"}})
     await database_sync_to_async(replies.append_and_reply)("s", "hello")
     for _ in range(100):

@@ -98,7 +98,7 @@ def test_pages_need_a_login(anon, chat):
         response = anon.get(url)
         assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
     assert anon.post("/c/chat-1/send/", {"content": "hi", "role": "user"}).status_code == 302
-    assert Message.objects.filter(session_id="chat-1").count() == 1  # the system prompt only
+    assert Message.objects.filter(session__sid="chat-1").count() == 1  # the system prompt only
 
 
 def test_base_links_to_api_keys(client):
@@ -286,7 +286,7 @@ def test_send_to_an_expired_session(client, user, make_session):
 def test_start_fresh_replaces_an_expired_session(client, user, make_session):
     make_session("old", owner=user, system_prompt="Keep me", max_messages=7, timeout_seconds=1,
                  at=timezone.now() - dt.timedelta(minutes=5))  # fmt: skip
-    add_old = Message.objects.filter(session_id="old").count()
+    add_old = Message.objects.filter(session__sid="old").count()
     assert add_old == 1
     response = client.post("/c/old/fresh/")
     assert response.status_code == 302

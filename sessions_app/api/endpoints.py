@@ -232,16 +232,16 @@ def append_message(
     _check_id(id)
     user = _user(request)
 
-    def append() -> dict[str, Any]:
+    def append(session: engine.SessionRef) -> dict[str, Any]:
         reply = None
         if payload.respond:
             # One transaction: while a reply runs, the message is refused (409) and nothing stored.
             message, reply = replies.append_and_reply(
-                id, payload.content, owner=user, name=payload.name, metadata=payload.metadata
+                session, payload.content, owner=user, name=payload.name, metadata=payload.metadata
             )
         else:
             message = engine.message_append(
-                id,
+                session,
                 payload.role,
                 payload.content,
                 name=payload.name,
@@ -251,13 +251,17 @@ def append_message(
             )
         out = message_out(message)
         if reply is not None:
-            out["reply"] = reply_out(reply)
+            out["reply"] = reply_out(reply, id)
         return MessageAppendOut.model_validate(out).model_dump(mode="json", exclude_unset=True)
 
     if idempotency_key is None:
-        return Status(201, append())
+        return Status(201, append(id))
     idempotency.check_key(idempotency_key)
-    result, replayed = idempotency.run_once(user, idempotency_key, id, payload.model_dump(mode="json"), append)
+    # The record and the append are for this session (its key): the id may name another one later.
+    key = _session(request, id).pk
+    result, replayed = idempotency.run_once(
+        user, idempotency_key, key, id, payload.model_dump(mode="json"), lambda: append(key)
+    )
     if replayed:
         response["Idempotent-Replayed"] = "true"
     return Status(201, result)
@@ -318,7 +322,7 @@ def start_reply(request: HttpRequest, id: str, payload: ReplyIn | None = None):
     The reply runs in the background and streams to open chat pages; poll GET /sessions/{id}/reply."""
     _check_id(id)
     reply = replies.start_reply(id, owner=_user(request), regenerate=bool(payload and payload.regenerate))
-    return Status(202, reply_out(reply))
+    return Status(202, reply_out(reply, id))
 
 
 @endpoint("GET", "/sessions/{id}/reply", {200: ReplyOut}, raises=LOOKUP, tags=["replies"])
@@ -328,7 +332,7 @@ def get_reply(request: HttpRequest, id: str):
     reply = replies.latest_reply(session)
     if reply is None:
         raise NotFound("This session has no reply yet.")
-    return reply_out(reply)
+    return reply_out(reply, id)
 
 
 @endpoint("POST", "/sessions/{id}/reply/stop", {200: ReplyStopOut}, raises=LOOKUP, tags=["replies"])
@@ -340,7 +344,7 @@ def stop_reply(request: HttpRequest, id: str):
     running = replies.running_reply(engine.session_get(id, owner=user))
     stopped = replies.stop_reply(id, owner=user)
     reply = replies.wait_reply(running.pk, timeout=5) if stopped and running is not None else None
-    return {"stopped": stopped, "reply": reply_out(reply) if reply else None}
+    return {"stopped": stopped, "reply": reply_out(reply, id) if reply else None}
 
 
 # ---------------------------------------------------------------------------------------------

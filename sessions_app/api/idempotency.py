@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,8 @@ class IdempotencyKeyInvalid(ValueError):
 
 
 class IdempotencyKeyReused(Exception):
-    """The key was used before for a different request (another session or another body)."""
+    """The key was used before for a different request (another session or another body; a session
+    deleted and created again under the same id is another session)."""
 
 
 def check_key(key: str) -> str:
@@ -48,14 +50,14 @@ def _ttl() -> dt.timedelta:
     return dt.timedelta(seconds=settings.CONVO_API_IDEMPOTENCY_TTL_SECONDS)
 
 
-def _replay(user: Any, key: str, fp: str, now: dt.datetime) -> dict[str, Any] | None:
+def _replay(user: Any, key: str, session_key: uuid.UUID, fp: str, now: dt.datetime) -> dict[str, Any] | None:
     record = ApiIdempotencyKey.objects.filter(user=user, key=key).first()
     if record is None:
         return None
     if record.created_at <= now - _ttl():
         ApiIdempotencyKey.objects.filter(pk=record.pk).delete()
         return None
-    if record.fingerprint != fp:
+    if record.fingerprint != fp or record.session_key != session_key:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was already used for a different request; use a new key for a new message."
         )
@@ -65,29 +67,32 @@ def _replay(user: Any, key: str, fp: str, now: dt.datetime) -> dict[str, Any] | 
 def run_once(
     user: Any,
     key: str,
+    session_key: uuid.UUID,
     session_id: str,
     body: dict[str, Any],
     action: Callable[[], dict[str, Any]],
     *,
     now: dt.datetime | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Run ``action`` (which returns the JSON result) once per (user, key); return (result, replayed)."""
+    """Run ``action`` (which returns the JSON result) once per (user, key); return (result, replayed).
+
+    ``session_key`` is the session the request is for, ``session_id`` the caller's id for it."""
     now = now or timezone.now()
     fp = fingerprint(session_id, body)
-    stored = _replay(user, key, fp, now)
+    stored = _replay(user, key, session_key, fp, now)
     if stored is not None:
         return stored, True
     try:
         with transaction.atomic():
             record = ApiIdempotencyKey.objects.create(
-                user=user, key=key, session_id=session_id, fingerprint=fp, created_at=now
+                user=user, key=key, session_key=session_key, fingerprint=fp, created_at=now
             )
             result = action()
             record.response = result
             record.save(update_fields=["response"])
     except IntegrityError:
         # A concurrent request with the same key committed first: its result is ours.
-        stored = _replay(user, key, fp, now)
+        stored = _replay(user, key, session_key, fp, now)
         if stored is None:
             raise
         return stored, True

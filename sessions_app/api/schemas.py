@@ -203,10 +203,11 @@ class ReplyOut(Schema):
     finished_at: dt.datetime | None
 
 
-def reply_out(reply: Reply) -> dict[str, Any]:
+def reply_out(reply: Reply, session_id: str) -> dict[str, Any]:
+    """A reply as the API shows it; ``session_id`` is the caller's id for its session."""
     return {
         "id": reply.pk,
-        "session_id": reply.session_id,
+        "session_id": session_id,
         "turn": reply.turn_number,
         "status": reply.status,
         "regenerate": reply.regenerate,

@@ -8,7 +8,8 @@ The one home for the rules: views, the API, websocket consumers, the admin and m
   limits every entry point shares (ids, text, names, metadata, JSON data, state size, websocket frames).
 - ``bookkeeping``: an append's sequence and turn numbers, and the message limit (used by every writer).
 - ``purge``: deleting expired sessions in batches, and the set-based row delete.
-- ``sessions``: owner scoping, ``lock_session``, create / get / get_or_create / update / delete / list, clear.
+- ``sessions``: owner scoping (ids are per owner; a session's key names it inside Convo), ``lock_session``,
+  create / get / get_or_create / update / delete / list, clear.
 - ``pg_append``: PostgreSQL's append in one read and one write statement, applying ``bookkeeping``.
 - ``messages``: ``message_append`` (under the row lock, or through ``pg_append``), turn metadata.
 - ``context``: the message list and its pages, the context window, turns.
@@ -46,6 +47,7 @@ from .errors import (
     InputTooLarge,
     SerializationError,
     SessionAlreadyExists,
+    SessionAmbiguous,
     SessionError,
     SessionExpired,
     SessionNotFound,
@@ -54,11 +56,13 @@ from .errors import (
     storage_errors,
 )
 from .messages import message_append, message_append_obj, turn_set_metadata
-from .purge import PurgeResult, count_expired, purge_expired, purge_sessions
+from .purge import PurgeResult, count_expired, expired_sessions, purge_expired, purge_sessions, sessions_deleted
 from .sessions import (
     ANY_OWNER,
     AnyOwner,
     Owner,
+    SessionRef,
+    find_session,
     lock_session,
     session_clear_messages,
     session_count_for_user,
@@ -113,10 +117,12 @@ __all__ = [
     "PurgeResult",
     "SerializationError",
     "SessionAlreadyExists",
+    "SessionAmbiguous",
     "SessionConfig",
     "SessionError",
     "SessionExpired",
     "SessionNotFound",
+    "SessionRef",
     "SessionValidationError",
     "StorageError",
     "TurnView",
@@ -128,7 +134,9 @@ __all__ = [
     "count_expired",
     "current_turn",
     "estimate_tokens",
+    "expired_sessions",
     "expiry_time",
+    "find_session",
     "get_context",
     "get_turn",
     "is_expired",
@@ -157,6 +165,7 @@ __all__ = [
     "session_list",
     "session_list_for_user",
     "session_update",
+    "sessions_deleted",
     "sessions_page_for_user",
     "state_clear",
     "state_get",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ from django.db.models import QuerySet
 
 from ..models import ConversationSession, Message, Role, Turn
 from .errors import storage_errors
+from .purge import db_key
 
 
 def listed_messages(session: ConversationSession) -> QuerySet[Message]:
@@ -128,7 +130,8 @@ def _context_rows(session: ConversationSession, head_seq: int | None, upper: int
     ``upper``, in one query."""
     table = Message._meta.db_table
     newest = f"SELECT * FROM {table} WHERE session_id = %s AND seq >= %s AND role <> %s"
-    params: list[Any] = [session.pk, session.low_seq, Role.SYSTEM.value]
+    key = db_key(session.pk)
+    params: list[Any] = [key, session.low_seq, Role.SYSTEM.value]
     if upper is not None:
         newest += " AND seq < %s"
         params.append(upper)
@@ -136,7 +139,7 @@ def _context_rows(session: ConversationSession, head_seq: int | None, upper: int
     params.append(limit)
     if head_seq is not None:
         sql = f"SELECT * FROM {table} WHERE session_id = %s AND seq = %s UNION ALL {sql}"
-        params = [session.pk, head_seq, *params]
+        params = [key, head_seq, *params]
     return list(Message.objects.raw(sql, params))
 
 
@@ -220,10 +223,11 @@ def turns(
     table = Message._meta.db_table
     user_seq = f"SELECT seq FROM {table} WHERE session_id = %s AND role = %s AND turn_number = %s"
     sql = f"SELECT * FROM {table} WHERE session_id = %s AND seq >= ({user_seq})"
-    params: list[Any] = [session.pk, session.pk, Role.USER.value, lo]
+    key = db_key(session.pk)
+    params: list[Any] = [key, key, Role.USER.value, lo]
     if hi < count:
         sql += f" AND seq < ({user_seq})"
-        params += [session.pk, Role.USER.value, hi + 1]
+        params += [key, Role.USER.value, hi + 1]
     sql += " AND turn_number IS NOT NULL ORDER BY seq"
     found: dict[int, TurnView] = {}
     for message in Message.objects.raw(sql, params):
@@ -255,14 +259,15 @@ def turn_user_messages(session: Any, number: Any) -> QuerySet[Message]:
 
 
 @storage_errors
-def turn_user_seq(session_id: str, number: int) -> int | None:
-    """The sequence number of the user message that opened turn ``number`` (None: no such turn)."""
+def turn_user_seq(session_id: uuid.UUID, number: int) -> int | None:
+    """The sequence number of the user message that opened turn ``number`` of the session (by key;
+    None: no such turn)."""
     return turn_user_messages(session_id, number).values_list("seq", flat=True).first()
 
 
 @storage_errors
-def turn_metadata(session_id: str, number: int) -> dict[str, str]:
-    """A turn's stored metadata ({} when it has none)."""
+def turn_metadata(session_id: uuid.UUID, number: int) -> dict[str, str]:
+    """A turn's stored metadata ({} when it has none); the session by key."""
     found = Turn.objects.filter(session_id=session_id, number=number).values_list("metadata", flat=True).first()
     return found or {}
 

@@ -19,6 +19,16 @@ class SessionNotFound(SessionError):
         self.session_id = session_id
 
 
+class SessionAmbiguous(SessionError):
+    """An id looked up for any owner (operators) names sessions of several owners."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"Several owners have a session with the id {session_id}: name the owner, or use the session's key."
+        )
+        self.session_id = session_id
+
+
 class SessionExpired(SessionError):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"Session expired: {session_id}")

@@ -8,6 +8,7 @@ elsewhere, or when another writer got in between, it runs under the session's ro
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -19,7 +20,7 @@ from ..models import Message, Role, Turn
 from . import pg_append
 from .bookkeeping import BOOKKEEPING_FIELDS, append_bookkeeping, enforce_limits
 from .errors import SessionNotFound, SessionValidationError, storage_errors
-from .sessions import ANY_OWNER, Owner, lock_session
+from .sessions import ANY_OWNER, Owner, SessionRef, lock_session
 from .values import (
     ChatMessage,
     check_content,
@@ -35,7 +36,7 @@ from .values import (
 
 @storage_errors
 def message_append(
-    session_id: str,
+    session_id: SessionRef,
     role: str,
     content: str,
     *,
@@ -67,7 +68,6 @@ def message_append(
     tokens = estimate_tokens(content)
     now = now or timezone.now()
     new = Message(
-        session_id=session_id,
         role=role,
         content=content,
         name=name,
@@ -78,10 +78,10 @@ def message_append(
     )
 
     connection = transaction.get_connection()
-    # (A non-string id goes the ORM's way, which compares it as text.)
-    on_postgresql = connection.vendor == "postgresql" and isinstance(session_id, str)
-    if on_postgresql and pg_append.append(connection, new, owner, now):
-        events.emit(session_id, events.MESSAGE, seq=new.seq, turn=new.turn_number)
+    # (Anything but an id or a key goes the ORM's way, which finds nothing.)
+    on_postgresql = connection.vendor == "postgresql" and isinstance(session_id, str | uuid.UUID)
+    if on_postgresql and pg_append.append(connection, new, session_id, owner, now):
+        events.emit(new.session_id, events.MESSAGE, seq=new.seq, turn=new.turn_number)
         return new
 
     with transaction.atomic():
@@ -92,11 +92,11 @@ def message_append(
         enforce_limits(session)
         touch(session, now)
         session.save(update_fields=BOOKKEEPING_FIELDS)
-        events.emit(session_id, events.MESSAGE, seq=new.seq, turn=new.turn_number)
+        events.emit(session.pk, events.MESSAGE, seq=new.seq, turn=new.turn_number)
     return new
 
 
-def message_append_obj(session_id: str, message: ChatMessage, **kwargs: Any) -> Message:
+def message_append_obj(session_id: SessionRef, message: ChatMessage, **kwargs: Any) -> Message:
     """Append a built message (the spec's add_message_obj)."""
     return message_append(
         session_id,
@@ -111,7 +111,7 @@ def message_append_obj(session_id: str, message: ChatMessage, **kwargs: Any) -> 
 
 @storage_errors
 def turn_set_metadata(
-    session_id: str,
+    session_id: SessionRef,
     number: int,
     values: dict[str, str | None],
     *,
@@ -140,5 +140,5 @@ def turn_set_metadata(
         row.save()
         touch(session, now)
         session.save(update_fields=["updated_at", "expires_at"])
-        events.emit(session_id, events.MESSAGE, seq=session.last_seq, turn=number)
+        events.emit(session.pk, events.MESSAGE, seq=session.last_seq, turn=number)
     return row.metadata

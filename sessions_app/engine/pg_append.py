@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import uuid
 from typing import Any
 
 from django.db import transaction
 
 from ..models import ConversationSession, Message
 from .bookkeeping import append_bookkeeping, enforce_limits
-from .errors import SessionExpired, SessionNotFound
-from .sessions import ANY_OWNER, Owner, owner_pk
+from .errors import SessionAmbiguous, SessionExpired, SessionNotFound
+from .sessions import ANY_OWNER, Owner, SessionRef, owner_pk
 from .values import touch
 
 # Optimistic appends tried before falling back to the row lock (a conflict means another writer of
@@ -34,7 +35,7 @@ class _OverLimit(Exception):
     """The stored session is already over its limit: only the locking path reads enough rows for that."""
 
 
-def append(connection: Any, new: Message, owner: Owner, now: dt.datetime) -> bool:
+def append(connection: Any, new: Message, session_id: SessionRef, owner: Owner, now: dt.datetime) -> bool:
     """Append ``new`` in one read and one write statement, trying APPEND_TRIES times.
 
     Returns False when another writer got in between every time (or the session is in a state the
@@ -46,7 +47,7 @@ def append(connection: Any, new: Message, owner: Owner, now: dt.datetime) -> boo
         # failure from breaking the caller's transaction, as the locking path's atomic() does.
         with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
             try:
-                if _append_once(connection, new, owner, now):
+                if _append_once(connection, new, session_id, owner, now):
                     return True
             except _OverLimit:
                 return False
@@ -59,12 +60,12 @@ def _append_sql() -> dict[str, str]:
     # round trip (one row per message read, or one row of NULLs after the session's columns).
     read = f"""
         SELECT s.last_seq, s.low_seq, s.head_seq, s.turn_count, s.total_tokens, s.max_messages,
-               s.timeout_seconds, s.updated_at, s.expires_at, o.seq, o.role, o.tokens
+               s.timeout_seconds, s.updated_at, s.expires_at, o.seq, o.role, o.tokens, s.key, s.sid
         FROM {s} s LEFT JOIN LATERAL (
             SELECT seq, role, tokens FROM {m}
-            WHERE session_id = s.id AND seq >= s.low_seq ORDER BY seq LIMIT {OLDEST_ROWS}
+            WHERE session_id = s.key AND seq >= s.low_seq ORDER BY seq LIMIT {OLDEST_ROWS}
         ) o ON true
-        WHERE s.id = %s{{owner}} ORDER BY o.seq"""
+        WHERE {{where}} ORDER BY o.seq"""
     # The write happens only if the session row still holds what was read (every write changes
     # updated_at or one of these columns), so no other writer got in between; the UPDATE takes the row
     # lock, so a concurrent appender waits, re-checks and finds it changed.
@@ -72,14 +73,14 @@ def _append_sql() -> dict[str, str]:
         WITH s AS (
             UPDATE {s} SET last_seq = %s, low_seq = %s, head_seq = %s::bigint, turn_count = %s, total_tokens = %s,
                            updated_at = %s, expires_at = %s::timestamptz
-            WHERE id = %s AND last_seq = %s AND low_seq = %s AND head_seq IS NOT DISTINCT FROM %s::bigint
+            WHERE key = %s AND last_seq = %s AND low_seq = %s AND head_seq IS NOT DISTINCT FROM %s::bigint
               AND turn_count = %s AND total_tokens = %s AND max_messages = %s
               AND timeout_seconds IS NOT DISTINCT FROM %s::integer AND updated_at = %s
-            RETURNING id
+            RETURNING key
         ), m AS (
             INSERT INTO {m} (session_id, seq, role, content, name, tool_call_id, metadata, created_at, tokens,
                              turn_number)
-            SELECT s.id, %s::bigint, %s::text, %s::text, %s::text, %s::text, %s::jsonb, %s::timestamptz,
+            SELECT s.key, %s::bigint, %s::text, %s::text, %s::text, %s::text, %s::jsonb, %s::timestamptz,
                    %s::integer, %s::integer FROM s
             RETURNING id
         )
@@ -134,28 +135,32 @@ def _prepared_cursor(connection: Any) -> Any:
         return connection._prepare_cursor(cursor)
 
 
-def _append_once(connection: Any, new: Message, owner: Owner, now: dt.datetime) -> bool:
+def _append_once(connection: Any, new: Message, session_id: SessionRef, owner: Owner, now: dt.datetime) -> bool:
     """Read the session's bookkeeping and oldest listed messages, apply the rules in memory, then write
     the session row and the message (its turn_number is what opens or completes a turn) in one statement that does nothing if the session row
     changed since the read. Returns False in that case (the caller tries again)."""
     if not _APPEND_SQL:
         _APPEND_SQL.update(_append_sql())
     sql = _APPEND_SQL
-    session_id = new.session_id
-    owner_sql, params = "", [session_id]
+    where, params = ("s.key = %s", [session_id]) if isinstance(session_id, uuid.UUID) else ("s.sid = %s", [session_id])
     if owner is not ANY_OWNER:
         if owner is None:
-            owner_sql = " AND s.owner_id IS NULL"
+            where += " AND s.owner_id IS NULL"
         else:
-            owner_sql, params = " AND s.owner_id = %s", [session_id, owner_pk(owner)]
+            where += " AND s.owner_id = %s"
+            params.append(owner_pk(owner))
     with _prepared_cursor(connection) as cursor:  # one cursor for both statements: creating one costs
-        cursor.execute(sql["read"].format(owner=owner_sql), params)
+        cursor.execute(sql["read"].format(where=where), params)
         rows = cursor.fetchall()
         if not rows:
-            raise SessionNotFound(session_id)
+            raise SessionNotFound(str(session_id))
+        if len({row[12] for row in rows}) > 1:
+            raise SessionAmbiguous(str(session_id))  # an id for any owner, which several owners have
         last_seq, low_seq, head_seq, turn_count, total, max_messages, timeout, updated_at, expires_at = rows[0][:9]
+        key, sid = rows[0][12:14]
         session = ConversationSession(
-            id=session_id,
+            key=key,
+            sid=sid,
             last_seq=last_seq,
             low_seq=low_seq,
             head_seq=head_seq,
@@ -167,13 +172,13 @@ def _append_once(connection: Any, new: Message, owner: Owner, now: dt.datetime) 
             expires_at=expires_at,
         )
         if session.is_expired(now):
-            raise SessionExpired(session_id)
+            raise SessionExpired(sid)
         if session.message_count > session.max_messages:
             raise _OverLimit  # cannot happen while every write enforces the limit; OLDEST_ROWS relies on it
         append_bookkeeping(session, new)
         # The oldest listed messages as they will be once ``new`` is in: the rows read, then ``new``
         # when they were all of them.
-        oldest = [row[9:] for row in rows if row[9] is not None]
+        oldest = [row[9:12] for row in rows if row[9] is not None]
         if len(oldest) < OLDEST_ROWS:
             oldest.append((new.seq, new.role, new.tokens))
         enforce_limits(session, oldest=oldest)
@@ -182,7 +187,7 @@ def _append_once(connection: Any, new: Message, owner: Owner, now: dt.datetime) 
         params = [
             session.last_seq, session.low_seq, session.head_seq, session.turn_count, session.total_tokens,
             session.updated_at, session.expires_at,
-            session_id, last_seq, low_seq, head_seq, turn_count, total, max_messages, timeout, updated_at,
+            key, last_seq, low_seq, head_seq, turn_count, total, max_messages, timeout, updated_at,
             new.seq, new.role.value, new.content, new.name, new.tool_call_id, json.dumps(new.metadata),
             new.created_at, new.tokens, new.turn_number,
         ]  # fmt: skip
@@ -190,6 +195,7 @@ def _append_once(connection: Any, new: Message, owner: Owner, now: dt.datetime) 
         row = cursor.fetchone()
     if row is None:
         return False
+    new.session_id = key
     new.pk = row[0]
     new._state.adding = False
     new._state.db = connection.alias

@@ -7,16 +7,28 @@ collector, which would load every message into memory, and no private QuerySet A
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from django.db import models, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from .. import events
 from ..models import ConversationSession, Message, Reply, Turn
 from .errors import SessionValidationError, storage_errors
+
+# Sent after the commit of every delete of sessions (delete, purge, an expired one replaced), with
+# ``keys``: the deleted sessions' keys. The reply service cancels their running replies on it.
+sessions_deleted = Signal()
+
+
+def db_key(key: uuid.UUID) -> Any:
+    """A session key as raw SQL takes it (SQLite stores UUIDs as hex text, PostgreSQL as uuid)."""
+    return ConversationSession._meta.pk.get_db_prep_value(key, transaction.get_connection())
 
 
 def delete_where(model: type[models.Model], where: str, params: list[Any]) -> int:
@@ -31,18 +43,20 @@ def delete_where(model: type[models.Model], where: str, params: list[Any]) -> in
         return cursor.rowcount
 
 
-def delete_rows(session_ids: list[str]) -> tuple[int, int]:
-    """Delete sessions with their replies, turns and messages, in four set-based statements.
+def delete_rows(keys: list[uuid.UUID]) -> tuple[int, int]:
+    """Delete sessions (by key) with their replies, turns and messages, in four set-based statements.
 
-    Returns (messages, sessions) deleted.
+    Returns (messages, sessions) deleted. After the commit, ``sessions_deleted`` is sent.
     """
-    if not session_ids:
+    if not keys:
         return 0, 0
-    in_ids = "IN (" + ", ".join(["%s"] * len(session_ids)) + ")"
+    params = [db_key(key) for key in keys]
+    in_ids = "IN (" + ", ".join(["%s"] * len(keys)) + ")"
     for model in (Reply, Turn):
-        delete_where(model, f"{model._meta.get_field('session').column} {in_ids}", session_ids)
-    messages = delete_where(Message, f"{Message._meta.get_field('session').column} {in_ids}", session_ids)
-    sessions = delete_where(ConversationSession, f"{ConversationSession._meta.pk.column} {in_ids}", session_ids)
+        delete_where(model, f"{model._meta.get_field('session').column} {in_ids}", params)
+    messages = delete_where(Message, f"{Message._meta.get_field('session').column} {in_ids}", params)
+    sessions = delete_where(ConversationSession, f"{ConversationSession._meta.pk.column} {in_ids}", params)
+    transaction.on_commit(partial(sessions_deleted.send, sender=ConversationSession, keys=list(keys)))
     return messages, sessions
 
 
@@ -53,7 +67,7 @@ class PurgeResult:
 
 
 @storage_errors
-def purge_sessions(session_ids: Iterable[str], *, now: dt.datetime | None = None) -> PurgeResult:
+def purge_sessions(keys: Iterable[uuid.UUID], *, now: dt.datetime | None = None) -> PurgeResult:
     """Delete those of the given sessions that are expired at ``now``, with their messages and turns.
 
     Expiry is re-checked under the row locks, so a session touched since it was picked survives;
@@ -64,8 +78,8 @@ def purge_sessions(session_ids: Iterable[str], *, now: dt.datetime | None = None
     with transaction.atomic():
         ids = list(
             ConversationSession.objects.select_for_update(skip_locked=True)
-            .filter(pk__in=list(session_ids), expires_at__lte=now)
-            .values_list("id", flat=True)
+            .filter(pk__in=list(keys), expires_at__lte=now)
+            .values_list("pk", flat=True)
         )
         if ids:
             result.messages, result.sessions = delete_rows(ids)
@@ -80,6 +94,15 @@ def count_expired(*, now: dt.datetime | None = None) -> PurgeResult:
         sessions=ConversationSession.objects.filter(expires_at__lte=now).count(),
         messages=Message.objects.filter(session__expires_at__lte=now).count(),
     )
+
+
+@storage_errors
+def expired_sessions(*, now: dt.datetime | None = None, limit: int = 20) -> list[ConversationSession]:
+    """The first ``limit`` sessions expired at ``now``, soonest expired first, with their owners loaded
+    (what a dry run names: owner and id)."""
+    now = now or timezone.now()
+    qs = ConversationSession.objects.filter(expires_at__lte=now).select_related("owner")
+    return list(qs.order_by("expires_at", "pk")[:limit])
 
 
 @storage_errors
@@ -99,16 +122,16 @@ def purge_expired(
         raise SessionValidationError("batch_size must be at least 1", field="batch_size")
     now = now or timezone.now()
     result = PurgeResult()
-    after: tuple[dt.datetime, str] | None = None
+    after: tuple[dt.datetime, uuid.UUID] | None = None
     while True:
         candidates = ConversationSession.objects.filter(expires_at__lte=now)
         if after is not None:
-            candidates = candidates.filter(expires_at__gte=after[0]).exclude(expires_at=after[0], id__lte=after[1])
-        batch = list(candidates.order_by("expires_at", "id").values_list("expires_at", "id")[:batch_size])
+            candidates = candidates.filter(expires_at__gte=after[0]).exclude(expires_at=after[0], pk__lte=after[1])
+        batch = list(candidates.order_by("expires_at", "pk").values_list("expires_at", "pk")[:batch_size])
         if not batch:
             break
         after = batch[-1]
-        done = purge_sessions([sid for _, sid in batch], now=now)
+        done = purge_sessions([key for _, key in batch], now=now)
         result.sessions += done.sessions
         result.messages += done.messages
         if progress is not None:

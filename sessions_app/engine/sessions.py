@@ -2,12 +2,20 @@
 delete / list, and clear.
 
 Owner scoping: ``ANY_OWNER`` (the default) is for operators and scripts; pass a user (or None for
-sessions without an owner) and a session owned by someone else is reported as not found.
+sessions without an owner) and a session owned by someone else is not there: ids are unique per owner
+(each user has a namespace, the sessions without an owner one more), so another user's id is neither
+found nor taken.
+
+A session is named by its id (a ``str``) plus the owner, or by its key (a ``uuid.UUID``, the primary
+key), which Convo uses inside: replies, events and operators' tools. With ``ANY_OWNER`` an id alone
+may name sessions of several owners: looking it up then raises ``SessionAmbiguous`` (use the owner,
+or the key).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any, TypeAlias
 
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -18,8 +26,8 @@ from django.utils import timezone
 from .. import events
 from ..models import ConversationSession, Message, Role, Turn
 from .bookkeeping import BOOKKEEPING_FIELDS, enforce_limits
-from .errors import SessionAlreadyExists, SessionExpired, SessionNotFound, storage_errors
-from .purge import delete_rows, delete_where
+from .errors import SessionAlreadyExists, SessionAmbiguous, SessionExpired, SessionNotFound, storage_errors
+from .purge import db_key, delete_rows, delete_where
 from .values import (
     SessionConfig,
     check_content,
@@ -44,6 +52,9 @@ ANY_OWNER = AnyOwner()
 # Whose sessions a call may see: a user's, those without an owner (None), or all (ANY_OWNER).
 Owner: TypeAlias = AbstractBaseUser | None | AnyOwner
 
+# How a call names a session: its id (with the owner), or its key.
+SessionRef: TypeAlias = str | uuid.UUID
+
 
 def owner_pk(owner: Owner) -> Any:
     return getattr(owner, "pk", owner)
@@ -57,19 +68,39 @@ def owned_sessions(owner: Owner = ANY_OWNER) -> QuerySet[ConversationSession]:
     return qs
 
 
+def find_session(
+    session_id: SessionRef, owner: Owner = ANY_OWNER, *, for_update: bool = False
+) -> ConversationSession | None:
+    """The session ``session_id`` (an id, or a key) names among ``owner``'s, or None.
+
+    Raises SessionAmbiguous when an id looked up for ANY_OWNER is several owners' (an owner's ids are unique).
+    """
+    qs = owned_sessions(owner)
+    if for_update:
+        qs = qs.select_for_update()
+    if isinstance(session_id, uuid.UUID):
+        return qs.filter(pk=session_id).first()
+    if not isinstance(session_id, str):
+        return None
+    lookup_session_id(session_id)  # an id no session can have is not found, before any query (NUL)
+    found = list(qs.filter(sid=session_id)[:2])
+    if len(found) > 1:
+        raise SessionAmbiguous(session_id)
+    return found[0] if found else None
+
+
 def lock_session(
-    session_id: str, owner: Owner, now: dt.datetime, *, allow_expired: bool = False
+    session_id: SessionRef, owner: Owner, now: dt.datetime, *, allow_expired: bool = False
 ) -> ConversationSession:
     """Load and lock a session for a write (SELECT ... FOR UPDATE); call inside atomic().
 
     Raises SessionNotFound, or SessionExpired unless ``allow_expired``.
     """
-    lookup_session_id(session_id)
-    session = owned_sessions(owner).select_for_update().filter(pk=session_id).first()
+    session = find_session(session_id, owner, for_update=True)
     if session is None:
-        raise SessionNotFound(session_id)
+        raise SessionNotFound(str(session_id))
     if not allow_expired and session.is_expired(now):
-        raise SessionExpired(session_id)
+        raise SessionExpired(session.sid)
     return session
 
 
@@ -87,15 +118,17 @@ def session_create(
     config: SessionConfig | None = None,
     now: dt.datetime | None = None,
 ) -> ConversationSession:
-    """Create a session (the spec's ``create`` + ``with_*`` builders); raise SessionAlreadyExists if the id is taken."""
+    """Create a session (the spec's ``create`` + ``with_*`` builders); raise SessionAlreadyExists if the
+    owner already has that id (ids are per owner: another owner's sessions do not matter)."""
     session_id = new_session_id() if session_id is None else validate_session_id(session_id)
     system_prompt = check_content("system_prompt", system_prompt, allow_none=True)
     metadata = check_metadata("metadata", metadata)
     config = (config or SessionConfig.default()).validated()
     now = now or timezone.now()
+    owner = None if owner is ANY_OWNER else owner
     try:
         with transaction.atomic():
-            if ConversationSession.objects.filter(pk=session_id).exists():
+            if owned_sessions(owner).filter(sid=session_id).exists():
                 raise SessionAlreadyExists(session_id)
             return _insert_session(session_id, owner, system_prompt, metadata, config, now)
     except IntegrityError:
@@ -111,7 +144,7 @@ def _insert_session(
     now: dt.datetime,
 ) -> ConversationSession:
     session = ConversationSession(
-        id=session_id,
+        sid=session_id,
         owner_id=owner_pk(owner),
         system_prompt=system_prompt,
         metadata=metadata,
@@ -135,23 +168,22 @@ def _insert_session(
 
 
 @storage_errors
-def session_get(session_id: str, *, owner: Owner = ANY_OWNER) -> ConversationSession:
-    """Load a session, expired or not (the spec's store.load); raise SessionNotFound."""
-    lookup_session_id(session_id)
-    session = owned_sessions(owner).filter(pk=session_id).first()
+def session_get(session_id: SessionRef, *, owner: Owner = ANY_OWNER) -> ConversationSession:
+    """Load a session, expired or not (the spec's store.load); raise SessionNotFound (or SessionAmbiguous)."""
+    session = find_session(session_id, owner)
     if session is None:
-        raise SessionNotFound(session_id)
+        raise SessionNotFound(str(session_id))
     return session
 
 
 @storage_errors
 def session_get_live(
-    session_id: str, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None
+    session_id: SessionRef, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None
 ) -> ConversationSession:
     """Load a session that has not expired; raise SessionNotFound or SessionExpired."""
     session = session_get(session_id, owner=owner)
     if session.is_expired(now or timezone.now()):
-        raise SessionExpired(session_id)
+        raise SessionExpired(session.sid)
     return session
 
 
@@ -168,8 +200,9 @@ def session_get_or_create(
     """The spec's get_or_create: the live session, or a new one (replacing an expired one under the same id).
 
     Returns ``(session, created)``. The creation arguments apply only to a newly created session. With
-    ``owner`` given, a session with that id owned by someone else is reported as not found; new sessions
-    belong to ``owner`` (none when it is ANY_OWNER).
+    ``owner`` given, only that owner's sessions count (another owner's session with the id is not
+    seen); new sessions belong to ``owner`` (none when it is ANY_OWNER). A replaced session's
+    replacement has a new key: pages and replies of the old one do not follow it.
     """
     validate_session_id(session_id)
     system_prompt = check_content("system_prompt", system_prompt, allow_none=True)
@@ -180,16 +213,14 @@ def session_get_or_create(
     for attempt in range(2):
         try:
             with transaction.atomic():
-                existing = ConversationSession.objects.select_for_update().filter(pk=session_id).first()
+                existing = find_session(session_id, owner, for_update=True)
                 if existing is not None:
-                    if owner is not ANY_OWNER and existing.owner_id != owner_pk(owner):
-                        raise SessionNotFound(session_id)
                     if not existing.is_expired(now):
                         return existing, False
-                    delete_rows([session_id])
-                    events.emit(session_id, events.DELETED)
+                    delete_rows([existing.pk])
+                    events.emit(existing.pk, events.DELETED)
                 session = _insert_session(session_id, new_owner, system_prompt, metadata, config, now)
-                events.emit(session_id, events.CONFIG)
+                events.emit(session.pk, events.CONFIG)
                 return session, True
         except IntegrityError:
             # Another process created it between our look and our insert: look again.
@@ -203,7 +234,7 @@ _UNSET: Any = object()
 
 @storage_errors
 def session_update(
-    session_id: str,
+    session_id: SessionRef,
     *,
     owner: Owner = ANY_OWNER,
     system_prompt: str | None = _UNSET,
@@ -244,37 +275,41 @@ def session_update(
             enforce_limits(session)
         touch(session, now)
         session.save()
-        events.emit(session_id, events.CONFIG)
+        events.emit(session.pk, events.CONFIG)
     return session
 
 
 @storage_errors
-def session_delete(session_id: str, *, owner: Owner = ANY_OWNER) -> None:
-    """Delete a session with its messages and turns; raise SessionNotFound."""
-    lookup_session_id(session_id)
+def session_delete(session_id: SessionRef, *, owner: Owner = ANY_OWNER) -> None:
+    """Delete a session with its messages, turns and replies; raise SessionNotFound.
+
+    Its open pages are closed and its running reply is cancelled once the delete commits
+    (``events.DELETED``, ``sessions_deleted``).
+    """
     with transaction.atomic():
-        if not owned_sessions(owner).select_for_update().filter(pk=session_id).exists():
-            raise SessionNotFound(session_id)
-        delete_rows([session_id])
-        events.emit(session_id, events.DELETED)
+        session = find_session(session_id, owner, for_update=True)
+        if session is None:
+            raise SessionNotFound(str(session_id))
+        delete_rows([session.pk])
+        events.emit(session.pk, events.DELETED)
 
 
 @storage_errors
 def session_list() -> list[str]:
-    """Every session id (the spec's manager.list)."""
-    return list(ConversationSession.objects.order_by("id").values_list("id", flat=True))
+    """Every session id (the spec's manager.list; an id several owners have appears once per owner)."""
+    return list(ConversationSession.objects.order_by("sid", "owner").values_list("sid", flat=True))
 
 
 @storage_errors
 def session_list_for_user(owner: Owner) -> list[str]:
     """The ids of one owner's sessions, most recent activity first (the spec's list_for_user)."""
-    return list(owned_sessions(owner).order_by("-updated_at", "id").values_list("id", flat=True))
+    return list(owned_sessions(owner).order_by("-updated_at", "sid").values_list("sid", flat=True))
 
 
 @storage_errors
 def sessions_page_for_user(owner: Owner, *, offset: int = 0, limit: int = 50) -> list[ConversationSession]:
     """A page of one owner's sessions, in session_list_for_user's order (most recent activity first)."""
-    return list(owned_sessions(owner).order_by("-updated_at", "id")[offset : offset + limit])
+    return list(owned_sessions(owner).order_by("-updated_at", "sid")[offset : offset + limit])
 
 
 @storage_errors
@@ -289,7 +324,7 @@ def session_count_for_user(owner: Owner) -> int:
 
 @storage_errors
 def session_clear_messages(
-    session_id: str, *, owner: Owner = ANY_OWNER, allow_expired: bool = False, now: dt.datetime | None = None
+    session_id: SessionRef, *, owner: Owner = ANY_OWNER, allow_expired: bool = False, now: dt.datetime | None = None
 ) -> ConversationSession:
     """The spec's clear_messages: remove every message and turn, keeping the pinned system message
     when persist_system_prompt; turn numbering restarts at 1 (sequence numbers go on)."""
@@ -298,16 +333,17 @@ def session_clear_messages(
         session = lock_session(session_id, owner, now, allow_expired=allow_expired)
         keep = session.head_seq if session.persist_system_prompt else None
         session_column = Message._meta.get_field("session").column
-        delete_where(Turn, f"{Turn._meta.get_field('session').column} = %s", [session.pk])
+        key = db_key(session.pk)
+        delete_where(Turn, f"{Turn._meta.get_field('session').column} = %s", [key])
         if keep is None:
-            delete_where(Message, f"{session_column} = %s", [session.pk])
+            delete_where(Message, f"{session_column} = %s", [key])
         else:
-            delete_where(Message, f"{session_column} = %s AND seq <> %s", [session.pk, keep])
+            delete_where(Message, f"{session_column} = %s AND seq <> %s", [key, keep])
         session.head_seq = keep
         session.low_seq = session.last_seq + 1
         session.turn_count = 0
         session.total_tokens = Message.objects.get(session=session, seq=keep).tokens if keep else 0
         touch(session, now)
         session.save(update_fields=BOOKKEEPING_FIELDS)
-        events.emit(session_id, events.CLEARED)
+        events.emit(session.pk, events.CLEARED)
     return session

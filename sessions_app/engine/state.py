@@ -12,12 +12,12 @@ from django.utils import timezone
 from .. import events
 from ..models import ConversationSession
 from .errors import SessionValidationError, storage_errors
-from .sessions import ANY_OWNER, Owner, lock_session
+from .sessions import ANY_OWNER, Owner, SessionRef, lock_session
 from .values import check_content, check_name, check_state, json_value, touch
 
 
 def _state_write(
-    session_id: str, owner: Owner, now: dt.datetime | None, change: Callable[[ConversationSession], Any]
+    session_id: SessionRef, owner: Owner, now: dt.datetime | None, change: Callable[[ConversationSession], Any]
 ) -> Any:
     now = now or timezone.now()
     with transaction.atomic():
@@ -25,13 +25,13 @@ def _state_write(
         result = change(session)
         touch(session, now)
         session.save(update_fields=["variables", "data", "updated_at", "expires_at"])
-        events.emit(session_id, events.STATE)
+        events.emit(session.pk, events.STATE)
     return result
 
 
 @storage_errors
 def state_set(
-    session_id: str, key: str, value: str, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None
+    session_id: SessionRef, key: str, value: str, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None
 ) -> None:
     """Set a string variable (the spec's state.set)."""
     check_name("key", key)
@@ -51,14 +51,16 @@ def state_get(session: ConversationSession, key: str) -> str | None:
 
 
 @storage_errors
-def state_remove(session_id: str, key: str, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None) -> str | None:
+def state_remove(
+    session_id: SessionRef, key: str, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None
+) -> str | None:
     """Remove a string variable; return its value, or None when there was none (the spec's state.remove)."""
     return _state_write(session_id, owner, now, lambda s: s.variables.pop(key, None))
 
 
 @storage_errors
 def state_set_data(
-    session_id: str, key: str, value: Any, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None
+    session_id: SessionRef, key: str, value: Any, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None
 ) -> Any:
     """Store any JSON value under ``key``; a value that cannot be JSON raises SerializationError, storing
     nothing (so does one nested deeper than the limit), and one that makes the state too large InputTooLarge."""
@@ -87,13 +89,15 @@ def state_has_data(session: ConversationSession, key: str) -> bool:
 
 
 @storage_errors
-def state_remove_data(session_id: str, key: str, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None) -> bool:
+def state_remove_data(
+    session_id: SessionRef, key: str, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None
+) -> bool:
     """Remove a data entry; return whether there was one."""
     return _state_write(session_id, owner, now, lambda s: s.data.pop(key, _MISSING) is not _MISSING)
 
 
 @storage_errors
-def state_clear(session_id: str, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None) -> None:
+def state_clear(session_id: SessionRef, *, owner: Owner = ANY_OWNER, now: dt.datetime | None = None) -> None:
     """Clear variables and data (the spec's state.clear)."""
 
     def clear(session: ConversationSession) -> None:

@@ -91,10 +91,12 @@ def validate_session_id(session_id: Any) -> str:
     return session_id
 
 
-def lookup_session_id(session_id: Any) -> str | int:
+def lookup_session_id(session_id: Any) -> str | int | uuid.UUID:
     """The id of a session to look up: one that no session can have (wrong type or characters, NUL,
-    too long) is SessionNotFound before any query (PostgreSQL refuses NUL in text). A whole number is
-    looked up as its text, as the ORM compares it."""
+    too long) is SessionNotFound before any query (PostgreSQL refuses NUL in text). A session key (a
+    UUID) passes as it is; a whole number is checked as its text."""
+    if isinstance(session_id, uuid.UUID):
+        return session_id
     try:
         if isinstance(session_id, int) and not isinstance(session_id, bool):
             validate_session_id(str(session_id))

@@ -44,11 +44,11 @@ session raises ``engine.SessionNotFound``); the default ``ANY_OWNER`` is for ope
 ``responder_label() -> str``  "built-in responder — no language model configured", or
     "<model> on <host>" (never the key or the full URL).
 
-Errors: ``ReplyError`` (base), ``ReplyInProgress`` (``.session_id``, ``.reply_id``), ``NothingToReply``,
+Errors: ``ReplyError`` (base), ``ReplyInProgress`` (``.session_key``, ``.reply_id``), ``NothingToReply``,
 ``TooManyReplies`` (the owner has CONVO_MAX_CONCURRENT_REPLIES replies running in any of their
 sessions; → UI message / HTTP 409).
 
-Events (``sessions_app.events``, group ``events.group_name(session_id)``): kind ``events.REPLY`` with
+Events (``sessions_app.events``, group ``events.group_name(session key)``): kind ``events.REPLY`` with
 ``state`` = started | delta | done | stopped | error, ``text`` = the whole text so far, ``reply`` (id),
 ``turn``; ``seq`` of the stored message on done/stopped; ``error`` (a message for the chat) on error.
 Deltas are sent at most every CONVO_REPLY_EVENT_INTERVAL seconds (default 0.05). The stored

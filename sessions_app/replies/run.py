@@ -212,7 +212,7 @@ class _Run:
                 turn_number=self.reply.turn_number,
                 max_tokens=window.max_tokens,
             ),
-            session_id=self.sid,
+            session_id=session.sid,
         )
 
     def _check_turn(self, session: ConversationSession) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
 from functools import partial
 
 from django.conf import settings
@@ -33,9 +34,9 @@ class ReplyError(Exception):
 class ReplyInProgress(ReplyError):
     """The session already has a running reply (UI: a clear message; API: HTTP 409)."""
 
-    def __init__(self, session_id: str, reply_id: int | None = None) -> None:
+    def __init__(self, session_key: uuid.UUID, reply_id: int | None = None) -> None:
         super().__init__("The assistant is still replying in this conversation: wait for it or stop it first.")
-        self.session_id = session_id
+        self.session_key = session_key
         self.reply_id = reply_id
 
 
@@ -63,9 +64,10 @@ def start_reply(
     the engine's SessionNotFound / SessionExpired, or ImproperlyConfigured for bad settings.
     """
     now = now or timezone.now()
-    workers.recover_stale_replies(session_id=session_id, now=now)
+    key = engine.session_get(session_id, owner=owner).pk
+    workers.recover_stale_replies(session_id=key, now=now)
     with transaction.atomic():
-        session = engine.lock_session(session_id, owner, now)
+        session = engine.lock_session(key, owner, now)
         return _begin(session, regenerate=regenerate)
 
 
@@ -82,14 +84,13 @@ def append_and_reply(
     """Append a user message and start the reply to it, atomically: while a reply runs, the message is
     refused (ReplyInProgress) and nothing is stored. Raises what message_append and start_reply raise."""
     now = now or timezone.now()
-    workers.recover_stale_replies(session_id=session_id, now=now)
+    key = engine.session_get(session_id, owner=owner).pk
+    workers.recover_stale_replies(session_id=key, now=now)
     with transaction.atomic():
-        engine.lock_session(session_id, owner, now)
-        _refuse_if_running(session_id)
-        message = engine.message_append(
-            session_id, Role.USER, content, name=name, metadata=metadata, owner=owner, now=now
-        )
-        session = engine.lock_session(session_id, owner, now)  # re-read: the append moved the bookkeeping
+        engine.lock_session(key, owner, now)
+        _refuse_if_running(key)
+        message = engine.message_append(key, Role.USER, content, name=name, metadata=metadata, owner=owner, now=now)
+        session = engine.lock_session(key, owner, now)  # re-read: the append moved the bookkeeping
         return message, _begin(session, regenerate=False)
 
 
@@ -101,9 +102,9 @@ def stop_reply(session_id: str, *, owner: engine.Owner = engine.ANY_OWNER) -> bo
     the reply runs here, its provider call is cancelled at once. The reply then stores its partial
     text with finish reason "stopped" (nothing when no text had arrived); ``wait_reply`` waits for it.
     """
-    engine.session_get(session_id, owner=owner)
-    workers.recover_stale_replies(session_id=session_id)  # a dead process's reply cannot stop: it is interrupted
-    ids = list(Reply.objects.filter(session_id=session_id, status=Reply.Status.RUNNING).values_list("pk", flat=True))
+    key = engine.session_get(session_id, owner=owner).pk
+    workers.recover_stale_replies(session_id=key)  # a dead process's reply cannot stop: it is interrupted
+    ids = list(Reply.objects.filter(session_id=key, status=Reply.Status.RUNNING).values_list("pk", flat=True))
     if not ids:
         return False
     Reply.objects.filter(pk__in=ids, status=Reply.Status.RUNNING).update(stop_requested=True)
@@ -113,23 +114,30 @@ def stop_reply(session_id: str, *, owner: engine.Owner = engine.ANY_OWNER) -> bo
 
 
 @engine.storage_errors
-def running_reply(session: ConversationSession | str) -> Reply | None:
+def running_reply(session: ConversationSession | engine.SessionRef) -> Reply | None:
     """The session's running reply, if any (after marking a dead process's reply interrupted).
 
     Its ``text`` is the text so far as of the last save (at most about a second old); the REPLY
     events that follow carry the whole text, so a page reloaded mid-reply shows it and catches up.
     """
-    session_id = session if isinstance(session, str) else session.pk
-    workers.recover_stale_replies(session_id=session_id)
-    return Reply.objects.filter(session_id=session_id, status=Reply.Status.RUNNING).first()
+    key = _key(session)
+    workers.recover_stale_replies(session_id=key)
+    return Reply.objects.filter(session_id=key, status=Reply.Status.RUNNING).first()
 
 
 @engine.storage_errors
-def latest_reply(session: ConversationSession | str) -> Reply | None:
+def latest_reply(session: ConversationSession | engine.SessionRef) -> Reply | None:
     """The session's most recent reply in any state (e.g. to show why the last one failed)."""
-    session_id = session if isinstance(session, str) else session.pk
-    workers.recover_stale_replies(session_id=session_id)
-    return Reply.objects.filter(session_id=session_id).order_by("-started_at", "-pk").first()
+    key = _key(session)
+    workers.recover_stale_replies(session_id=key)
+    return Reply.objects.filter(session_id=key).order_by("-started_at", "-pk").first()
+
+
+def _key(session: ConversationSession | engine.SessionRef) -> uuid.UUID:
+    """A session's key; an id alone is looked up for any owner (operators and tests)."""
+    if isinstance(session, ConversationSession):
+        return session.pk
+    return session if isinstance(session, uuid.UUID) else engine.session_get(session).pk
 
 
 def wait_reply(reply_id: int, timeout: float = 30.0) -> Reply:
@@ -147,12 +155,10 @@ def wait_reply(reply_id: int, timeout: float = 30.0) -> Reply:
 # Starting.
 
 
-def _refuse_if_running(session_id: str) -> None:
-    running = (
-        Reply.objects.filter(session_id=session_id, status=Reply.Status.RUNNING).values_list("pk", flat=True).first()
-    )
+def _refuse_if_running(key: uuid.UUID) -> None:
+    running = Reply.objects.filter(session_id=key, status=Reply.Status.RUNNING).values_list("pk", flat=True).first()
     if running is not None:
-        raise ReplyInProgress(session_id, running)
+        raise ReplyInProgress(key, running)
 
 
 def _refuse_if_too_many(session: ConversationSession) -> None:
@@ -203,5 +209,5 @@ def _begin(session: ConversationSession, *, regenerate: bool) -> Reply:
     except IntegrityError:
         raise ReplyInProgress(session.pk) from None
     events.emit(session.pk, events.REPLY, state="started", text="", reply=reply.pk, turn=turn.number)
-    transaction.on_commit(partial(workers.launch, reply.pk, workers.serving_loop(), responder))
+    transaction.on_commit(partial(workers.launch, reply.pk, workers.serving_loop(), responder, session.pk))
     return reply

@@ -33,7 +33,7 @@ class ToolError(Exception):
 
 @dataclass(frozen=True)
 class ToolContext:
-    session_id: str
+    session_id: engine.SessionRef  # the reply's session: its key (a reply never goes by the id)
     now: dt.datetime | None = None
 
 

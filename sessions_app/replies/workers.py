@@ -93,6 +93,7 @@ def _provably_dead(worker: str) -> bool:
 class _Local:
     thread: threading.Thread
     handle: CancelHandle
+    session_key: uuid.UUID | None = None
 
 
 _local: dict[int, _Local] = {}
@@ -103,7 +104,7 @@ _local_lock = threading.Lock()
 # Recovery: replies whose process is gone.
 
 
-def recover_stale_replies(*, session_id: str | None = None, now: dt.datetime | None = None) -> int:
+def recover_stale_replies(*, session_id: uuid.UUID | None = None, now: dt.datetime | None = None) -> int:
     """Mark running replies whose process is gone as interrupted; return how many.
 
     A live process refreshes its replies' heartbeats every CONVO_REPLY_HEARTBEAT_SECONDS, so a reply
@@ -175,13 +176,18 @@ def serving_loop() -> asyncio.AbstractEventLoop | None:
     return None
 
 
-def launch(reply_id: int, loop: asyncio.AbstractEventLoop | None, responder: Responder) -> None:
+def launch(
+    reply_id: int,
+    loop: asyncio.AbstractEventLoop | None,
+    responder: Responder,
+    session_key: uuid.UUID | None = None,
+) -> None:
     handle = CancelHandle()
     thread = threading.Thread(
         target=_thread_main, args=(reply_id, handle, loop, responder), name=f"convo-reply-{reply_id}", daemon=True
     )
     with _local_lock:
-        _local[reply_id] = _Local(thread, handle)
+        _local[reply_id] = _Local(thread, handle, session_key)
     thread.start()
     _watcher.ensure_running()
 
@@ -210,6 +216,16 @@ def cancel_local(reply_id: int) -> None:
         local = _local.get(reply_id)
     if local is not None:
         local.handle.cancel()
+
+
+def cancel_sessions(sender: Any = None, *, keys: list[uuid.UUID], **kwargs: Any) -> None:
+    """engine.sessions_deleted receiver: cancel this process's replies of the deleted sessions at once
+    (other processes' watchers see the rows gone within CONVO_REPLY_POLL_SECONDS)."""
+    deleted = set(keys)
+    with _local_lock:
+        handles = [local.handle for local in _local.values() if local.session_key in deleted]
+    for handle in handles:
+        handle.cancel()
 
 
 def join_local(reply_id: int, timeout: float) -> None:
@@ -250,8 +266,11 @@ class _Watcher:
                         Reply.objects.filter(pk__in=ids, status=Reply.Status.RUNNING).update(
                             heartbeat_at=timezone.now()
                         )
-                    for pk in Reply.objects.filter(pk__in=ids, stop_requested=True).values_list("pk", flat=True):
-                        cancel_local(pk)
+                    # Stop asked for (from any process), or the row gone with its deleted session.
+                    alive = dict(Reply.objects.filter(pk__in=ids).values_list("pk", "stop_requested"))
+                    for pk in ids:
+                        if alive.get(pk, True):
+                            cancel_local(pk)
                 except DatabaseError:
                     logger.exception("The reply watcher could not reach the database")
                 time.sleep(settings.CONVO_REPLY_POLL_SECONDS)

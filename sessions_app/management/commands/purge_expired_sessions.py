@@ -3,6 +3,8 @@ from django.db import DatabaseError, connection
 
 from sessions_app import engine
 
+DRY_RUN_LISTED = 20  # expired sessions a dry run names
+
 
 class Command(BaseCommand):
     help = (
@@ -26,6 +28,13 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"Dry run: would delete {found.sessions} expired session(s) with {found.messages} message(s)."
                 )
+                # Named by owner and id: ids are per owner, so the id alone may be several sessions.
+                for session in engine.expired_sessions(limit=DRY_RUN_LISTED):
+                    self.stdout.write(
+                        f"  {session.owner_label} / {session.sid} (expired {session.expires_at:%Y-%m-%d %H:%M})"
+                    )
+                if found.sessions > DRY_RUN_LISTED:
+                    self.stdout.write(f"  … and {found.sessions - DRY_RUN_LISTED} more")
                 return
             progress = self._progress if self.stdout.isatty() else None
             result = engine.purge_expired(batch_size=batch_size, progress=progress)
