@@ -172,14 +172,14 @@ def actors(user, other_user, django_user_model, replies_env):
 
 def _ensure_sessions(user, other_user):
     """The sessions requests aim at (a DELETE may have removed one): the owner's and another's."""
-    if ConversationSession.objects.filter(pk__in=["mine", "theirs"]).count() == 2:
+    if ConversationSession.objects.filter(sid__in=["mine", "theirs"]).count() == 2:
         return
-    if not ConversationSession.objects.filter(pk="mine").exists():
+    if not ConversationSession.objects.filter(sid="mine").exists():
         engine.session_create("mine", owner=user, system_prompt="sys")
         engine.message_append("mine", "user", "hello")
         engine.state_set("mine", "color", "blue")
         engine.state_set_data("mine", "color", {"rgb": [0, 0, 255]})
-    if not ConversationSession.objects.filter(pk="theirs").exists():
+    if not ConversationSession.objects.filter(sid="theirs").exists():
         engine.session_create("theirs", owner=other_user)
 
 
@@ -350,7 +350,7 @@ def test_hostile_api_bodies_field_by_field_are_4xx_and_store_nothing(actors, use
 
 
 def _stored():
-    session = ConversationSession.objects.filter(pk="mine").first()
+    session = ConversationSession.objects.filter(sid="mine").first()
     return session and (session.last_seq, session.variables, session.data, session.system_prompt, session.metadata)
 
 
@@ -445,7 +445,8 @@ def test_the_admin_filter_and_object_lookup_validate_the_id(actors, rf):
         list_filter = SessionIdFilter(request, {"session": [session]}, Message, model_admin)
         assert list(list_filter.queryset(request, Message.objects.all())) == []
         assert session_admin.get_object(request, session) is None
-    assert session_admin.get_object(request, "mine").pk == "mine"
+    mine = engine.session_get("mine")
+    assert session_admin.get_object(request, str(mine.pk)).sid == "mine"
 
 
 def test_a_nul_in_a_url_is_refused_before_the_database(actors, django_assert_num_queries):

@@ -42,7 +42,7 @@ def client(user):
 
 
 def _stored(session_id="mine"):
-    s = ConversationSession.objects.get(pk=session_id)
+    s = ConversationSession.objects.get(sid=session_id)
     return (s.last_seq, s.system_prompt, s.variables, s.data, s.metadata)
 
 
@@ -75,7 +75,7 @@ def test_engine_text_limits(mine, small_limits):
         engine.state_set_data("mine", "k" * 9, 1)
     with pytest.raises(engine.InputTooLarge):
         engine.session_create("big", system_prompt="x" * 21)
-    assert _stored() == before and not ConversationSession.objects.filter(pk="big").exists()
+    assert _stored() == before and not ConversationSession.objects.filter(sid="big").exists()
     engine.message_append("mine", "user", "x" * 20, name="n" * 8)  # at the limits: fine
     assert engine.session_get("mine").last_seq == 1
 
@@ -164,7 +164,7 @@ def test_forms_show_the_limits_inline_and_store_nothing(client, mine, small_limi
         assert _stored() == before
     r = client.post("/new/", {"session_id": "n", "system_prompt": "x" * 21, "max_messages": 5, "max_tokens": 5})
     assert r.status_code == 422 and "the limit is 20" in r.content.decode()
-    assert not ConversationSession.objects.filter(pk="n").exists()
+    assert not ConversationSession.objects.filter(sid="n").exists()
 
 
 def test_form_fields_carry_the_limits_to_the_browser(client, mine, small_limits):
@@ -198,7 +198,7 @@ def test_api_answers_413_over_a_size_limit_and_422_for_an_invalid_value(user, mi
     for method, path, body in invalid:
         assert_error(getattr(api, method)(path, body), 422, "validation_error")
     assert _stored() == before
-    assert not ConversationSession.objects.filter(pk__in=["n", "new"]).exists()
+    assert not ConversationSession.objects.filter(sid__in=["n", "new"]).exists()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -212,5 +212,5 @@ def test_a_long_model_reply_is_cut_to_the_content_limit(user, replies_env, fake_
     fake_llm.stream(*text_chunks("word " * 40))
     reply = reply_to("long", "talk a lot")
     assert reply.status == "done"
-    stored = Message.objects.get(session_id="long", role="assistant").content
+    stored = Message.objects.get(session__sid="long", role="assistant").content
     assert len(stored) == 50 and stored.startswith("word word")
