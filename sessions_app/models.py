@@ -71,6 +71,25 @@ class ConversationSession(models.Model):
     turn_count = models.PositiveIntegerField(default=0, help_text="The spec's current_turn().")
     total_tokens = models.PositiveBigIntegerField(default=0, help_text="Sum of the estimates of the listed messages.")
 
+    # The conversation a person keeps (the library): none of these change what the model sees.
+    title = models.CharField(max_length=200, blank=True, default="", help_text="Shown in the sidebar and header.")
+    pinned = models.BooleanField(default=False)
+    archived = models.BooleanField(default=False)
+    # Lineage: the conversation this one was branched, edited or continued from, and the seq it starts after.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children", editable=False
+    )
+    parent_seq = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The parent's sequence number this conversation was taken at."
+    )
+    lineage = models.CharField(
+        max_length=16,
+        blank=True,
+        default="",
+        choices=[("branch", "branch"), ("edit", "edit"), ("continue", "continue")],
+        help_text="How this conversation came from its parent.",
+    )
+
     class Meta:
         # No index holds updated_at: every write changes it, and an indexed column would make each
         # update of the session row a non-HOT one (new entries in every index, bloat on busy sessions).
@@ -268,6 +287,15 @@ class Reply(models.Model):
         null=True, blank=True, help_text="Sequence number of the stored assistant message."
     )
     stop_requested = models.BooleanField(default=False)
+    # What the model saw (the reply inspector): the sequence numbers sent on the first round, the budget,
+    # the provider's reported usage and timings.
+    sent_seqs = models.JSONField(null=True, blank=True, help_text="Sequence numbers of the messages sent.")
+    usage = models.JSONField(default=dict, blank=True, help_text="Budget, estimate and the provider's usage.")
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    # A reply restarted after its process died points at the interrupted one (whose text is kept).
+    resumed_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
     worker = models.CharField(max_length=200, help_text="The process running the reply (host:pid:random).")
     heartbeat_at = models.DateTimeField()
     started_at = models.DateTimeField()
