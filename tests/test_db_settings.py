@@ -1,0 +1,87 @@
+"""The database settings a web server needs: pooled PostgreSQL connections, SQLite tuned for writers."""
+
+import sqlite3
+
+import pytest
+from django.conf import settings
+from django.db import connection, connections, transaction
+from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
+
+from .conftest import ON_POSTGRES
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_postgres_connections_come_from_a_pool_sized_by_settings():
+    pool = connection.pool
+    assert pool is not None, "OPTIONS['pool'] is not in effect"
+    assert pool.max_size == settings.CONVO_DB_POOL_MAX_SIZE
+    assert settings.DATABASES["default"]["CONN_MAX_AGE"] == 0
+    pids = set()
+    for _ in range(10):  # ten requests' worth of connect / close
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pids.add(cursor.fetchone()[0])
+        connection.close()  # back to the pool, not closed
+    assert len(pids) <= pool.min_size + 1, f"{len(pids)} server connections for 10 requests: not kept"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_pooled_connections_survive_pg_terminate_backend(client, user):
+    client.force_login(user)
+    assert client.get("/").status_code == 200
+    pids = {c.info.backend_pid for c in _pooled(connection.pool)}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pids.add(cursor.fetchone()[0])
+    connection.close()
+    # Cut every connection of this pool from outside, as a server restart or an operator would.
+    killer = connections.create_connection("default")
+    killer.settings_dict = {**killer.settings_dict, "OPTIONS": {}}
+    try:
+        with killer.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid = ANY(%s)", [list(pids)]
+            )
+            assert cursor.fetchone()[0] >= 1
+    finally:
+        killer.close()
+    # The next requests get working connections: the pool checks a connection before handing it out.
+    for _ in range(3):
+        assert client.get("/").status_code == 200
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        assert cursor.fetchone()[0] not in pids
+
+
+def _pooled(pool):
+    """The idle connections in a psycopg pool (a snapshot, without taking them)."""
+    return list(getattr(pool, "_pool", []))
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="the SQLite configuration")
+@pytest.mark.django_db
+def test_sqlite_is_tuned_for_a_web_server(tmp_path):
+    """The configured options, applied to a file database: WAL, synchronous=NORMAL, a busy timeout and
+    BEGIN IMMEDIATE (a transaction takes the write lock at once, so writers queue instead of spinning)."""
+    wrapper = SQLiteWrapper({**settings.DATABASES["default"], "NAME": str(tmp_path / "probe.sqlite3")}, alias="probe")
+    connections["probe"] = wrapper
+    try:
+        with wrapper.cursor() as cursor:
+            assert cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert cursor.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+            assert cursor.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+        with transaction.atomic(using="probe"):
+            with wrapper.cursor() as cursor:
+                cursor.execute("SELECT 1").fetchone()  # a read only...
+            other = sqlite3.connect(tmp_path / "probe.sqlite3", timeout=0)
+            try:
+                assert other.execute("SELECT count(*) FROM sqlite_master").fetchone()  # (WAL: readers go on)
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")  # ...yet the write lock is taken: writers queue
+            finally:
+                other.close()
+    finally:
+        wrapper.close()
+        del connections["probe"]
