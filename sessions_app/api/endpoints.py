@@ -7,7 +7,7 @@ schema in ``schemas``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
@@ -271,19 +271,35 @@ def append_message(
 def list_messages(
     request: HttpRequest,
     id: str,
-    after: int = Query(0, ge=0, le=MAX_SEQ, description="Return messages with a sequence number above this."),
+    after: int = Query(0, ge=0, le=MAX_SEQ, description="Only messages with a sequence number above this."),
+    before: int | None = Query(None, ge=1, le=MAX_SEQ, description="Only messages with a sequence number below this."),
     limit: int = Query(100, ge=1, le=PAGE_LIMIT_MAX),
+    order: Literal["asc", "desc"] = Query(
+        "asc",
+        description="asc: the page starts at the oldest message of the range, oldest first. desc: it starts "
+        "at the newest, newest first (`?order=desc&limit=50` is the newest 50; follow with ?before=next_before).",
+    ),
 ):
-    """The session's message list, in order, from ``after`` on."""
+    """The session's message list: a page of the range ``after`` < seq < ``before``, taken from its
+    start (``order=asc``) or its end (``order=desc``). One index range scan whatever the session's length."""
     session = _session(request, id)
-    page = engine.messages_page(session, after=after, limit=limit)
-    more = len(page) == limit and page[-1].seq < session.last_seq
+    newest = order == "desc"
+    page = engine.messages_page(session, after=after, before=before, limit=limit + 1, newest=newest)
+    more = len(page) > limit
+    if newest:
+        page = page[len(page) - limit :] if more else page
+        page.reverse()
+    else:
+        page = page[:limit]
     return {
         "items": [message_out(m) for m in page],
         "count": session.message_count,
         "after": after,
+        "before": before,
         "limit": limit,
-        "next_after": page[-1].seq if more else None,
+        "order": order,
+        "next_after": page[-1].seq if more and not newest else None,
+        "next_before": page[-1].seq if more and newest else None,
     }
 
 
