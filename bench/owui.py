@@ -413,15 +413,15 @@ def run_db(db: str, sizes: list[int], n: int, results: list[dict]) -> None:
                 log(f"{db}: filling {side.name} with {size} messages")
                 fill(side, api, chats[side.name], size)
             a, b, ra, rb = pairs(
-                lambda: convo.open(users["convo"][0], chats["convo"]),
-                lambda: owui.open(users["open-webui"][0], chats["open-webui"]),
+                lambda chats=chats: convo.open(users["convo"][0], chats["convo"]),
+                lambda chats=chats: owui.open(users["open-webui"][0], chats["open-webui"]),
                 n,
             )
             row(results, db, "O1 open a chat", size, statistics.median(a), statistics.median(b),
                 convo_bytes=wire_bytes(ra), owui_bytes=wire_bytes(rb))  # fmt: skip
             sent = {}
 
-            def add(side):
+            def add(side, chats=chats, size=size, sent=sent):
                 status, size_sent = side.append(users[side.name][1], chats[side.name], "user", message_text(size))
                 sent[side.name] = size_sent
                 return httpx.Response(200 if status in (200, 201) else status)
