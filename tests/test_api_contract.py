@@ -916,3 +916,29 @@ def test_docs_are_served_from_local_static_files(client):
         assert asset.startswith("/static/"), asset
         assert finders.find(asset.removeprefix("/static/")), asset
     assert '"validatorUrl": null' in html
+
+
+def test_list_responses_match_their_documented_schemas(api, chat):
+    """The list endpoints render without ninja's per-item validation (speed): their bodies must still be
+    exactly what the OpenAPI document promises."""
+    from jsonschema import Draft202012Validator
+
+    spec = api.get("/openapi.json").json()
+
+    def schema_of(path):
+        schema = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        return Draft202012Validator({**schema, "components": spec["components"]})
+
+    for i in range(3):
+        api.put(f"/sessions/more-{i}")
+    sessions = api.get("/sessions", query={"limit": 2}).json()
+    schema_of("/api/v1/sessions").validate(sessions)
+    assert sessions["count"] == 4 and sessions["next_offset"] == 2 and len(sessions["items"]) == 2
+    for query in ({}, {"order": "desc", "limit": 2}, {"before": 3}):
+        page = api.get("/sessions/chat/messages", query=query).json()
+        schema_of("/api/v1/sessions/{id}/messages").validate(page)
+        assert page["items"], query
+    # The same values render exactly as the validated single-item endpoints render them.
+    listed = {s["id"]: s for s in api.get("/sessions").json()["items"]}["chat"]
+    single = api.get("/sessions/chat").json()
+    assert {k: single[k] for k in listed} == listed

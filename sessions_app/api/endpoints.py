@@ -106,6 +106,16 @@ def _now():
     return timezone.now()
 
 
+def _rendered(request: HttpRequest, data: dict[str, Any], status: int = 200) -> HttpResponse:
+    """A 200 of a list endpoint, rendered as ninja renders a validated response but without validating
+    every item again: the dicts are built by the schemas' own ``*_out`` functions, and the contract
+    tests check each list against its documented schema. (Validation cost ~0.1 ms an item, most of a
+    page's time.)"""
+    from . import api  # the NinjaAPI this router is mounted on (created after this module)
+
+    return api.create_response(request, data, status=status)
+
+
 # ---------------------------------------------------------------------------------------------
 # Sessions
 
@@ -164,13 +174,16 @@ def list_sessions(
     page = engine.sessions_page_for_user(user, offset=offset, limit=limit)
     count = engine.session_count_for_user(user)
     now = _now()
-    return {
-        "items": [session_summary_out(s, now) for s in page],
-        "count": count,
-        "offset": offset,
-        "limit": limit,
-        "next_offset": offset + limit if offset + limit < count else None,
-    }
+    return _rendered(
+        request,
+        {
+            "items": [session_summary_out(s, now) for s in page],
+            "count": count,
+            "offset": offset,
+            "limit": limit,
+            "next_offset": offset + limit if offset + limit < count else None,
+        },
+    )
 
 
 @endpoint("GET", "/sessions/{id}", {200: SessionOut}, raises=LOOKUP, tags=["sessions"])
@@ -291,16 +304,19 @@ def list_messages(
         page.reverse()
     else:
         page = page[:limit]
-    return {
-        "items": [message_out(m) for m in page],
-        "count": session.message_count,
-        "after": after,
-        "before": before,
-        "limit": limit,
-        "order": order,
-        "next_after": page[-1].seq if more and not newest else None,
-        "next_before": page[-1].seq if more and newest else None,
-    }
+    return _rendered(
+        request,
+        {
+            "items": [message_out(m) for m in page],
+            "count": session.message_count,
+            "after": after,
+            "before": before,
+            "limit": limit,
+            "order": order,
+            "next_after": page[-1].seq if more and not newest else None,
+            "next_before": page[-1].seq if more and newest else None,
+        },
+    )
 
 
 @endpoint("GET", "/sessions/{id}/context", {200: ContextOut}, raises=LOOKUP, tags=["messages"])
