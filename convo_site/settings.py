@@ -214,7 +214,7 @@ if DATABASE_URL:
 else:
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
+            "ENGINE": "convo_site.sqlite_backend",
             "NAME": os.environ.get("CONVO_SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
             "OPTIONS": {
                 # Take the write lock when a transaction starts: concurrent writers then queue

@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 from django.conf import settings
 from django.db import connection, connections, transaction
-from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
+from django.db.utils import load_backend
 
 from .conftest import ON_POSTGRES
 
@@ -65,7 +65,10 @@ def _pooled(pool):
 def test_sqlite_is_tuned_for_a_web_server(tmp_path):
     """The configured options, applied to a file database: WAL, synchronous=NORMAL, a busy timeout and
     BEGIN IMMEDIATE (a transaction takes the write lock at once, so writers queue instead of spinning)."""
-    wrapper = SQLiteWrapper({**settings.DATABASES["default"], "NAME": str(tmp_path / "probe.sqlite3")}, alias="probe")
+    backend = load_backend(settings.DATABASES["default"]["ENGINE"])
+    wrapper = backend.DatabaseWrapper(
+        {**settings.DATABASES["default"], "NAME": str(tmp_path / "probe.sqlite3")}, alias="probe"
+    )
     connections["probe"] = wrapper
     try:
         with wrapper.cursor() as cursor:
@@ -85,3 +88,51 @@ def test_sqlite_is_tuned_for_a_web_server(tmp_path):
     finally:
         wrapper.close()
         del connections["probe"]
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="the SQLite configuration")
+@pytest.mark.django_db(transaction=True)
+def test_sqlite_writers_of_one_process_queue_and_all_commit():
+    """16 threads appending at once on SQLite: every append lands, numbered without gaps (the
+    backend's per-process write queue in front of BEGIN IMMEDIATE; p99 is measured in bench/owui.py)."""
+    import threading
+
+    from sessions_app import engine
+    from sessions_app.models import Message
+
+    engine.session_create("queue", config=engine.SessionConfig(max_messages=1000))
+    errors = []
+
+    def writer(n):
+        try:
+            for i in range(10):
+                engine.message_append("queue", "user", f"{n}-{i}")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert list(Message.objects.order_by("seq").values_list("seq", flat=True)) == list(range(1, 161))
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="the SQLite configuration")
+@pytest.mark.django_db(transaction=True)
+def test_sqlite_write_queue_is_released_after_errors():
+    """A transaction that fails (rolled back) or a connection closed mid-transaction frees the queue."""
+    from sessions_app import engine
+
+    engine.session_create("errs")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        engine.message_append("errs", "user", "rolled back")
+        raise RuntimeError("the transaction fails")
+    with transaction.atomic():
+        connection.close()  # the transaction dies with its connection
+    connection.close()
+    engine.message_append("errs", "user", "kept")  # would wait 20 s and fail if the queue were stuck
+    assert engine.session_get("errs").message_count == 1
