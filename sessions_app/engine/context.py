@@ -61,6 +61,28 @@ def messages_page(
 
 
 @dataclass
+class MessagesAround:
+    """A window of a conversation's whole history around one sequence number."""
+
+    messages: list[Message]
+    has_earlier: bool  # older messages exist before the window
+    has_later: bool  # newer messages exist after the window
+
+
+@storage_errors
+def messages_around(session: ConversationSession, seq: int, *, before: int = 25, after: int = 25) -> MessagesAround:
+    """Up to ``before`` messages before ``seq``, the message ``seq`` and up to ``after`` after it, in order,
+    from the whole history (messages that left the session's list too: a search result may be one).
+    Two index range scans on (session, seq), whatever the conversation's length."""
+    older = list(Message.objects.filter(session=session, seq__lt=seq).order_by("-seq")[: before + 1])
+    newer = list(Message.objects.filter(session=session, seq__gte=seq).order_by("seq")[: after + 2])
+    has_earlier, has_later = len(older) > before, len(newer) > after + 1
+    older = older[:before]
+    older.reverse()
+    return MessagesAround(older + newer[: after + 1], has_earlier, has_later)
+
+
+@dataclass
 class ContextWindow:
     messages: list[Message]
     max_tokens: int
