@@ -125,6 +125,7 @@ OPERATIONS = [
     ("POST", "/sessions/{id}/reply", "ReplyIn"),
     ("GET", "/sessions/{id}/reply", None),
     ("POST", "/sessions/{id}/reply/stop", None),
+    ("GET", "/search", None),
 ]
 
 query_values = st.integers(min_value=-5, max_value=600).map(str) | st.sampled_from(
@@ -135,6 +136,7 @@ QUERY = {
     "/sessions/{id}/messages": ["after", "limit"],
     "/sessions/{id}/turns": ["after", "limit"],
     "/sessions/{id}/context": ["max_tokens"],
+    "/search": ["q", "limit", "cursor"],
 }
 
 

@@ -333,10 +333,7 @@ class _Postgres:
         if after is not None:
             keyset = "AND (rank < %s OR (rank = %s AND id < %s))"
             params += [after[0], after[0], after[1]]
-        options = (
-            self.options
-            + f'MaxWords={SNIPPET_WORDS}, MinWords={SNIPPET_WORDS // 2}, MaxFragments=2, FragmentDelimiter=" … "'
-        )
+        options = self.options + f"MaxWords={SNIPPET_WORDS}, MinWords={SNIPPET_WORDS // 2}"
         # The page is chosen first (the rank of every match among one user's rows), the snippets made for it only.
         sql = f"""
             SELECT page.id, s.sid, s.key, s.title, m.seq, m.role, m.created_at, page.rank,
