@@ -288,72 +288,75 @@ def _markers() -> tuple[str, str]:
 
 class _Postgres:
     """``websearch_to_tsquery`` on the stored tsvector (messages) and the title expression index; the rank
-    and the snippet come from the query without its exclusions (``Query.ranked``)."""
+    and the snippet come from the query without its exclusions (``Query.ranked``).
+
+    The tsqueries are written inline, not joined in: with constant text they are computed when the
+    statement is planned, so the planner sees the words and picks by their frequency (the statistics of
+    the tsvector column): the GIN index for rare words, the user's own rows for common ones."""
 
     # ts_headline reads its text with PostgreSQL's parser, which takes "<b>" or "<div class=x>" for
     # markup and drops it from the snippet: '<' is swapped for a private-use character before, and back after.
     LT = "\ue000"
+    QUERY = f"websearch_to_tsquery('{search_schema.PG_CONFIG}', %(q)s)"
+    RANKED = f"websearch_to_tsquery('{search_schema.PG_CONFIG}', %(ranked)s)"
 
     def __init__(self) -> None:
         self.start, self.stop = _markers()
         self.options = f"StartSel={self.start}, StopSel={self.stop}, "
-        self.queries = (
-            f"websearch_to_tsquery('{search_schema.PG_CONFIG}', %s) query, "
-            f"websearch_to_tsquery('{search_schema.PG_CONFIG}', %s) ranked"
-        )
 
-    def headline(self, column: str, query: str, options: str) -> str:
-        return f"ts_headline('{search_schema.PG_CONFIG}', replace({column}, '<', '{self.LT}'), {query}, {options})"
+    def headline(self, column: str) -> str:
+        return (
+            f"ts_headline('{search_schema.PG_CONFIG}', replace({column}, '<', '{self.LT}'), {self.RANKED}, %(options)s)"
+        )
 
     def marked(self, text: str | None) -> str:
         return (text or "").replace(self.LT, "<")
 
+    def params(self, query: Query, owner_id: Any, after: tuple[float, Any] | None, limit: int, options: str):
+        params = {"q": query.canonical, "ranked": query.ranked, "owner": owner_id, "limit": limit, "options": options}
+        if after is not None:
+            params.update(rank=after[0], last=after[1])
+        return params
+
     def titles(self, query: Query, owner_id: Any, after: tuple[float, Any] | None, limit: int) -> list[SearchHit]:
         doc = search_schema.pg_document("s.title")
-        keyset, params = "", [query.canonical, query.ranked, owner_id]
-        if after is not None:
-            keyset = "WHERE rank < %s OR (rank = %s AND key < %s)"
-            params += [after[0], after[0], after[1]]
+        keyset = "WHERE rank < %(rank)s OR (rank = %(rank)s AND key < %(last)s)" if after else ""
         sql = f"""
-            SELECT key, sid, title, created_at, rank, {self.headline("title", "ranked", "%s")}
+            SELECT key, sid, title, created_at, rank, {self.headline("title")}
             FROM (
-                SELECT s.key, s.sid, s.title, s.created_at, ts_rank({doc}, ranked, 1)::float8 AS rank, ranked
-                FROM {search_schema.SESSION_TABLE} s, {self.queries}
-                WHERE s.owner_id = %s AND {doc} @@ query
+                SELECT s.key, s.sid, s.title, s.created_at, ts_rank({doc}, {self.RANKED}, 1)::float8 AS rank
+                FROM {search_schema.SESSION_TABLE} s
+                WHERE s.owner_id = %(owner)s AND {doc} @@ {self.QUERY}
             ) found
             {keyset}
             ORDER BY rank DESC, key DESC
-            LIMIT %s
+            LIMIT %(limit)s
         """
-        rows = _fetch(sql, [self.options + "HighlightAll=true", *params, limit])
+        rows = _fetch(sql, self.params(query, owner_id, after, limit, self.options + "HighlightAll=true"))
         return [_title_hit((*row[:5], self.marked(row[5])), self.start, self.stop) for row in rows]
 
     def messages(self, query: Query, owner_id: Any, after: tuple[float, Any] | None, limit: int) -> list[SearchHit]:
-        keyset, params = "", [query.canonical, query.ranked, owner_id]
-        if after is not None:
-            keyset = "AND (rank < %s OR (rank = %s AND id < %s))"
-            params += [after[0], after[0], after[1]]
+        keyset = "AND (rank < %(rank)s OR (rank = %(rank)s AND id < %(last)s))" if after else ""
         options = self.options + f"MaxWords={SNIPPET_WORDS}, MinWords={SNIPPET_WORDS // 2}"
         # The page is chosen first (the rank of every match among one user's rows), the snippets made for it only.
         sql = f"""
-            SELECT page.id, s.sid, s.key, s.title, m.seq, m.role, m.created_at, page.rank,
-                   {self.headline("m.content", "page.ranked", "%s")}
+            SELECT page.id, s.sid, s.key, s.title, m.seq, m.role, m.created_at, page.rank, {self.headline("m.content")}
             FROM (
-                SELECT id, session_id, rank, ranked FROM (
-                    SELECT m.id, m.session_id, ts_rank(m.search_vector, ranked, 1)::float8 AS rank, ranked
+                SELECT id, session_id, rank FROM (
+                    SELECT m.id, m.session_id, ts_rank(m.search_vector, {self.RANKED}, 1)::float8 AS rank
                     FROM {search_schema.MESSAGE_TABLE} m
-                    JOIN {search_schema.SESSION_TABLE} s ON s.key = m.session_id, {self.queries}
-                    WHERE s.owner_id = %s AND m.search_vector @@ query
+                    JOIN {search_schema.SESSION_TABLE} s ON s.key = m.session_id
+                    WHERE s.owner_id = %(owner)s AND m.search_vector @@ {self.QUERY}
                 ) found
                 WHERE true {keyset}
                 ORDER BY rank DESC, id DESC
-                LIMIT %s
+                LIMIT %(limit)s
             ) page
             JOIN {search_schema.MESSAGE_TABLE} m ON m.id = page.id
             JOIN {search_schema.SESSION_TABLE} s ON s.key = page.session_id
             ORDER BY page.rank DESC, page.id DESC
         """
-        rows = _fetch(sql, [options, *params, limit])
+        rows = _fetch(sql, self.params(query, owner_id, after, limit, options))
         return [_message_hit((*row[:8], self.marked(row[8])), self.start, self.stop) for row in rows]
 
 
@@ -417,7 +420,7 @@ class _SQLite:
         return [_message_hit((*row, snippets.get(row[0], "")), self.start, self.stop) for row in rows]
 
 
-def _fetch(sql: str, params: list[Any]) -> list[tuple]:
+def _fetch(sql: str, params: list[Any] | dict[str, Any]) -> list[tuple]:
     with default_connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
