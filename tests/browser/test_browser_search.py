@@ -71,3 +71,29 @@ def test_search_finds_a_message_and_opens_it_in_place(page, server, alice, bob, 
     box.press("Escape")
     expect(box).to_have_value("")
     expect(page.locator("#search-results .search-hit")).to_have_count(0)
+
+
+def test_a_result_that_left_the_sessions_list_stays_on_the_page(page, server, alice, login):
+    """The whole history counts: a message past max_messages opens in place and stays while live
+    updates arrive."""
+    login(alice)
+
+    def fill():
+        session = engine.session_create("short-list", owner=alice, config=engine.SessionConfig(max_messages=20))
+        for i in range(1, 61):
+            engine.message_append(session.pk, "user", "An old wallaby note." if i == 7 else f"Line {i}.")
+
+    script(fill)
+    page.goto(f"{server.url}/c/short-list/")
+    box = page.get_by_role("searchbox", name="Search your conversations")
+    box.press_sequentially("wallaby", delay=30)
+    page.locator("#search-results .search-hit a").click()
+    expect(page).to_have_url(re.compile(r"/c/short-list/\?at=7$"))
+    expect(page.locator(LIVE)).to_be_visible()
+    composer = page.locator("#composer textarea[name=content]")
+    composer.fill("A new line while reading.")
+    composer.press("Enter")
+    expect(page.locator("#message-list li.role-user").last).to_contain_text("A new line while reading.")
+    expect(page.locator("#message-list li.role-assistant").last).to_contain_text("built-in responder")
+    expect(page.locator("#msg-7")).to_be_attached()
+    expect(page.locator("#msg-7")).to_have_class(re.compile(r"\bsearch-target\b"))
