@@ -221,3 +221,12 @@ class KeyForm(LimitedForm):
 
 class BudgetForm(forms.Form):
     budget = forms.IntegerField(min_value=1, max_value=engine.MAX_INT, required=False, label="Budget (tokens)")
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(
+        label="File",
+        help_text="A Convo export (.json, .jsonl or the .zip of “Export all”), ChatGPT’s conversations.json, "
+        "or an Open WebUI chat export (.json).",
+        error_messages={"required": "Choose a file to import."},
+    )
