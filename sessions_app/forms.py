@@ -230,3 +230,12 @@ class ImportForm(forms.Form):
         "or an Open WebUI chat export (.json).",
         error_messages={"required": "Choose a file to import."},
     )
+
+    @classmethod
+    def refused(cls, message: str) -> ImportForm:
+        """A form showing ``message`` on the file, for an upload refused before it was read."""
+        form = cls(data={}, files={})
+        form.full_clean()
+        form.errors.clear()
+        form.add_error("file", message)
+        return form

@@ -528,9 +528,7 @@ def _import_upload(request: HttpRequest) -> tuple[ImportForm, int, transfer.Impo
         transfer.check_size(max(0, declared - MULTIPART_SLACK))
         form = ImportForm(request.POST, request.FILES)
     except transfer.ImportTooLarge as exc:
-        form = ImportForm()
-        form.add_error("file", str(exc))
-        return form, REQUEST_TOO_LARGE, None
+        return ImportForm.refused(str(exc)), REQUEST_TOO_LARGE, None
     except ValueError:
         form = ImportForm(request.POST, request.FILES)
     if not form.is_valid():

@@ -483,7 +483,33 @@ def delete_data(request: HttpRequest, id: str, key: str):
 # Export and import (sessions_app.transfer; the format: docs/export-format.md)
 
 
-@endpoint("GET", "/sessions/{id}/export", {200: None}, raises=LOOKUP, tags=["export"])
+# The exports' documented bodies (the full schema of convo.export/1 is docs/convo-export-1.schema.json).
+EXPORT_DOCUMENT = {
+    "type": "object",
+    "description": "A convo.export/1 document (docs/export-format.md).",
+    "required": ["format", "id", "messages", "turns"],
+    "properties": {"format": {"const": transfer.FORMAT}},
+}
+
+
+@endpoint(
+    "GET",
+    "/sessions/{id}/export",
+    {200: None},
+    raises=LOOKUP,
+    tags=["export"],
+    openapi_extra={
+        "responses": {
+            200: {
+                "description": "The conversation, as an attachment.",
+                "content": {
+                    "application/json": {"schema": EXPORT_DOCUMENT},
+                    "text/markdown": {"schema": {"type": "string"}},
+                },
+            }
+        }
+    },
+)
 def export_session(
     request: HttpRequest,
     id: str,
@@ -500,7 +526,20 @@ def export_session(
     return transfer.streaming_response(request, pieces, content_type=content_type, filename=filename)
 
 
-@endpoint("GET", "/export", {200: None}, tags=["export"])
+@endpoint(
+    "GET",
+    "/export",
+    {200: None},
+    tags=["export"],
+    openapi_extra={
+        "responses": {
+            200: {
+                "description": "A zip with one convo.export/1 JSON file per conversation.",
+                "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        }
+    },
+)
 def export_all(request: HttpRequest):
     """All of the caller's conversations as a zip of ``convo.export/1`` JSON files, streamed."""
     user = _user(request)

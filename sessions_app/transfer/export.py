@@ -107,20 +107,28 @@ def turn_entries(session: ConversationSession) -> Iterator[dict[str, Any]]:
             yield {"number": number, "metadata": stored.get(number, {})}
 
 
+# Characters JSON leaves as they are but str.splitlines() (and so many JSON Lines readers) ends a line at.
+LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False).translate(LINE_BREAKS)
+
+
 def iter_json(session: ConversationSession, *, lines: bool = False, now: dt.datetime | None = None) -> Iterator[str]:
     """One conversation as a ``convo.export/1`` JSON document, in pieces. ``lines``: on one line (JSON
     Lines); else one message or turn a line."""
-    header = json.dumps(document_header(session, now=now), ensure_ascii=False)
+    header = _dumps(document_header(session, now=now))
     sep = "," if lines else ",\n"
     yield header[:-1] + ', "messages": [' + ("" if lines else "\n")
     first = True
     for message in stored_messages(session):
-        yield ("" if first else sep) + json.dumps(message_entry(session, message), ensure_ascii=False)
+        yield ("" if first else sep) + _dumps(message_entry(session, message))
         first = False
     yield ("" if lines else "\n") + '], "turns": [' + ("" if lines else "\n")
     first = True
     for turn in turn_entries(session):
-        yield ("" if first else sep) + json.dumps(turn, ensure_ascii=False)
+        yield ("" if first else sep) + _dumps(turn)
         first = False
     yield ("" if lines else "\n") + "]}" + ("" if lines else "\n")
 
