@@ -229,6 +229,7 @@ class ImportForm(forms.Form):
         help_text="A Convo export (.json, .jsonl or the .zip of “Export all”), ChatGPT’s conversations.json, "
         "or an Open WebUI chat export (.json).",
         error_messages={"required": "Choose a file to import."},
+        widget=forms.ClearableFileInput(attrs={"accept": ".json,.jsonl,.zip,application/json,application/zip"}),
     )
 
     @classmethod
