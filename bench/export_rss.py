@@ -12,34 +12,12 @@ reported for information.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import REPO, emit, log, setup_django
+from common import emit, log, run_command, setup_django
 
 OWNER = "bench-export"
-
-
-def run_command(*args: str) -> tuple[float, float, str]:
-    """Seconds, peak RSS in MB and output of ``manage.py <args>``."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "manage.py"), *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=os.environ.copy(),
-    )
-    out = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bench: manage.py {' '.join(args)} failed:\n{out}")
-    return seconds, usage.ru_maxrss / 1024, out.strip()
 
 
 def main() -> None:

@@ -347,3 +347,32 @@ def test_an_id_clash_gets_a_new_id_and_never_overwrites(user, make_session):
     assert engine.session_get(existing.sid, owner=user).pk == existing.pk
     assert contents(existing) == [(1, "system", "mine", None)]
     assert Turn.objects.count() == 0
+
+
+def test_no_current_node_imports_the_newest_branch(user):
+    """ChatGPT's current_node null (or Open WebUI's currentId missing): the newest leaf's branch."""
+    chatgpt = json.loads(fixture("chatgpt_conversations.json"))[:1]
+    chatgpt[0]["current_node"] = None
+    chatgpt[0]["mapping"]["a-2a"]["message"]["create_time"] = 1714557600.0 + 500  # the first edit, now newest
+    [boiling] = transfer.import_bytes(json.dumps(chatgpt).encode(), owner=user).imported
+    assert [r[2] for r in contents(boiling.session)][-2:] == ["And on Everest?", "About 70 °C."]
+    webui = json.loads(fixture("openwebui_chats.json"))[:1]
+    del webui[0]["chat"]["history"]["currentId"]
+    [haiku] = transfer.import_bytes(json.dumps(webui).encode(), owner=user).imported
+    assert contents(haiku.session)[-1][2].startswith("Snow hushes the streets")  # m5, the newest leaf
+
+
+def test_a_leading_system_message_is_the_pinned_system_prompt(user):
+    chatgpt = json.loads(fixture("chatgpt_conversations.json"))[:1]
+    system = chatgpt[0]["mapping"]["sys-1"]["message"]
+    system["content"]["parts"] = ["Answer in metric units."]
+    del system["metadata"]["is_visually_hidden_from_conversation"]
+    [imported] = transfer.import_bytes(json.dumps(chatgpt).encode(), owner=user).imported
+    session = imported.session
+    assert session.system_prompt == "Answer in metric units."
+    assert (session.head_seq, session.low_seq) == (1, 2)
+    assert contents(session)[:2] == [
+        (1, "system", "Answer in metric units.", None),
+        (2, "user", contents(session)[1][2], 1),
+    ]
+    assert [m.seq for m in engine.get_context(session)][0] == 1

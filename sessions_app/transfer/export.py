@@ -8,6 +8,7 @@ is documented in docs/export-format.md, its JSON Schema in docs/convo-export-1.s
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -22,6 +23,7 @@ from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 
 from ..engine.sessions import Owner, owned_sessions
+from ..engine.values import SessionConfig
 from ..models import ConversationSession, Message, Turn
 from .formats import FORMAT
 
@@ -43,12 +45,7 @@ def document_header(session: ConversationSession, *, now: dt.datetime | None = N
         "created_at": _time(session.created_at),
         "updated_at": _time(session.updated_at),
         "system_prompt": session.system_prompt,
-        "config": {
-            "max_messages": session.max_messages,
-            "max_tokens": session.max_tokens,
-            "timeout_seconds": session.timeout_seconds,
-            "persist_system_prompt": session.persist_system_prompt,
-        },
+        "config": dataclasses.asdict(SessionConfig.of(session)),
         "state": {"variables": session.variables, "data": session.data},
         "metadata": session.metadata,
         "list": {

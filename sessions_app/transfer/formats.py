@@ -322,8 +322,14 @@ def check_name_key(name: str, key: str) -> str:
 def _read_chatgpt(item: dict[str, Any], label: str) -> Incoming:
     f = _Fields(item, label)
     mapping = f.obj("mapping")
-    current = f.str("current_node")
-    nodes = _branch(mapping, current, label, "mapping", parent_key="parent", children_key="children")
+    current = f.str("current_node", optional=True)
+    if current is None:  # no node marked current: the newest leaf, the one ChatGPT would show
+        current = _newest_leaf(mapping, "children", lambda node: (node.get("message") or {}).get("create_time"))
+    nodes = (
+        _branch(mapping, current, label, "mapping", parent_key="parent", children_key="children")
+        if current is not None
+        else []
+    )
     created = f.epoch("create_time")
     updated = f.epoch("update_time", optional=True)
     messages: list[IncomingMessage] = []
@@ -396,6 +402,8 @@ def _read_openwebui(item: dict[str, Any], label: str) -> Incoming:
     history = _Fields(chat.obj("history"), label, "chat.history")
     messages_map = history.obj("messages")
     current = history.str("currentId", optional=True)
+    if current is None:  # no message marked current: the newest leaf
+        current = _newest_leaf(messages_map, "childrenIds", lambda node: node.get("timestamp"))
     title = f.str("title", optional=True) or chat.str("title", optional=True)
     messages: list[IncomingMessage] = []
     created = f.epoch("created_at", optional=True)
@@ -422,8 +430,6 @@ def _read_openwebui(item: dict[str, Any], label: str) -> Incoming:
                     role=role, content=content, created_at=when, metadata=engine.check_metadata("metadata", metadata)
                 )
             )
-    elif messages_map:
-        raise ImportInvalid("missing (the chat has messages)", conversation=label, field="chat.history.currentId")
     created = created or (messages[0].created_at if messages else None) or f.epoch("created_at")
     updated = f.epoch("updated_at", optional=True) or created
     system = None
@@ -496,6 +502,19 @@ def _branch(
         node_id = node.get(parent_key)
     path.reverse()
     return path
+
+
+def _newest_leaf(tree: dict[str, Any], children_key: str, time_of) -> str | None:
+    """The id of the leaf (a node without children) with the latest time, or None for an empty tree."""
+    best, best_time = None, None
+    for node_id, node in tree.items():
+        if not isinstance(node, dict) or node.get(children_key):
+            continue
+        when = time_of(node)
+        when = when if isinstance(when, int | float) and not isinstance(when, bool) else float("-inf")
+        if best is None or when >= best_time:
+            best, best_time = node_id, when
+    return best
 
 
 def _leaf_field(where: str) -> str:

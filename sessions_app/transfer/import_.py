@@ -146,6 +146,10 @@ def prepare(conversation: Incoming, *, owner, now: dt.datetime) -> tuple[Convers
         # Another tool's system prompt: the first message, pinned, as session_create makes it.
         when = messages[0].created_at if messages else conversation.created_at
         messages.insert(0, IncomingMessage(role=Role.SYSTEM, content=conversation.system_prompt, created_at=when))
+    elif conversation.bounds is None and messages and messages[0].role == Role.SYSTEM:
+        # Another tool's conversation opening with a system message: it is pinned (append_bookkeeping), and
+        # it is the session's system prompt, as session_create would have made it.
+        session.system_prompt = messages[0].content
     listed: deque[tuple[int, str, int]] = deque()  # the listed messages after the head: (seq, role, tokens)
     rows: list[Message] = []
     previous_seq = 0
