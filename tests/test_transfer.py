@@ -313,6 +313,9 @@ def test_broken_files_name_the_conversation_and_field_and_import_nothing(user, n
         (b'{"format": "convo.export/1"}\n{"format": ', "Line 2 is not valid JSON"),
         (b'[{"format": "convo.export/1", "config": 5}]', "field config: expected an object, got a number"),
         (b"[NaN]", "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'[{"mapping": {}, "current_node": ' + b"9" * 5000 + b"}]", "not valid JSON here: Exceeds the limit"),
+        (b'{"format": "convo.export/1"}\n[' + b"[" * 100_000, "Line 2 is not valid JSON"),
     ],
 )
 def test_unreadable_files(user, raw, expected):

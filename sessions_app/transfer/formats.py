@@ -124,22 +124,16 @@ def documents(raw: bytes) -> Iterator[Any]:
     if not text.strip():
         raise ImportInvalid("The file is empty.")
     try:
-        yield json.loads(text, parse_constant=_refuse_constant)
+        yield _parse(text, "The file")
         return
-    except json.JSONDecodeError as exc:
-        first_error = exc
+    except _NotJSON as exc:
+        first_error = exc.error
     # JSON Lines: several values, one a line (blank lines allowed).
     # Only "\n" ends a line: JSON text may hold U+2028 and the like unescaped.
     lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
-    if len(lines) < 2:
+    if len(lines) < 2 or not isinstance(first_error, json.JSONDecodeError):
         raise _bad_json("The file", first_error)
-    parsed = []
-    for number, line in lines:
-        try:
-            parsed.append(json.loads(line, parse_constant=_refuse_constant))
-        except json.JSONDecodeError as exc:
-            raise _bad_json(f"Line {number}", exc) from None
-    yield from parsed
+    yield from [_loads(line.encode("utf-8"), f"Line {number}") for number, line in lines]
 
 
 def path_documents(path: str) -> Iterator[Any]:
@@ -157,8 +151,8 @@ def path_documents(path: str) -> Iterator[Any]:
             yield from documents(file.read())
             return
         try:
-            json.loads(_decode(first, "Line 1"))
-        except json.JSONDecodeError:  # not one value a line: a pretty-printed document
+            _parse(_decode(first, "Line 1"), "Line 1")
+        except _NotJSON:  # not one value a line: a pretty-printed document (or a bad one: said below)
             file.seek(0)
             yield from documents(file.read())
             return
@@ -574,15 +568,33 @@ def _decode(raw: bytes, what: str) -> str:
         raise ImportInvalid(f"{what} is not UTF-8 text (byte {exc.start}).") from None
 
 
+class _NotJSON(Exception):
+    def __init__(self, error: ValueError | RecursionError) -> None:
+        self.error = error
+
+
+def _parse(text: str, what: str) -> Any:
+    """JSON text as RFC 8259 has it (no NaN or Infinity); raises _NotJSON, also for nesting too deep
+    for the parser and integers beyond Python's digit limit."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise _NotJSON(exc) from None
+
+
 def _loads(raw: bytes, what: str) -> Any:
     try:
-        return json.loads(_decode(raw, what), parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise _bad_json(what, exc) from None
+        return _parse(_decode(raw, what), what)
+    except _NotJSON as exc:
+        raise _bad_json(what, exc.error) from None
 
 
-def _bad_json(what: str, exc: json.JSONDecodeError) -> ImportInvalid:
-    return ImportInvalid(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).")
+def _bad_json(what: str, exc: ValueError | RecursionError) -> ImportInvalid:
+    if isinstance(exc, json.JSONDecodeError):
+        return ImportInvalid(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).")
+    if isinstance(exc, RecursionError):
+        return ImportInvalid(f"{what} is not valid JSON here: it is nested too deeply.")
+    return ImportInvalid(f"{what} is not valid JSON here: {exc}.")
 
 
 class _Fields:
