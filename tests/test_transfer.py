@@ -379,3 +379,12 @@ def test_a_leading_system_message_is_the_pinned_system_prompt(user):
         (2, "user", contents(session)[1][2], 1),
     ]
     assert [m.seq for m in engine.get_context(session)][0] == 1
+
+
+def test_openwebui_failed_replies_without_content_are_skipped(user):
+    chats = json.loads(fixture("openwebui_chats.json"))[1:]
+    messages = chats[0]["chat"]["history"]["messages"]
+    del messages["n2"]["content"]
+    messages["n2"]["error"] = {"content": "Ollama: 500, message='Internal Server Error'"}
+    [miles] = transfer.import_bytes(json.dumps(chats).encode(), owner=user).imported
+    assert contents(miles.session) == [(1, "user", "Convert 5 miles to kilometres.", 1)]

@@ -410,9 +410,9 @@ def _read_openwebui(item: dict[str, Any], label: str) -> Incoming:
             where = f"chat.history.messages[{node_id!r}]"
             m = _Fields(node, label, where)
             role = m.role("role")
-            content = m.content("content")
+            content = m.content("content", optional=True) or ""
             if not content.strip():
-                continue
+                continue  # e.g. a reply that failed (Open WebUI keeps its "error" beside an empty content)
             when = m.epoch("timestamp", optional=True) or last_time or m.epoch("timestamp")
             last_time = when
             metadata = {"openwebui_id": node_id}
