@@ -388,3 +388,15 @@ def test_openwebui_failed_replies_without_content_are_skipped(user):
     messages["n2"]["error"] = {"content": "Ollama: 500, message='Internal Server Error'"}
     [miles] = transfer.import_bytes(json.dumps(chats).encode(), owner=user).imported
     assert contents(miles.session) == [(1, "user", "Convert 5 miles to kilometres.", 1)]
+
+
+def test_an_id_taken_between_the_look_and_the_insert_gets_a_new_id(user, make_session, monkeypatch):
+    """The unique constraint has the last word: a concurrent writer's session is never overwritten."""
+    from sessions_app.transfer import import_
+
+    theirs = make_session("1e7d3a4f-5b6c-4d7e-8f90-9a0b1c2d3e4f", owner=user, system_prompt="theirs")
+    monkeypatch.setattr(import_, "id_taken", lambda owner, sid: False)  # as if it came just after the look
+    miles = transfer.import_bytes(fixture("openwebui_chats.json"), owner=user).imported[1]
+    assert miles.renamed and miles.id != theirs.sid
+    assert contents(miles.session)[0][2] == "Convert 5 miles to kilometres."
+    assert contents(engine.session_get(theirs.sid, owner=user)) == [(1, "system", "theirs", None)]

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .. import engine
@@ -99,10 +99,24 @@ def import_conversation(conversation: Incoming, *, owner, now: dt.datetime) -> I
     """Write one conversation in one transaction (all of it, or nothing); its parent is linked
     afterwards (``ParentLinker``)."""
     session, rows = prepare(conversation, owner=owner, now=now)
+    if session.sid is None or id_taken(owner, session.sid):
+        session.sid = engine.new_session_id()
+    try:
+        _write(session, rows, conversation)
+    except IntegrityError:
+        # Another writer took the id between the look and the insert (the unique constraint said so;
+        # the transaction rolled back): never theirs to overwrite, so a new id.
+        session.sid = engine.new_session_id()
+        _write(session, rows, conversation)
+    return Imported(session=session, requested_id=conversation.sid, messages=len(rows))
+
+
+def id_taken(owner, sid: str) -> bool:
+    return owned_sessions(owner).filter(sid=sid).exists()
+
+
+def _write(session: ConversationSession, rows: list[Message], conversation: Incoming) -> None:
     with transaction.atomic():
-        # Locked while this transaction decides: a concurrent import or create of the id waits, then sees it.
-        if session.sid is None or owned_sessions(owner).select_for_update().filter(sid=session.sid).exists():
-            session.sid = engine.new_session_id()
         session.save(force_insert=True)
         for start in range(0, len(rows), BATCH):
             batch = rows[start : start + BATCH]
@@ -112,7 +126,6 @@ def import_conversation(conversation: Incoming, *, owner, now: dt.datetime) -> I
         Turn.objects.bulk_create(
             [Turn(session=session, number=n, metadata=meta) for n, meta in sorted(conversation.turns.items()) if meta]
         )
-    return Imported(session=session, requested_id=conversation.sid, messages=len(rows))
 
 
 def prepare(conversation: Incoming, *, owner, now: dt.datetime) -> tuple[ConversationSession, list[Message]]:
