@@ -363,3 +363,17 @@ def test_snippets_are_short_for_long_messages(user, make_session):
     (hit,) = search(user, "simoom").hits
     words = re.sub(r"</?mark>", "", hit.snippet).split()
     assert "simoom" in words and len(words) < 60
+
+
+@pytest.mark.postgres
+def test_raw_reads_leave_the_search_column_in_the_database(user, make_session):
+    """The context window's and the turns' raw reads name their columns: the tsvector stays out."""
+    s = make_session("raw", owner=user, system_prompt="Be brief.")
+    add(s.pk, "user", "a question")
+    add(s.pk, "assistant", "an answer")
+    s = engine.session_get(s.pk)
+    window = engine.context_window(s)
+    assert [m.seq for m in window.messages] == [1, 2, 3]
+    assert not any(hasattr(m, "search_vector") for m in window.messages)
+    (turn,) = engine.turns(s)
+    assert not hasattr(turn.user_message, "search_vector")

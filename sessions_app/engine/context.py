@@ -147,11 +147,17 @@ def context_window(
     return ContextWindow(messages=chosen, max_tokens=budget, total_tokens=used, cut_before_seq=cut)
 
 
+def _message_columns() -> str:
+    """The message model's columns, for raw reads: not ``*``, which on PostgreSQL would also carry the
+    search column (``search_vector``, a tsvector as long as the text) to Python for nothing."""
+    return ", ".join(field.column for field in Message._meta.concrete_fields)
+
+
 def _context_rows(session: ConversationSession, head_seq: int | None, upper: int | None, limit: int) -> list[Message]:
     """The pinned message (when ``head_seq``) and the newest ``limit`` listed non-system messages below
     ``upper``, in one query."""
-    table = Message._meta.db_table
-    newest = f"SELECT * FROM {table} WHERE session_id = %s AND seq >= %s AND role <> %s"
+    table, columns = Message._meta.db_table, _message_columns()
+    newest = f"SELECT {columns} FROM {table} WHERE session_id = %s AND seq >= %s AND role <> %s"
     key = db_key(session.pk)
     params: list[Any] = [key, session.low_seq, Role.SYSTEM.value]
     if upper is not None:
@@ -160,7 +166,7 @@ def _context_rows(session: ConversationSession, head_seq: int | None, upper: int
     sql = f"SELECT * FROM ({newest} ORDER BY seq DESC LIMIT %s) AS newest"
     params.append(limit)
     if head_seq is not None:
-        sql = f"SELECT * FROM {table} WHERE session_id = %s AND seq = %s UNION ALL {sql}"
+        sql = f"SELECT {columns} FROM {table} WHERE session_id = %s AND seq = %s UNION ALL {sql}"
         params = [key, head_seq, *params]
     return list(Message.objects.raw(sql, params))
 
@@ -244,7 +250,7 @@ def turns(
     lo, hi = min(wanted), max(wanted)
     table = Message._meta.db_table
     user_seq = f"SELECT seq FROM {table} WHERE session_id = %s AND role = %s AND turn_number = %s"
-    sql = f"SELECT * FROM {table} WHERE session_id = %s AND seq >= ({user_seq})"
+    sql = f"SELECT {_message_columns()} FROM {table} WHERE session_id = %s AND seq >= ({user_seq})"
     key = db_key(session.pk)
     params: list[Any] = [key, key, Role.USER.value, lo]
     if hi < count:
