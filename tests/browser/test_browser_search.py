@@ -4,6 +4,7 @@ the conversation at that message (loaded around it, scrolled to and highlighted)
 import re
 
 import pytest
+from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
 from sessions_app import engine
@@ -48,6 +49,8 @@ def test_search_finds_a_message_and_opens_it_in_place(page, server, alice, bob, 
     expect(hits).to_contain_text("<b>")  # the message's markup is shown as text, not applied
     expect(hits).not_to_contain_text("Bob")
     shot(page, "search-results")
+    audit = Axe().run(page, context="#search")  # the box and its results: no accessibility violations
+    assert audit.response["passes"] and audit.violations_count == 0, audit.generate_report()
 
     # Keyboard: down into the results, Enter opens the message in its conversation.
     box.press("ArrowDown")
