@@ -1,6 +1,7 @@
 """Planner statistics: Convo's tables are analysed after migrations and after a purge (engine/stats.py)."""
 
 import datetime as dt
+import io
 
 import pytest
 from django.core.management import call_command
@@ -8,6 +9,7 @@ from django.db import connection
 
 from sessions_app import engine
 from sessions_app.engine.stats import TABLES
+from sessions_app.models import Message
 
 from .conftest import ON_POSTGRES, add
 
@@ -22,8 +24,18 @@ def last_analyzed() -> dict[str, object]:
             cursor.execute("SELECT pg_stat_clear_snapshot()")  # read the current counters, not a cached copy
             cursor.execute("SELECT relname, last_analyze FROM pg_stat_user_tables WHERE relname = ANY(%s)", [TABLES])
             return dict(cursor.fetchall())
-        cursor.execute("SELECT DISTINCT tbl, 1 FROM sqlite_stat1")
+        # The first number of a table's stat is its row count when it was analysed.
+        cursor.execute("SELECT tbl, max(CAST(stat AS INTEGER)) FROM sqlite_stat1 GROUP BY tbl")
         return dict(cursor.fetchall())
+
+
+def assert_analysed_since(before: dict, after: dict) -> None:
+    """The message table was analysed between the two readings (SQLite: its statistics count the rows
+    there are now)."""
+    if ON_POSTGRES:
+        assert after[MESSAGES] and (before[MESSAGES] is None or after[MESSAGES] > before[MESSAGES])
+    else:
+        assert after.get(MESSAGES) == Message.objects.count() != before.get(MESSAGES)
 
 
 @pytest.mark.postgres
@@ -45,14 +57,20 @@ def test_purge_command_refreshes_the_statistics():
     add("live", "user", "kept")
     before = last_analyzed()
     call_command("purge_expired_sessions")
-    after = last_analyzed()
-    if ON_POSTGRES:
-        assert after[MESSAGES] and (before[MESSAGES] is None or after[MESSAGES] > before[MESSAGES])
-    else:
-        assert MESSAGES in after and MESSAGES not in before
+    assert_analysed_since(before, last_analyzed())
 
 
 @pytest.mark.django_db
 def test_analyze_on_an_empty_database_is_harmless():
     engine.analyze()
     engine.analyze()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_import_command_refreshes_the_statistics(user):
+    from pathlib import Path
+
+    before = last_analyzed()
+    fixture = Path(__file__).parent / "fixtures" / "transfer" / "chatgpt_conversations.json"
+    call_command("import_sessions", str(fixture), "--owner", user.username, stdout=io.StringIO())
+    assert_analysed_since(before, last_analyzed())
