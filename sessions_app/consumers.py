@@ -16,7 +16,10 @@ Protocol (client → server, JSON): ``{"type": "hello", "last_seq": N, "version"
 right after the socket opens — the server answers with exactly the listed messages after N, in
 order, plus fresh panels unless the page's panels are current (V, the session header's
 ``data-version``), and from then on pushes every change (a second hello is ignored);
-``{"type": "budget", "budget": B}`` when the page's context budget changes. Close code 4404: the
+``{"type": "sync", "last_seq": N, "version": V, "reply": R}`` every CONVO_RESYNC_SECONDS (R: the
+reply the page shows running, or null) — the server answers with whatever the page lacks, nothing
+when it lacks nothing (one read of the session's row), so a lost notification (a Redis outage) costs
+at most that much staleness; ``{"type": "budget", "budget": B}`` when the page's context budget changes. Close code 4404: the
 session is gone (the page does not reconnect); 4401: the login ended (nor does it then); 1008: the
 page sent frames faster than CONVO_WS_FRAMES_PER_SECOND (burst CONVO_WS_FRAME_BURST), each of which
 may cost a rendering; 1009: a frame over CONVO_WS_MAX_FRAME_BYTES. Anything else that is not such a
@@ -26,6 +29,12 @@ Assistant replies: a REPLY event is rendered from the event itself (the streamed
 it runs, an alert when it failed), since deltas come many times a second; when it ends, Regenerate /
 Retry follow from the database. The hello's answer includes the reply as the database has it, so a
 page that opens or reconnects mid-reply shows the text so far and follows the next events.
+
+Frames: every push is split between fragments into frames of at most FRAME_BYTES (daphne closes a
+socket whose outgoing frame exceeds 1 MiB). The channel layer is not needed to serve a socket: during
+a Redis outage handshakes are accepted and pages are served from the database (hello, sync) until the
+layer is back (see _LayerWatch). REPLY events of a reply that is not the session's running one (a
+zombie stream) are dropped (see _reply_is_current).
 
 Cost: new messages go out at once; the panels (timeline, state, context, header) follow within
 PANEL_DELAY, once for a burst of changes. Sockets of one process share their database reads and
@@ -37,11 +46,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 import uuid
 import weakref
 from collections import OrderedDict
+from html import escape as html_escape
 from importlib import import_module
 from typing import Any
 
@@ -72,8 +83,13 @@ REPLY_ENDS = ("done", "stopped", "error")
 # Every push is split into frames of at most this many bytes (UTF-8), between fragments (a message,
 # a panel): daphne closes a socket whose outgoing frame exceeds its websocket_max_message_size (1 MiB),
 # and a page whose catch-up is closed would reconnect forever without catching up. A single fragment
-# over it goes on a frame of its own (a message's HTML stays far below 1 MiB within the content limits).
+# over it goes on a frame of its own (a message's HTML stays below it within the default limits).
 FRAME_BYTES = 256 * 1024
+# A fragment larger than this (daphne's limit is 1 MiB: e.g. a state panel of large JSON full of
+# quotes, each shown escaped twice) is never sent: a notice with a link to reload the page (where the
+# HTTP response shows it all) takes its place.
+MAX_FRAGMENT_BYTES = 1_000_000
+_FIRST_ID = re.compile(r'\bid="([^"]+)"')
 # While sockets are open on a network channel layer (Redis), each process checks every PROBE_SECONDS
 # that a message goes through the layer and back, to notice an outage and the layer's return.
 PROBE_SECONDS = 1.0
@@ -82,7 +98,8 @@ _UNKNOWN = object()
 
 def pack_frames(parts: Any, limit: int | None = None) -> list[str]:
     """The fragments ``parts`` joined into as few frames as possible, in order, each at most ``limit``
-    bytes unless a single fragment is larger (it then goes alone)."""
+    bytes unless a single fragment is larger (it then goes alone; over MAX_FRAGMENT_BYTES, a notice
+    goes instead, see _too_big)."""
     limit = FRAME_BYTES if limit is None else limit
     frames: list[str] = []
     current: list[str] = []
@@ -91,6 +108,9 @@ def pack_frames(parts: Any, limit: int | None = None) -> list[str]:
         if not part:
             continue
         length = len(part.encode())
+        if length > MAX_FRAGMENT_BYTES:
+            part = _too_big(part, length)
+            length = len(part.encode())
         if current and size + length > limit:
             frames.append("".join(current))
             current, size = [], 0
@@ -99,6 +119,24 @@ def pack_frames(parts: Any, limit: int | None = None) -> list[str]:
     if current:
         frames.append("".join(current))
     return frames
+
+
+def _too_big(part: str, length: int) -> str:
+    """What replaces a fragment too large for a websocket frame: the same element (by its id) saying
+    so, with a link that reloads the page; a message keeps its place in the list by its seq."""
+    found = _FIRST_ID.search(part)
+    dom_id = html_escape(found.group(1)) if found else ""
+    logger.warning("A live push fragment of %d bytes (#%s) is too large for a frame: a notice was sent", length, dom_id)
+    reload = 'too large to update live: <a href="">reload the page</a> to see it.'
+    seq = dom_id[4:] if dom_id.startswith("msg-") else ""
+    if seq.isdigit():
+        return (
+            f'<div hx-swap-oob="beforeend:#message-list"><li id="msg-{seq}" class="msg" data-seq="{seq}">'
+            f'<p class="hint">Message #{seq} is {reload}</p></li></div>'
+        )
+    if dom_id:
+        return f'<div id="{dom_id}" hx-swap-oob="true"><p class="hint">This part of the page is {reload}</p></div>'
+    return ""
 
 
 def _pane_parts(session: ConversationSession) -> tuple[str, ...]:

@@ -71,6 +71,33 @@ def test_fragments_are_packed_in_order_within_the_limit():
     assert all(len(f.encode()) <= 200 for f in frames if not f.startswith("c"))
 
 
+def test_a_fragment_too_large_for_any_frame_is_replaced_by_a_notice(monkeypatch):
+    monkeypatch.setattr(consumers, "MAX_FRAGMENT_BYTES", 1000)
+    message = '<div hx-swap-oob="beforeend:#message-list"><li id="msg-7" class="msg" data-seq="7">' + "x" * 2000
+    panel = '<section id="state-panel" class="panel" hx-swap-oob="true">' + "y" * 2000 + "</section>"
+    frames = consumers.pack_frames(["<p>small</p>", message + "</li></div>", panel], limit=500)
+    html = "".join(frames)
+    assert "x" * 100 not in html and "y" * 100 not in html and "<p>small</p>" in html
+    assert '<li id="msg-7" class="msg" data-seq="7">' in html and "Message #7 is too large" in html
+    assert '<div id="state-panel" hx-swap-oob="true">' in html and html.count('<a href="">reload the page</a>') == 2
+    assert all(len(f.encode()) <= 1000 for f in frames)
+
+
+async def test_a_state_panel_too_large_for_a_frame_is_not_sent(user, owned, settings, monkeypatch):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    monkeypatch.setattr(consumers, "MAX_FRAGMENT_BYTES", 100_000)
+    await database_sync_to_async(engine.state_set_data)("live-1", "quotes", ['"' * 20] * 3000)
+    comm, _ = await connect("live-1", user)
+    await comm.send_json_to({"type": "hello", "last_seq": 1, "version": "old", "budget": None})
+    frames = await frames_until(comm, lambda f: "reload the page" in f)
+    frames += await settle(comm)
+    assert frames and max(len(f.encode()) for f in frames) <= 100_000
+    html = "".join(frames)
+    assert '<div id="state-panel" hx-swap-oob="true">' in html and "reload the page" in html
+    assert 'id="timeline"' in html and 'id="context-panel"' in html  # the other panels as usual
+    await comm.disconnect()
+
+
 async def test_a_big_catch_up_comes_in_frames_within_the_limit(layer, user, owned):
     """40 messages of 30,000 characters (1.7 MB of HTML in one frame before): every frame at most
     FRAME_BYTES, and every message exactly once, in order, the list's bounds last."""
