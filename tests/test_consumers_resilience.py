@@ -338,6 +338,30 @@ async def test_a_redis_outage_is_served_from_the_database_and_live_again_after(
     assert events.layer_health.outages == 1 and not events.layer_health.down
 
 
+async def test_pages_open_through_an_outage_are_resynced_when_the_layer_is_back(
+    outage_layer, user, owned, event_log, close_async_db
+):
+    """The socket was joined when Redis went away: what was written meanwhile reaches the page as soon
+    as the layer is back (the socket's resync), not at the page's next sync or the next change."""
+    redis = outage_layer
+    comm, _ = await connect("live-1", user)
+    await hello(comm, 1)
+    await settle(comm)
+    redis.stop()
+    for i in range(3):
+        await append("live-1", "user", f"unheard {i}")
+    await asyncio.to_thread(events.flush, 10)
+    redis.start()
+    frames = await frames_until(comm, lambda f: last_seq_of(f) == 4, timeout=20)
+    assert msg_seqs("".join(frames)) == [2, 3, 4]
+    await settle(comm)
+    await append("live-1", "assistant", "live again")
+    frames = await frames_until(comm, lambda f: "live again" in f)
+    assert msg_seqs("".join(frames)) == [5]
+    await comm.disconnect()
+    assert len([r for r in event_log.records if r.levelno >= logging.WARNING]) == 1
+
+
 async def test_the_event_sender_reports_an_outage_once(outage_layer, owned, event_log, close_async_db):
     outage_layer.stop()
     for i in range(30):
