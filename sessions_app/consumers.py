@@ -473,8 +473,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def _layer_back(self) -> None:
         """Whatever the layer carried while it was away was lost: rejoin, then send what the page
-        lacks as the database has it (the hello's catch-up from the newest message it was sent)."""
+        lacks as the database has it (the hello's catch-up from the newest message it was sent). A
+        logout or new password meanwhile could not close the socket: the login is checked again."""
         if self._revoked or self._gone or self._closing or self.group is None:
+            return
+        if not await database_sync_to_async(self._still_logged_in)():
+            await self._revoke()
             return
         if await self._join() and self.last_seq is not None:
             await self._refresh(time.monotonic(), after=self.last_seq)
@@ -547,6 +551,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
         it; when it lacks nothing this costs one read of the session's row by its key."""
         page_seq = _positive_int(message.get("last_seq"))
         if page_seq is None:
+            return
+        if not self._linked.is_set() and not await database_sync_to_async(self._still_logged_in)():
+            await self._revoke()  # cut off from the layer, the socket would not hear of a logout
             return
         session = await self._snapshot(since=t0)
         if session is None:

@@ -362,6 +362,28 @@ async def test_pages_open_through_an_outage_are_resynced_when_the_layer_is_back(
     assert len([r for r in event_log.records if r.levelno >= logging.WARNING]) == 1
 
 
+async def test_a_new_password_during_an_outage_closes_the_socket_when_the_layer_is_back(
+    outage_layer, user, owned, close_async_db
+):
+    """The revocation (a channel-layer message) was lost with Redis: the socket checks the login
+    again when the layer is back, and closes (4401) since it no longer holds."""
+    redis = outage_layer
+    comm, _ = await connect("live-1", user)
+    await hello(comm, 1)
+    await settle(comm)
+    redis.stop()
+
+    def new_password():
+        user.set_password("a-new-password-456")
+        user.save()
+
+    await database_sync_to_async(new_password)()
+    await asyncio.to_thread(events.flush, 10)
+    redis.start()
+    closed = await comm.receive_output(timeout=20)
+    assert closed == {"type": "websocket.close", "code": consumers.CLOSE_LOGGED_OUT}
+
+
 async def test_the_event_sender_reports_an_outage_once(outage_layer, owned, event_log, close_async_db):
     outage_layer.stop()
     for i in range(30):
