@@ -18,7 +18,9 @@
      arrived on the new socket, never by the open itself (a socket that opens and is closed at once,
      e.g. by a server that cannot send its catch-up, must not reconnect at full speed forever). The
      extension's own counter is reset on every open, so its delay function reads ours instead. */
-  var live = { socket: null, retries: 0, timer: null, opened: false, received: false, helloSent: false, syncTimer: null };
+  var live = {
+    socket: null, retries: 0, timer: null, opened: false, received: false, helloSent: false, syncTimer: null, autoDelay: null,
+  };
   window.convoLive = live;
 
   // Exponential backoff with jitter: 0.5-1x of 500 ms * 2^n, capped at 15 s.
@@ -26,7 +28,10 @@
     var base = Math.min(15000, 500 * Math.pow(2, Math.min(retry, 8)));
     return base / 2 + Math.random() * (base / 2);
   }
-  htmx.config.wsReconnectDelay = function () { return reconnectDelay(live.retries); };
+  htmx.config.wsReconnectDelay = function () {
+    live.autoDelay = reconnectDelay(live.retries);
+    return live.autoDelay;
+  };
 
   // Every data-resync-seconds the page tells the server what it has (the newest message, its panels'
   // version, the reply it shows running); the server answers with whatever it lacks. So a page is at
@@ -54,11 +59,14 @@
     live.helloSent = true;
     startResync();
   }
-  function linkClosed() {
+  // The delay before the next attempt: the extension's own (it retries 1006/1011/1012/1013 itself,
+  // having just asked wsReconnectDelay) or a new one for the page to wait.
+  function linkClosed(auto) {
     live.socket = null;
     live.helloSent = false;
     clearInterval(live.syncTimer);
-    var delay = reconnectDelay(live.retries);
+    var delay = auto && live.autoDelay !== null ? live.autoDelay : reconnectDelay(live.retries);
+    live.autoDelay = null;
     live.retries += 1;
     return delay;
   }
@@ -260,12 +268,12 @@
     var code = e.detail.event.code;
     var wrapper = e.detail.socketWrapper;
     if (code >= 4000) {
-      linkClosed();
+      linkClosed(false);
       setStatus("refused", code === 4404 ? "This conversation is gone." : "Live updates refused: log in again.");
       return;
     }
     var auto = [1006, 1011, 1012, 1013].indexOf(code) >= 0; // the extension retries these itself
-    var delay = linkClosed();
+    var delay = linkClosed(auto);
     setStatus("disconnected", "Disconnected — reconnecting in " + Math.max(1, Math.round(delay / 1000)) + " s…");
     if (!auto && byId("chat-main") && byId("chat-main").hasAttribute("ws-connect")) {
       clearTimeout(live.timer);
