@@ -304,6 +304,8 @@ if CONVO_REDIS_LAYER not in {"pubsub", "core"}:
 CONVO_CHANNEL_PREFIX = os.environ.get("CONVO_CHANNEL_PREFIX", "").strip() or "convo." + re.sub(
     r"[^A-Za-z0-9_.-]", "_", Path(str(DATABASES["default"]["NAME"])).stem or "default"
 )
+if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,80}", CONVO_CHANNEL_PREFIX):
+    raise RuntimeError("CONVO_CHANNEL_PREFIX may hold letters, digits and _ . : - (at most 80)")
 if not REDIS_URL:
     _layer = {"BACKEND": "channels.layers.InMemoryChannelLayer"}
 elif CONVO_REDIS_LAYER == "pubsub":

@@ -565,7 +565,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if isinstance(version, str) and version != rendering.panels_version(session):
             self._schedule_panels(since=t0)
         shown = message.get("reply")
-        if shown is not None and (str(shown) != self._running_reply or not self._linked.is_set()):
+        cut_off = not self._linked.is_set() or (self._watch is not None and self._watch.down)
+        if shown is not None and (str(shown) != self._running_reply or cut_off):
             # The page shows a reply running that this socket does not know to be (its end may have
             # been lost): the reply area as the database has it.
             await self._push_reply_state(session, with_actions=True)

@@ -193,6 +193,20 @@ async def test_a_sync_brings_what_a_lost_notification_would_have(layer, user, ow
     await comm.disconnect()
 
 
+async def test_a_sync_showing_a_reply_that_no_longer_runs_gets_the_reply_area(user, owned, settings):
+    """The page still shows reply 77 streaming (its end was lost): the sync brings the reply area as
+    the database has it (no reply running: no stream, and the next step's button)."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    comm, _ = await connect("live-1", user)
+    last_seq, version = await page_state(comm)
+    await comm.send_json_to({"type": "hello", "last_seq": last_seq, "version": version, "budget": None})
+    assert await comm.receive_nothing(timeout=0.3)
+    await comm.send_json_to({"type": "sync", "last_seq": last_seq, "version": version, "reply": "77"})
+    html = await comm.receive_from(timeout=5)
+    assert '<div id="reply-stream"' in html and "streaming" not in html and 'id="reply-actions"' in html
+    await comm.disconnect()
+
+
 async def test_a_sync_before_the_hello_or_malformed_is_ignored(user, owned, settings):
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     comm, _ = await connect("live-1", user)
@@ -255,6 +269,9 @@ def test_the_default_prefix_is_derived_from_the_database_name():
     assert prefix(DATABASE_URL="postgres://u:p@127.0.0.1:5432/convo_staging") == "convo.convo_staging"
     assert prefix(DATABASE_URL="postgres://u:p@127.0.0.1:5432/convo_prod") == "convo.convo_prod"
     assert prefix(DATABASE_URL="postgres://u@h/x", CONVO_CHANNEL_PREFIX="acme.live") == "acme.live"
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        prefix(CONVO_CHANNEL_PREFIX="two words")
+    assert "CONVO_CHANNEL_PREFIX" in refused.value.stderr
 
 
 # ---------------------------------------------------------------------------------------------
