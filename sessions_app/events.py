@@ -78,15 +78,14 @@ class LayerHealth:
 
     Every part that talks to the layer (the event sender, the sockets, their probe) reports here, so
     an outage is logged once per process — one warning when it starts, one info when the layer is back
-    — however many events or sockets meet it, instead of a traceback each. Listeners (the sockets'
-    probe, see consumers) are told when the layer comes back, to rejoin their groups and resync.
+    — however many events or sockets meet it, instead of a traceback each. The sockets' probe
+    (consumers._LayerWatch) also resyncs its sockets after an outage another part reported here.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.down = False
         self.outages = 0  # outages seen by this process (for tests and the logs)
-        self._listeners: list[Any] = []
 
     def failed(self, exc: BaseException, where: str) -> None:
         with self._lock:
@@ -105,19 +104,7 @@ class LayerHealth:
             if not self.down:
                 return
             self.down = False
-            listeners = list(self._listeners)
         logger.info("The channel layer is reachable again: live pushes resume")
-        for listener in listeners:
-            listener()
-
-    def listen(self, callback: Any) -> None:
-        """Call ``callback()`` (from whichever thread saw it) each time the layer comes back."""
-        with self._lock:
-            self._listeners.append(callback)
-
-    def unlisten(self, callback: Any) -> None:
-        with self._lock, contextlib.suppress(ValueError):
-            self._listeners.remove(callback)
 
 
 layer_health = LayerHealth()
@@ -137,6 +124,7 @@ class _PubSubReceiveFailures(logging.Filter):
 
 
 logging.getLogger("channels_redis.pubsub").addFilter(_PubSubReceiveFailures())
+
 # A send to the layer that takes longer than this counts as failed (a Redis that stopped answering
 # must not hold the sender, nor a handshake, for the operating system's TCP timeout).
 LAYER_TIMEOUT = 3.0
