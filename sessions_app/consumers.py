@@ -19,8 +19,8 @@ order, plus fresh panels unless the page's panels are current (V, the session he
 ``{"type": "sync", "last_seq": N, "version": V, "reply": R}`` every CONVO_RESYNC_SECONDS (R: the
 reply the page shows running, or null) — the server answers with whatever the page lacks, nothing
 when it lacks nothing (one read of the session's row), so a lost notification (a Redis outage) costs
-at most that much staleness; ``{"type": "budget", "budget": B}`` when the page's context budget changes. Close code 4404: the
-session is gone (the page does not reconnect); 4401: the login ended (nor does it then); 1008: the
+at most that much staleness; ``{"type": "budget", "budget": B}`` when the page's context budget
+changes. Close code 4404: the session is gone (the page does not reconnect); 4401: the login ended (nor does it then); 1008: the
 page sent frames faster than CONVO_WS_FRAMES_PER_SECOND (burst CONVO_WS_FRAME_BURST), each of which
 may cost a rendering; 1009: a frame over CONVO_WS_MAX_FRAME_BYTES. Anything else that is not such a
 JSON object is ignored.

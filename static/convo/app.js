@@ -19,7 +19,8 @@
      e.g. by a server that cannot send its catch-up, must not reconnect at full speed forever). The
      extension's own counter is reset on every open, so its delay function reads ours instead. */
   var live = {
-    socket: null, retries: 0, timer: null, opened: false, received: false, helloSent: false, syncTimer: null, autoDelay: null,
+    socket: null, retries: 0, timer: null, opened: false,
+    received: false, helloSent: false, syncTimer: null, autoDelay: null,
   };
   window.convoLive = live;
 
