@@ -460,10 +460,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale database connections before every handler, a hop into the database
-        # thread per notification and socket; session events touch the database only through
-        # database_sync_to_async, which does that itself, so they skip it.
+        # thread per notification and socket; session events and the page's frames touch the database
+        # only through database_sync_to_async, which does that itself, so they skip it (and a frame
+        # is metered by _frame_allowed when it arrives, not after the database thread is free).
         if message.get("type") == "session.event":
             await self.session_event(message)
+        elif message.get("type") == "websocket.receive" and not self._revoked:
+            await self.websocket_receive(message)
         elif message.get("type") == "user.revoked":
             await self.user_revoked(message)
         elif message.get("type") == "layer.back":

@@ -133,7 +133,7 @@ async def test_a_pane_push_of_big_messages_is_split_too(layer, user, owned):
     seqs = [s for f in frames for s in msg_seqs(f)]
     page = rendering.page_size()
     assert seqs == list(range(42 - min(page, 41), 42))
-    assert 'id="settings-panel"' in "".join(frames) or "settings" in "".join(frames)
+    assert '<section id="settings-panel"' in "".join(frames) and "Be brief." in "".join(frames)
     await comm.disconnect()
 
 
