@@ -572,12 +572,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if shown is not None and (str(shown) != self._running_reply or cut_off):
             # The page shows a reply running that this socket does not know to be (its end may have
             # been lost): the reply area as the database has it.
-            await self._push_reply_state(session, with_actions=True)
-
-    async def _push_reply_state(self, session: ConversationSession, *, with_actions: bool) -> None:
-        html = await self._reply_state(session, "full" if with_actions else "stream")
-        if html is not None:
-            await self._push([html])
+            html = await self._reply_state(session, "full")
+            if html is not None:
+                await self._push([html])
 
     async def _reply_state(self, session: ConversationSession, what: str) -> str | None:
         """The reply area as the database has it ("stream"; "full": with the actions; "if-any": both,

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
 from functools import partial
 from typing import Any
@@ -82,16 +83,25 @@ class LayerHealth:
     (consumers._LayerWatch) also resyncs its sockets after an outage another part reported here.
     """
 
+    # A failure this soon after the layer came back (e.g. a pooled connection that died with the old
+    # Redis) is the same outage: noted (the sockets resync again), but not logged again.
+    FLAP_SECONDS = 10.0
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.down = False
         self.outages = 0  # outages seen by this process (for tests and the logs)
+        self._back_at: float | None = None
+        self._quiet = False  # the current "down" is such a relapse
 
     def failed(self, exc: BaseException, where: str) -> None:
         with self._lock:
             if self.down:
                 return
             self.down = True
+            self._quiet = self._back_at is not None and time.monotonic() - self._back_at < self.FLAP_SECONDS
+            if self._quiet:
+                return
             self.outages += 1
         logger.warning(
             "The channel layer is unreachable (%s: %s: %s): live pushes pause, pages are served from the "
@@ -104,6 +114,9 @@ class LayerHealth:
             if not self.down:
                 return
             self.down = False
+            self._back_at = time.monotonic()
+            if self._quiet:
+                return
         logger.info("The channel layer is reachable again: live pushes resume")
 
 
