@@ -7,6 +7,7 @@ SQLite file in the project and the in-memory channel layer, so a newcomer needs 
 import contextlib
 import datetime as dt
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -297,14 +298,25 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 CONVO_REDIS_LAYER = os.environ.get("CONVO_REDIS_LAYER", "pubsub").strip().lower()
 if CONVO_REDIS_LAYER not in {"pubsub", "core"}:
     raise RuntimeError('CONVO_REDIS_LAYER must be "pubsub" or "core"')
+# CONVO_CHANNEL_PREFIX names this deployment's channels and groups in Redis: deployments sharing one
+# redis-server must differ in it (the pub/sub layer ignores the /db of REDIS_URL, so without it one
+# deployment's pages would hear another's events). Default: "convo." and the database's name.
+CONVO_CHANNEL_PREFIX = os.environ.get("CONVO_CHANNEL_PREFIX", "").strip() or "convo." + re.sub(
+    r"[^A-Za-z0-9_.-]", "_", Path(str(DATABASES["default"]["NAME"])).stem or "default"
+)
+if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,80}", CONVO_CHANNEL_PREFIX):
+    raise RuntimeError("CONVO_CHANNEL_PREFIX may hold letters, digits and _ . : - (at most 80)")
 if not REDIS_URL:
     _layer = {"BACKEND": "channels.layers.InMemoryChannelLayer"}
 elif CONVO_REDIS_LAYER == "pubsub":
-    _layer = {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    _layer = {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": CONVO_CHANNEL_PREFIX},
+    }
 else:
     _layer = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30, "prefix": CONVO_CHANNEL_PREFIX},
     }
 CHANNEL_LAYERS = {"default": _layer}
 
@@ -339,6 +351,12 @@ CONVO_MARKDOWN_BUDGET_MS = env_int("CONVO_MARKDOWN_BUDGET_MS", 300)
 # Websocket frames a page may send per second (a token bucket with this burst); past it: closed, 1008.
 CONVO_WS_FRAMES_PER_SECOND = env_float("CONVO_WS_FRAMES_PER_SECOND", 5.0)
 CONVO_WS_FRAME_BURST = env_int("CONVO_WS_FRAME_BURST", 20)
+# Open chat pages check in every CONVO_RESYNC_SECONDS with the newest sequence number they show; the
+# server answers with whatever they miss (a notification lost to a Redis outage), so a page is never
+# further behind than this, even while the channel layer is down.
+CONVO_RESYNC_SECONDS = env_float("CONVO_RESYNC_SECONDS", 15.0)
+if CONVO_RESYNC_SECONDS <= 0:
+    raise RuntimeError("CONVO_RESYNC_SECONDS must be a positive number of seconds")
 # Sign-up attempts per client address per hour ("none": unlimited); past it: 429.
 CONVO_SIGNUP_PER_HOUR = env_int("CONVO_SIGNUP_PER_HOUR", 10)
 # API requests per minute per API key (browser sessions: per user; "none": unlimited); past it: 429.
