@@ -10,6 +10,10 @@ from .fake_openai import FakeOpenAI
 from .replies_support import API_KEY, drain_replies
 
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+
+# No periodic sweep thread in the test process (importing convo_site.asgi would start one): it would
+# mark and resume the rows tests make on purpose. The sweep's tests call it themselves.
+settings.CONVO_REPLY_SWEEP_SECONDS = None
 ON_REDIS = bool(os.environ.get("REDIS_URL"))
 
 
