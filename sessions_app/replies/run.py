@@ -97,9 +97,12 @@ class Lease:
         return self._lost.wait(timeout)
 
 
-def db_retry_budget() -> float:
-    """How long a reply thread retries a database call on new connections before it gives up."""
-    return max(1.0, settings.CONVO_REPLY_STALE_SECONDS / 2)
+def db_retry_budget(*, ending: bool = False) -> float:
+    """How long a reply thread retries a database call on new connections before it gives up: half the
+    stale window for a step of the reply; twice the window to record its end after that (until then,
+    no other process can mark it either, and one that does wins: the end is fenced like every write)."""
+    stale = settings.CONVO_REPLY_STALE_SECONDS
+    return max(2.0, 2 * stale) if ending else max(1.0, stale / 2)
 
 
 def run_reply(reply: Reply, handle: CancelHandle, responder: Responder, lease: Lease | None = None) -> None:
@@ -188,6 +191,7 @@ class _Run:
         self.responder = responder
         self.lease = lease
         self.outage = dbconn.Outage(f"Reply {reply.pk}")
+        self.ending_after_outage = False  # the database was lost: retry the end for longer
         self.text = ""
         self.rounds = 0
         self.usage: dict[str, int] = {}
@@ -215,7 +219,7 @@ class _Run:
             if self.lease.lost:
                 return None
             if dbconn.is_connection_error(exc):  # retried on new connections for db_retry_budget()
-                return self._end_error(DB_LOST_MESSAGE)
+                return self._end_lost()
             if isinstance(exc, engine.SessionError):
                 return self._end_error(f"The reply could not be stored: {exc}")
             if self.handle.is_cancelled:
@@ -230,7 +234,7 @@ class _Run:
         return dbconn.retry(
             action,
             who=f"Reply {self.reply.pk}",
-            budget=db_retry_budget(),
+            budget=db_retry_budget(ending=self.ending_after_outage),
             outage=self.outage,
             wait=self.lease.wait_lost,
         )
@@ -435,7 +439,7 @@ class _Run:
             self._end_error(str(exc), annotate_turn=False)
         except Exception as exc:
             if dbconn.is_connection_error(exc):
-                self._end_error(DB_LOST_MESSAGE)
+                self._end_lost()
             elif isinstance(exc, engine.SessionError):
                 self._end_error(f"The reply could not be stored: {exc}", annotate_turn=False)
             else:
@@ -457,6 +461,12 @@ class _Run:
             if not isinstance(exc, _Abandoned | engine.SessionError) and not dbconn.is_connection_error(exc):
                 raise
             self._row_only(Reply.Status.STOPPED, "stopped", "", state="stopped")
+
+    def _end_lost(self) -> None:
+        """The database stayed unreachable for longer than a step may wait: end the row with that
+        reason, on a fresh connection, as soon as the database is back (bounded)."""
+        self.ending_after_outage = True
+        self._end_error(DB_LOST_MESSAGE)
 
     def _end_error(self, message: str, *, annotate_turn: bool = True) -> None:
         if self.lease.lost:
