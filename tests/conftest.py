@@ -7,6 +7,7 @@ from django.conf import settings
 from sessions_app import engine, throttle
 
 from .fake_openai import FakeOpenAI
+from .replies_faults_support import ScriptedResponder, Sent
 from .replies_support import API_KEY, drain_replies
 
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
@@ -116,6 +117,27 @@ def fake_llm(replies_env):
     yield fake
     drain_replies()
     fake.close()
+
+
+@pytest.fixture
+def scripted(replies_env, monkeypatch):
+    """Replies by ScriptedResponder: set ``scripted.steps`` to what it says (and where it waits)."""
+    from sessions_app.replies.responders import RESPONDERS
+
+    monkeypatch.setitem(RESPONDERS, "scripted", ScriptedResponder)
+    monkeypatch.setattr(ScriptedResponder, "steps", [])
+    replies_env.CONVO_RESPONDER = "scripted"
+    return ScriptedResponder
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """What is actually handed to the channel layer (``Sent``), instead of sending it."""
+    from sessions_app import events
+
+    recorder = Sent()
+    monkeypatch.setattr(events, "_send", recorder.record)
+    return recorder
 
 
 @pytest.fixture

@@ -16,32 +16,20 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from sessions_app import engine, events, replies
+from sessions_app import engine, replies
 from sessions_app.models import Reply, Role
 from sessions_app.replies import run, workers
-from sessions_app.replies.responders import RESPONDERS
 
 from .conftest import ON_POSTGRES
-from .replies_faults_support import ScriptedResponder, Sent, connections_refused, terminate_other_backends, wait_for
+from .replies_faults_support import connections_refused, terminate_other_backends, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("replies_env")]
 
 
-@pytest.fixture
-def scripted(replies_env, monkeypatch):
-    monkeypatch.setitem(RESPONDERS, "scripted", ScriptedResponder)
-    monkeypatch.setattr(ScriptedResponder, "steps", [])
-    replies_env.CONVO_RESPONDER = "scripted"
-    replies_env.CONVO_REPLY_SAVE_INTERVAL = 0
-    replies_env.CONVO_REPLY_HEARTBEAT_SECONDS = 0.05
-    return ScriptedResponder
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    recorder = Sent()
-    monkeypatch.setattr(events, "_send", recorder.record)
-    return recorder
+@pytest.fixture(autouse=True)
+def often(settings):
+    settings.CONVO_REPLY_SAVE_INTERVAL = 0
+    settings.CONVO_REPLY_HEARTBEAT_SECONDS = 0.05
 
 
 @contextlib.contextmanager

@@ -6,29 +6,13 @@ import threading
 import pytest
 from django.utils import timezone
 
-from sessions_app import engine, events, replies
+from sessions_app import engine, replies
 from sessions_app.models import Reply, Role
 from sessions_app.replies import workers
-from sessions_app.replies.responders import RESPONDERS
 
-from .replies_faults_support import ScriptedResponder, Sent, wait_for
+from .replies_faults_support import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("replies_env")]
-
-
-@pytest.fixture
-def scripted(replies_env, monkeypatch):
-    monkeypatch.setitem(RESPONDERS, "scripted", ScriptedResponder)
-    monkeypatch.setattr(ScriptedResponder, "steps", [])
-    replies_env.CONVO_RESPONDER = "scripted"
-    return ScriptedResponder
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    recorder = Sent()
-    monkeypatch.setattr(events, "_send", recorder.record)
-    return recorder
 
 
 @pytest.fixture

@@ -32,4 +32,3 @@ def test_each_record_is_printed_once_under_a_server():
     counts = {m: output.count(m) for m in ("7f3a", "91c2", "5b0e", "d4e1", "2a7c", "0c3d")}
     # Once each at their levels; below their loggers' levels not at all (debug, a 404 warning).
     assert counts == {"7f3a": 1, "91c2": 1, "5b0e": 0, "d4e1": 1, "2a7c": 1, "0c3d": 0}, output
-

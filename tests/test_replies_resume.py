@@ -12,21 +12,14 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from sessions_app import engine, events, replies, sweeper
+from sessions_app import engine, replies, sweeper
 from sessions_app.models import Reply, Role
 from sessions_app.replies import workers
 
-from .replies_faults_support import Sent, wait_for
+from .replies_faults_support import wait_for
 from .test_replies_processes import ROOT, worker_env
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("replies_env")]
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    recorder = Sent()
-    monkeypatch.setattr(events, "_send", recorder.record)
-    return recorder
 
 
 @pytest.fixture

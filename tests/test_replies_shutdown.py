@@ -5,38 +5,22 @@ import threading
 
 import pytest
 
-from sessions_app import engine, events, replies
+from sessions_app import engine, replies
 from sessions_app.models import Reply, Role
 from sessions_app.replies import workers
-from sessions_app.replies.responders import RESPONDERS
 
-from .replies_faults_support import ScriptedResponder, Sent, wait_for
+from .replies_faults_support import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("replies_env")]
 
 
 @pytest.fixture(autouse=True)
-def reopen():
-    """shutdown() closes this process for new replies: open it again after each test."""
+def reopen(settings):
+    """Resumes on; and shutdown() closes this process for new replies: open it again after each test."""
+    settings.CONVO_REPLY_AUTO_RETRY = True
+    settings.CONVO_REPLY_SWEEP_SECONDS = 2.0
     yield
     workers._closing.clear()
-
-
-@pytest.fixture
-def scripted(replies_env, monkeypatch):
-    monkeypatch.setitem(RESPONDERS, "scripted", ScriptedResponder)
-    monkeypatch.setattr(ScriptedResponder, "steps", [])
-    replies_env.CONVO_RESPONDER = "scripted"
-    replies_env.CONVO_REPLY_AUTO_RETRY = True
-    replies_env.CONVO_REPLY_SWEEP_SECONDS = 2.0
-    return ScriptedResponder
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    recorder = Sent()
-    monkeypatch.setattr(events, "_send", recorder.record)
-    return recorder
 
 
 def answers(sid: str) -> list[str]:
