@@ -74,7 +74,7 @@ class Outage:
 
     def recovered(self) -> None:
         if self.since is not None:
-            logger.warning(
+            logger.info(
                 "%s reconnected to the database after %.1f s (%d failed attempts)",
                 self.who,
                 time.monotonic() - self.since,
