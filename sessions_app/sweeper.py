@@ -29,6 +29,7 @@ from .replies import dbconn, service, workers
 logger = logging.getLogger(__name__)
 
 KEY_PURGE_SECONDS = 60.0  # how often the sweep deletes expired Idempotency-Keys
+MIN_INTERVAL = 0.05  # a CONVO_REPLY_SWEEP_SECONDS of 0 would spin
 
 
 def sweep_once(*, purge_keys: bool = True) -> None:
@@ -71,12 +72,12 @@ class _Sweeper:
     def _loop(stop: threading.Event) -> None:
         outage = dbconn.Outage("The periodic sweep")
         next_purge = 0.0
-        delay = settings.CONVO_REPLY_SWEEP_SECONDS or 2.0
+        delay = max(MIN_INTERVAL, settings.CONVO_REPLY_SWEEP_SECONDS or 2.0)
         try:
             while not stop.wait(delay) and not workers.closing():
-                interval = settings.CONVO_REPLY_SWEEP_SECONDS
-                if interval is None:
+                if settings.CONVO_REPLY_SWEEP_SECONDS is None:
                     return
+                interval = max(MIN_INTERVAL, settings.CONVO_REPLY_SWEEP_SECONDS)
                 purge = time.monotonic() >= next_purge
                 try:
                     sweep_once(purge_keys=purge)
