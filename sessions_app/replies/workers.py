@@ -351,6 +351,8 @@ _watcher = _Watcher()
 
 _closing = threading.Event()
 _shutdown_lock = threading.Lock()
+# After the grace: at most this long to mark the remaining replies and let their threads end.
+HANDOVER_SECONDS = 2.0
 
 
 def closing() -> bool:
@@ -359,7 +361,7 @@ def closing() -> bool:
 
 
 def shutdown(grace_seconds: float) -> None:
-    """Stop this process's replies for a shutdown; blocks for at most about ``grace_seconds`` + 2.
+    """Stop this process's replies for a shutdown; blocks for at most ``grace_seconds`` + HANDOVER_SECONDS.
 
     Replies that finish within ``grace_seconds`` finish. The others lose their lease (they send
     nothing more and write nothing), their provider calls are cancelled, and their rows are marked
@@ -383,21 +385,26 @@ def shutdown(grace_seconds: float) -> None:
         for item in left.values():
             item.lease.lose()
             item.handle.cancel()
-        _on_own_thread(_hand_over, {pk: item.lease.text for pk, item in left.items()})
-        stop_by = time.monotonic() + 2.0  # let the stopped threads close their connections
+        handover_by = time.monotonic() + HANDOVER_SECONDS
+        texts = {pk: item.lease.text for pk, item in left.items()}
+        _on_own_thread(_hand_over, texts, handover_by - 0.5, timeout=HANDOVER_SECONDS)
+        stop_by = handover_by  # let the stopped threads close their connections
         for item in left.values():
             item.thread.join(max(0.0, stop_by - time.monotonic()))
 
 
-def _on_own_thread(func: Any, *args: Any) -> None:
-    """Run ``func`` on a new thread and wait for it (the ORM refuses to run on an event loop's thread)."""
+def _on_own_thread(func: Any, *args: Any, timeout: float | None = None) -> None:
+    """Run ``func`` on a new thread and wait for it, at most ``timeout`` seconds (the ORM refuses to
+    run on an event loop's thread)."""
     thread = threading.Thread(target=func, args=args, name="convo-reply-shutdown", daemon=True)
     thread.start()
-    thread.join()
+    thread.join(timeout)
 
 
-def _hand_over(texts: dict[int, str]) -> None:
-    """Mark this process's running replies interrupted for a shutdown, keeping their text so far."""
+def _hand_over(texts: dict[int, str], deadline: float | None = None) -> None:
+    """Mark this process's running replies interrupted for a shutdown, keeping their text so far
+    (retrying a cut connection until the monotonic ``deadline``)."""
+    deadline = deadline if deadline is not None else time.monotonic() + HANDOVER_SECONDS
     message = SHUTDOWN_MESSAGE if auto_retry() else SHUTDOWN_RETRY_OFF_MESSAGE
     try:
         for pk, text in texts.items():
@@ -415,7 +422,7 @@ def _hand_over(texts: dict[int, str]) -> None:
                 return Reply.objects.filter(pk=pk, status=Reply.Status.RUNNING, worker=worker_id()).update(**fields)
 
             try:
-                if not dbconn.retry(mark, who="The shutdown", budget=2.0):
+                if not dbconn.retry(mark, who="The shutdown", budget=max(0.0, deadline - time.monotonic())):
                     continue  # it finished (or was ended) meanwhile
                 reply = Reply.objects.get(pk=pk)
                 logger.warning("Reply %s of session %s was handed over at shutdown", pk, reply.session_id)
