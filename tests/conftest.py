@@ -11,10 +11,6 @@ from .replies_faults_support import ScriptedResponder, Sent
 from .replies_support import API_KEY, drain_replies
 
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
-
-# No periodic sweep thread in the test process (importing convo_site.asgi would start one): it would
-# mark and resume the rows tests make on purpose. The sweep's tests call it themselves.
-settings.CONVO_REPLY_SWEEP_SECONDS = None
 ON_REDIS = bool(os.environ.get("REDIS_URL"))
 
 
@@ -94,6 +90,9 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, t
 
 
 # Assistant replies: fast settings, a local OpenAI-compatible server, and no reply thread left behind.
+# No periodic sweep thread in the test process (importing convo_site.asgi would start one): it would
+# mark and resume the rows tests make on purpose. The sweep's tests call it themselves.
+settings.CONVO_REPLY_SWEEP_SECONDS = None
 
 
 @pytest.fixture
