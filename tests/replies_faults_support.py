@@ -28,7 +28,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "t
 
 class ScriptedResponder:
     """Says the words of ``ScriptedResponder.steps`` in order; an Event in the steps blocks the reply
-    until the test sets it, whatever Stop says (a paused process does not hear Stop either)."""
+    until the test sets it, whatever Stop says (a paused process does not hear Stop either); a callable
+    is called in the reply's thread; "until-cancelled" says "more " until Stop."""
 
     name = "scripted"
     model = "script"
@@ -46,6 +47,8 @@ class ScriptedResponder:
         for step in list(type(self).steps):
             if isinstance(step, threading.Event):
                 step.wait(30)
+            elif callable(step):
+                step()
             elif step == "until-cancelled":
                 while not handle.cancelled.wait(0.01):
                     yield TextDelta("more ")
@@ -72,6 +75,18 @@ class Sent:
                 for e in self.events
                 if e.get("kind") == events.REPLY and (reply_id is None or e.get("reply") == reply_id)
             ]
+
+
+def backend_pid() -> int:
+    """This thread's PostgreSQL backend (its connection's server process)."""
+    connection.ensure_connection()
+    return connection.connection.info.backend_pid
+
+
+def terminate_backend(pid: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        return cursor.fetchone()[0]
 
 
 def terminate_other_backends() -> int:
