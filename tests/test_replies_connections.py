@@ -69,7 +69,9 @@ def test_the_watcher_and_the_reply_survive_an_outage(make_session, scripted, cap
     wait_for(lambda: Reply.objects.get(pk=reply.pk).heartbeat_at > ended, what="a heartbeat after the outage")
     assert replies.recover_stale_replies() == 0
     assert len(warnings_of(caplog, "The reply watcher")) == 1
-    assert any(m.startswith("The reply watcher reconnected") for m in caplog.messages)
+    wait_for(
+        lambda: any(m.startswith("The reply watcher reconnected") for m in caplog.messages), what="the reconnection"
+    )
     gate.set()
     done = replies.wait_reply(reply.pk)
     assert (done.status, done.text) == ("done", "alpha beta")
@@ -98,7 +100,7 @@ def test_a_reply_that_cannot_reach_the_database_ends_with_that_reason(make_sessi
     """The database stays away for longer than a step may wait: once it is back the reply's row is
     ended (on a fresh connection) with the real reason, not left running nor called interrupted."""
     caplog.set_level(logging.INFO, logger="sessions_app")
-    settings.CONVO_REPLY_STALE_SECONDS = 2  # a step retries for 1 s, the end for 4 s
+    settings.CONVO_REPLY_STALE_SECONDS = 4  # a step retries for 2 s, the end for 8 s
     gate = threading.Event()
     scripted.steps = ["alpha ", gate, "beta"]
     make_session("s")
