@@ -19,11 +19,13 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import engine, keys, rendering, replies, throttle
+from . import engine, keys, rendering, replies, throttle, transfer
+from .engine import search as search_engine
 from .forms import (
     BudgetForm,
     DataForm,
     EditSessionForm,
+    ImportForm,
     KeyForm,
     MessageForm,
     NewSessionForm,
@@ -169,7 +171,27 @@ def session_new(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def chat(request: HttpRequest, session_id: str) -> HttpResponse:
-    return _chat_page(request, _owned(request, session_id))
+    """The conversation; with ``?at=<seq>`` (a search result), the messages around that one, from the
+    whole history, which the page scrolls to and highlights."""
+    session = _owned(request, session_id)
+    if "at" not in request.GET:
+        return _chat_page(request, session)
+    try:
+        at = int(request.GET["at"])
+    except ValueError:
+        return HttpResponse("at must be a sequence number", status=400, content_type="text/plain")
+    if not 1 <= at < 2**63:  # sequence numbers are 64-bit
+        return HttpResponse("at must be a sequence number", status=400, content_type="text/plain")
+    half = rendering.page_size() // 2
+    window = engine.messages_around(session, at, before=half, after=half)
+    return _chat_page(
+        request,
+        session,
+        messages=window.messages,
+        has_earlier=window.has_earlier,
+        has_later=window.has_later,
+        at_seq=at,
+    )
 
 
 @login_required
@@ -463,6 +485,35 @@ def session_fresh(request: HttpRequest, session_id: str) -> HttpResponse:
 
 
 # ---------------------------------------------------------------------------------------------
+# Search: the sidebar's box asks as the user types (htmx), a plain form submit gets the page.
+
+SEARCH_PAGE_SIZE = 20
+
+
+@login_required
+@require_GET
+def search(request: HttpRequest) -> HttpResponse:
+    """Results for ``?q=`` (``&cursor=`` for the next page) in the user's own conversations: the results
+    partial for the box, the next page's items for "More results", or the whole page without htmx."""
+    q = request.GET.get("q", "").strip()
+    cursor = request.GET.get("cursor") or None
+    ctx: dict[str, Any] = {"search_q": q, "hits": [], "next_cursor": None, "search_error": ""}
+    status = 200
+    if q:
+        try:
+            page = search_engine.search(request.user, q, limit=SEARCH_PAGE_SIZE, cursor=cursor)
+        except engine.SessionValidationError as exc:
+            ctx["search_error"], status = str(exc), UNPROCESSABLE
+        else:
+            ctx.update(hits=page.hits, next_cursor=page.next_cursor)
+    if request.htmx:
+        partial = "search-hits" if cursor and not ctx["search_error"] else "search-results"
+        return render(request, f"sessions_app/_search_results.html#{partial}", ctx, status=status)
+    ctx.update(entries=rendering.sidebar_entries(request.user), new_form=_new_form())
+    return render(request, "sessions_app/search.html", ctx, status=status)
+
+
+# ---------------------------------------------------------------------------------------------
 # Settings: personal API keys (a new key's secret is shown once), list and revoke.
 
 
@@ -494,3 +545,52 @@ def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     key = get_object_or_404(ApiKey, pk=key_id, user=request.user)
     keys.revoke_api_key(key)
     return redirect("api_keys")
+
+
+# ---------------------------------------------------------------------------------------------
+# Import and export (sessions_app.transfer). Exports are the API's GET endpoints, which a signed-in
+# browser may call: the page links to them.
+
+REQUEST_TOO_LARGE = 413
+MULTIPART_SLACK = 64 * 1024  # a form's own bytes around the file
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def import_page(request: HttpRequest) -> HttpResponse:
+    """GET: the upload form and the export links. POST: import the file; the new conversations are
+    listed, or the form says what is wrong (the file named by conversation and field) and nothing is stored."""
+    context: dict[str, Any] = {"max_bytes": settings.CONVO_IMPORT_MAX_BYTES}
+    status = 200
+    if request.method == "POST":
+        form, status, result = _import_upload(request)
+        context["result"] = result
+    else:
+        form = ImportForm()
+    context["form"] = form
+    return render(request, "sessions_app/import.html", context, status=status)
+
+
+def _import_upload(request: HttpRequest) -> tuple[ImportForm, int, transfer.ImportResult | None]:
+    try:
+        # Refused before the upload is read when its declared size is already too large.
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        transfer.check_size(max(0, declared - MULTIPART_SLACK))
+        form = ImportForm(request.POST, request.FILES)
+    except transfer.ImportTooLarge as exc:
+        return ImportForm.refused(str(exc)), REQUEST_TOO_LARGE, None
+    except ValueError:
+        form = ImportForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return form, UNPROCESSABLE, None
+    upload = form.cleaned_data["file"]
+    try:
+        transfer.check_size(upload.size)
+        result = transfer.import_bytes(upload.read(), owner=request.user)
+    except transfer.ImportTooLarge as exc:
+        form.add_error("file", str(exc))
+        return form, REQUEST_TOO_LARGE, None
+    except engine.SessionError as exc:  # ImportInvalid (the file), or the database's StorageError
+        form.add_error("file", f"Nothing was imported. {exc}")
+        return form, UNPROCESSABLE, None
+    return ImportForm(), 201, result

@@ -36,6 +36,9 @@ DOCUMENTED = {
     ("POST", "/sessions/{id}/reply"): {202, 400, 401, 403, 404, 409, 410, 413, 422},
     ("GET", "/sessions/{id}/reply"): {200, 401, 404},
     ("POST", "/sessions/{id}/reply/stop"): {200, 401, 403, 404},
+    ("GET", "/sessions/{id}/export"): {200, 401, 404, 422},
+    ("GET", "/export"): {200, 401},
+    ("POST", "/import"): {201, 401, 403, 413, 422},
     ("GET", "/sessions/{id}/turns"): {200, 401, 404, 422},
     ("GET", "/sessions/{id}/turns/{n}"): {200, 401, 404, 422},
     ("GET", "/sessions/{id}/state"): {200, 401, 404},
@@ -46,6 +49,7 @@ DOCUMENTED = {
     ("GET", "/sessions/{id}/state/data/{key}"): {200, 401, 404},
     ("PUT", "/sessions/{id}/state/data/{key}"): {200, 400, 401, 403, 404, 410, 413, 422},
     ("DELETE", "/sessions/{id}/state/data/{key}"): {204, 401, 403, 404, 410},
+    ("GET", "/search"): {200, 401, 422},
 }
 # Since issue 9 every operation counts against the caller's rate limit, so each also documents 429.
 DOCUMENTED = {operation: statuses | {429} for operation, statuses in DOCUMENTED.items()}
