@@ -136,3 +136,31 @@ def test_sqlite_write_queue_is_released_after_errors():
     connection.close()
     engine.message_append("errs", "user", "kept")  # would wait 20 s and fail if the queue were stuck
     assert engine.session_get("errs").message_count == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_streaming_replies_do_not_hold_pooled_connections(replies_env, make_session):
+    """Replies waiting on their model give their connection back to the pool between writes, so a few
+    slow replies cannot starve the requests of a process."""
+    import time
+
+    from sessions_app import replies
+
+    replies_env.CONVO_BUILTIN_WORD_DELAY = 0.05
+    pool = connection.pool
+    running = []
+    for i in range(4):
+        make_session(f"slow-{i}", max_messages=100)
+        running.append(replies.append_and_reply(f"slow-{i}", "tell me a long story " * 5)[1])
+    connection.close()  # this test's own connection back too
+    in_use = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(in_use) < 40:
+        stats = pool.get_stats()
+        in_use.append(stats["pool_size"] - stats["pool_available"])
+        time.sleep(0.02)
+    for reply in running:
+        replies.stop_reply(f"slow-{running.index(reply)}")
+    # Four replies streaming (plus the watcher): never four or more connections checked out at once.
+    assert max(in_use) < 4, in_use
