@@ -24,7 +24,12 @@ def open_chat(page, server, session_id):
 
 
 def send(page, text, role="user"):
-    page.select_option("#composer select[name=role]", role)
+    """Write and send a message; another role than User is behind the composer's "Advanced" toggle."""
+    if role != "user":
+        advanced = page.locator("#composer details.composer-advanced")
+        if advanced.get_attribute("open") is None:
+            advanced.locator("summary").click()
+        page.select_option("#composer select[name=role]", role)
     box = page.locator("#composer textarea[name=content]")
     box.fill(text)
     box.press("Enter")
