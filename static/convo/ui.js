@@ -424,6 +424,21 @@
     }
   });
 
+  // After Send, Stop, Regenerate and Retry the keyboard goes back to the message box, also when the
+  // live update that follows replaces the button that had focus.
+  var returnFocus = false;
+  function settleFocus() {
+    if (!returnFocus) return;
+    var active = document.activeElement;
+    if (!active || active === document.body || active.closest("#reply-area, #composer .stop, #stop-form")) focusComposer();
+  }
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    var el = e.detail.elt;
+    if (el && el.hasAttribute && (el.hasAttribute("data-returns-focus") || el.id === "composer")) {
+      returnFocus = true;
+      setTimeout(function () { returnFocus = false; }, 4000);
+    }
+  });
   document.addEventListener("htmx:beforeRequest", function (e) {
     var elt = e.detail.elt;
     if (!elt || elt.id !== "composer") return;
@@ -447,11 +462,12 @@
     if (target && target.id === "composer") {
       prepareComposer();
       tagNotices();
-      if (!$("#composer .field-error[role=alert], #composer .notice")) toBottom(); // your message is in view
+      if (!$("#composer .field-error[role=alert]:not([hidden]), #composer .notice")) toBottom(); // your message is in view
       focusComposer();
     } else if (elt && elt.hasAttribute && elt.hasAttribute("data-returns-focus")) {
-      focusComposer(); // after Stop, Regenerate and Retry the keyboard is back in the message box
+      focusComposer();
     }
+    settleFocus();
     if (target) { decorateCode(target); localTimes(target); }
     if (target && target.id === "timeline") followTimeline();
   });
@@ -460,6 +476,7 @@
     if (elt && elt.id === "stop-form" && e.detail.successful) focusComposer();
   });
   document.addEventListener("htmx:wsAfterMessage", function () {
+    settleFocus();
     clearNotices();
     followTimeline();
     localTimes(byId("panels"));
@@ -492,6 +509,10 @@
       new MutationObserver(onListChange).observe(s, { childList: true, subtree: true, characterData: true });
       scroll.lastSeq = maxSeq();
     }
+    // The live update that says the conversation is gone replaces the element the socket belongs to:
+    // watch the layout for it rather than the socket's events.
+    var layout = $(".layout.chat");
+    if (layout) new MutationObserver(checkGone).observe(layout, { childList: true });
     window.addEventListener("resize", function () { if (scroll.atBottom && s) s.scrollTop = s.scrollHeight; });
   });
 })();

@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from sessions_app import engine
 
-from .conftest import ARTIFACTS, script
+from .conftest import ARTIFACTS, script, wait_until
 from .test_browser_chat import LIVE, open_chat, send
 
 CHECKED_IN = Path(__file__).parent / "screenshots"
@@ -71,7 +71,12 @@ def alice(django_user_model, transactional_db):
 
 def tour(alice, make_session):
     make_session("trip-planning", owner=alice, system_prompt="You are a concise assistant.")
-    script(engine.message_append, "trip-planning", "user", "Write a Python helper that multiplies by **seven**, and a table.")
+    script(
+        engine.message_append,
+        "trip-planning",
+        "user",
+        "Write a Python helper that multiplies by **seven**, and a table.",
+    )
     script(engine.message_append, "trip-planning", "assistant", CODE_ANSWER, metadata={"finish_reason": "stop"})
     script(engine.state_set, "trip-planning", "city", "Lyon")
     make_session("groceries", owner=alice)
@@ -105,10 +110,10 @@ def test_screenshots(page, server, alice, login, make_session):
     expect(page.locator(LIVE)).to_be_visible()
     page.get_by_role("button", name="Conversations").click()
     expect(page.locator("#drawer .session-list")).to_be_visible()
-    page.wait_for_function("document.getElementById('drawer').getBoundingClientRect().left >= -0.5")
+    wait_until(page, "document.getElementById('drawer').getBoundingClientRect().left >= -0.5")
     page.screenshot(path=str(OUT / "chat-390x844-drawer.png"))
     page.keyboard.press("Escape")
     page.get_by_role("button", name="Details").click()
     expect(page.locator("#timeline")).to_be_in_viewport()
-    page.wait_for_function("document.getElementById('panels').getBoundingClientRect().left <= 0.5")
+    wait_until(page, "document.getElementById('panels').getBoundingClientRect().left <= 0.5")
     page.screenshot(path=str(OUT / "chat-390x844-panels.png"))
