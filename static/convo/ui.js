@@ -217,17 +217,20 @@
     var main = byId("chat-main");
     return main ? parseInt(main.getAttribute("data-max-chars"), 10) || 0 : 0;
   }
+  // By its rows (no inline style: the CSP refuses style attributes, which htmx copies across swaps).
   function grow(box) {
     if (!box) return;
-    box.style.height = "auto";
-    box.style.height = Math.min(box.scrollHeight + 2, Math.round(window.innerHeight * 0.4)) + "px";
+    var line = parseFloat(getComputedStyle(box).lineHeight) || 20;
+    var max = Math.max(3, Math.floor((window.innerHeight * 0.4) / line));
+    var rows = 1;
+    box.rows = rows;
+    while (box.scrollHeight > box.clientHeight + 1 && rows < max) { rows += 1; box.rows = rows; }
   }
   function prepareComposer() {
     var box = composerBox();
     if (!box || box.hasAttribute("data-ready")) return;
     box.setAttribute("data-ready", "");
     box.removeAttribute("maxlength"); // the browser would cut a long paste silently: refused below instead
-    box.setAttribute("rows", "1");
     grow(box);
   }
   function refusePaste(e) {
@@ -276,9 +279,7 @@
     $all("#composer .notice[data-clears=fresh]").forEach(function (n) { if (!$("#expired-banner .banner")) n.remove(); });
   }
   function clearEditNotices() {
-    $all("#composer .notice[data-clears=edit], #composer .field-error[role=alert]").forEach(function (n) {
-      if (!n.classList.contains("paste-refused")) n.remove();
-    });
+    $all("#composer .notice[data-clears=edit], #composer .field-error[role=alert]").forEach(function (n) { n.remove(); });
   }
 
   // ------------------------------------------------------------------------------------------
@@ -462,7 +463,7 @@
     if (target && target.id === "composer") {
       prepareComposer();
       tagNotices();
-      if (!$("#composer .field-error[role=alert]:not([hidden]), #composer .notice")) toBottom(); // your message is in view
+      if (!$("#composer .field-error[role=alert], #composer .notice")) toBottom(); // your message is in view
       focusComposer();
     } else if (elt && elt.hasAttribute && elt.hasAttribute("data-returns-focus")) {
       focusComposer();
