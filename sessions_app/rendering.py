@@ -590,7 +590,7 @@ def render_gone_oob(session_id: str) -> str:
 class ReplyInspection:
     answer: Message
     reply: Any  # the Reply row, or None for an answer written by hand (or before replies were kept)
-    sent: list[tuple[int, Message | None]]  # each sent seq with its message (None: since cleared)
+    sent: list[tuple[int, Message | None, str | None]]  # seq, message (None: since cleared), text as sent if changed
     recorded: bool  # whether the reply kept its sent seqs (replies from before the inspector did not)
     usage: dict[str, Any]
     latency_ms: int | None
@@ -598,7 +598,7 @@ class ReplyInspection:
 
     @property
     def sent_tokens(self) -> int:
-        return sum(m.tokens for _, m in self.sent if m is not None)
+        return sum(m.tokens for _, m, _ in self.sent if m is not None)
 
     @property
     def provider(self) -> dict[str, Any]:
@@ -624,10 +624,18 @@ def reply_inspection(session: ConversationSession, seq: int) -> ReplyInspection 
     seqs = list(reply.sent_seqs) if reply is not None and reply.sent_seqs is not None else []
     stored = engine.messages_with_seqs(session, seqs)
     usage = dict(reply.usage or {}) if reply is not None else {}
+    prompt = usage.get("system_prompt") or {}
+
+    def as_sent(seq: int, message: Message | None) -> str | None:
+        """The system prompt's text as the reply sent it, when it was edited since (else None)."""
+        if message is not None and prompt.get("seq") == seq and prompt.get("content") != message.content:
+            return str(prompt.get("content"))
+        return None
+
     return ReplyInspection(
         answer=answer,
         reply=reply,
-        sent=[(s, stored.get(s)) for s in seqs],
+        sent=[(s, stored.get(s), as_sent(s, stored.get(s))) for s in seqs],
         recorded=reply is not None and reply.sent_seqs is not None,
         usage=usage,
         latency_ms=_ms(reply.started_at, reply.finished_at) if reply is not None else None,

@@ -207,7 +207,7 @@ class _Run:
         window = reply_context_window(session, reply=self.reply)
         messages = window.messages
         self.estimated_prompt = window.total_tokens
-        self._record_sent([m.seq for m in messages], window)
+        self._record_sent(messages, window)
         return ProviderRequest(
             messages=wire_messages(messages),
             tools=tools.definitions() if tools_allowed else None,
@@ -220,12 +220,16 @@ class _Run:
             session_id=session.sid,
         )
 
-    def _record_sent(self, seqs: list[int], window: engine.ContextWindow) -> None:
+    def _record_sent(self, messages: list[Message], window: engine.ContextWindow) -> None:
         """Keep with the reply exactly which messages its requests sent (the reply inspector): the first
-        request's seqs in Reply.sent_seqs as the reply starts, a tool round's in usage["round_seqs"]."""
+        request's seqs in Reply.sent_seqs as the reply starts, a tool round's in usage["round_seqs"].
+        Messages do not change, except the system prompt (edited in place): its text as sent is kept."""
+        seqs = [m.seq for m in messages]
         if self.reply.sent_seqs is None:
             self.reply.sent_seqs = seqs
             self.inspect = {"budget": window.max_tokens, "estimated_prompt_tokens": window.total_tokens}
+            if messages and messages[0].role == Role.SYSTEM:
+                self.inspect["system_prompt"] = {"seq": messages[0].seq, "content": messages[0].content}
             Reply.objects.filter(pk=self.reply.pk, status=Reply.Status.RUNNING).update(
                 sent_seqs=seqs, usage=self.inspect
             )
