@@ -91,7 +91,7 @@ def test_phone_layout(page, server, alice, login, make_session):
         "averyveryverylongwordwithoutanyspacesthatwouldpushthelayoutsidewaysifnothingwrappedit " * 2,
     )
     page.set_viewport_size({"width": 390, "height": 844})
-    for path in ("/", "/c/a-conversation-with-a-rather-long-identifier-that-could-overflow/", "/settings/api-keys/"):
+    for path in ("/", "/c/a-conversation-with-a-rather-long-identifier-that-could-overflow/", "/settings/api-keys/", "/import/"):
         page.goto(server.url + path)
         widths = page.evaluate("[document.documentElement.scrollWidth, document.body.scrollWidth, window.innerWidth]")
         assert widths[0] <= widths[2] and widths[1] <= widths[2], (path, widths)
@@ -500,7 +500,7 @@ def test_skip_link_skips_the_sidebar(page, server, alice, login, make_session):
     assert focused, page.evaluate("document.activeElement.outerHTML")
 
 
-AXE_PAGES = ["/", "/c/axe/", "/settings/api-keys/"]
+AXE_PAGES = ["/", "/c/axe/", "/settings/api-keys/", "/import/"]
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
