@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 SQLITE = Path(tempfile.gettempdir()) / "convo-bench-ui.sqlite3"
+LOG = Path(tempfile.gettempdir()) / "convo-bench-ui-daphne.log"
 ENV = {
     "DJANGO_SETTINGS_MODULE": "convo_site.settings",
     "DJANGO_DEBUG": "false",
@@ -54,7 +55,7 @@ def times_seven(x: int) -> int:
 """
 
 # In the page: the time from Enter's keydown to the message's <li> appearing in the list.
-WATCH = """(text) => new Promise((resolve) => {
+WATCH = """(text) => { window.benchSeen = new Promise((resolve) => {
   let t0 = null;
   const box = document.querySelector('#composer textarea[name=content]');
   document.addEventListener('keydown', (e) => { if (e.key === 'Enter' && t0 === null) t0 = e.timeStamp; }, {capture: true, once: true});
@@ -65,7 +66,7 @@ WATCH = """(text) => new Promise((resolve) => {
     }
   });
   seen.observe(list, {childList: true});
-})"""
+}); }"""
 
 
 def env() -> dict[str, str]:
@@ -95,8 +96,10 @@ def prepare() -> str:
     user.set_password("bench-ui-password-1")
     user.save()
     for session in engine.session_list_for_user(user):
-        engine.session_delete(session.id, owner=user)
-    engine.session_create("bench", owner=user, system_prompt="You are concise.", config=engine.SessionConfig(max_messages=1000))
+        engine.session_delete(session, owner=user)
+    engine.session_create(
+        "bench", owner=user, system_prompt="You are concise.", config=engine.SessionConfig(max_messages=1000)
+    )
     for i in range(10):
         engine.message_append("bench", "user", f"Question {i}: what is **{i} × 7**? Show code and a table.", owner=user)
         engine.message_append("bench", "assistant", ANSWER, owner=user)
@@ -110,8 +113,8 @@ def start_server(port: int) -> subprocess.Popen:
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "convo_site.asgi:application"],
         cwd=REPO,
         env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=LOG.open("ab"),
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -130,7 +133,7 @@ def measure(port: int, cookie: str, runs: int) -> dict:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox"])
         context = browser.new_context(viewport={"width": 1440, "height": 900})
-        context.add_cookies([{"name": "sessionid", "value": cookie, "url": url}])
+        context.add_cookies([{"name": "sessionid", "value": cookie, "url": f"http://127.0.0.1:{port}"}])
         page = context.new_page()
         cdp = context.new_cdp_session(page)
         cdp.send("Network.enable")
@@ -138,9 +141,16 @@ def measure(port: int, cookie: str, runs: int) -> dict:
         sizes: dict[str, int] = {}
         urls: dict[str, str] = {}
         cdp.on("Network.requestWillBeSent", lambda e: urls.__setitem__(e["requestId"], e["request"]["url"]))
+        by_status: dict[str, int] = {}
+        page.on("response", lambda r: by_status.__setitem__(r.url, r.status))
         cdp.on("Network.loadingFinished", lambda e: sizes.__setitem__(e["requestId"], e["encodedDataLength"]))
-        page.goto(url, wait_until="networkidle")
-        page.wait_for_selector("#live-status[data-state=live]")
+        response = page.goto(url, wait_until="networkidle")
+        if response is None or response.status != 200 or "/c/bench/" not in page.url:
+            sys.exit(f"bench: the chat page did not open ({response and response.status}, {page.url})")
+        try:
+            page.wait_for_selector("#live-status[data-state=live]")
+        except Exception:
+            sys.exit(f"bench: no live connection: {page.locator('#live-status').inner_text()} {by_status}")
         page.wait_for_selector("#context-panel .context-total")
         cold = sum(sizes.values())
         by_url = {urls.get(k, k).replace(f"http://127.0.0.1:{port}", ""): v for k, v in sizes.items()}
@@ -151,9 +161,9 @@ def measure(port: int, cookie: str, runs: int) -> dict:
         for i in range(runs):
             text = f"bench message {i} {time.time_ns()}"
             box.fill(text)
-            pending = page.evaluate_handle(WATCH, text)
+            page.evaluate(WATCH, text)  # installs the watcher (window.benchSeen), does not wait for it
             box.press("Enter")
-            times.append(pending.evaluate("p => p"))
+            times.append(page.evaluate("window.benchSeen"))
             page.wait_for_selector("#composer .send:visible")  # its reply has finished
         browser.close()
     return {
