@@ -580,6 +580,7 @@ def test_api_keys_copy_confirm_and_no_duplicate_on_reload(page, server, alice, l
     page.get_by_role("button", name="Create key").click()
     secret = page.locator("#new-key-secret").input_value()
     assert secret
+    expect(page.locator("#theme-toggle")).to_have_attribute("aria-label", re.compile("click to change"))  # scripts ran
     page.get_by_role("button", name="Copy key").click()
     expect(page.locator(".toast")).to_contain_text("Key copied")
     assert clipboard(page) == secret
