@@ -43,6 +43,7 @@ from .models import ConversationSession, Message, Role
 # and nh3 cleans the result anyway (allow-listed tags and attributes, http(s)/mailto links only), so
 # neither a model nor a user can get a script, an event handler or a javascript: link to run.
 
+
 def _highlight(code: str, lang: str, _attrs: str) -> str:
     """markdown-it's highlight hook: a fenced block in a language Pygments knows becomes spans with
     Pygments' short class names (coloured by static/convo/pygments.css, light and dark); any other
@@ -76,7 +77,9 @@ def _fence(self, tokens, idx, options, env) -> str:
     """A fenced or indented code block with a header holding its language (the page adds a copy button)."""
     token = tokens[idx]
     language = code_language(token.info if token.type == "fence" else "")
-    body = self.fence(tokens, idx, options, env) if token.type == "fence" else self.code_block(tokens, idx, options, env)
+    body = (
+        self.fence(tokens, idx, options, env) if token.type == "fence" else self.code_block(tokens, idx, options, env)
+    )
     return (
         f'<div class="code-block"><div class="code-head"><span class="code-lang">{escape(language)}</span></div>'
         f"{body}</div>"

@@ -91,7 +91,12 @@ def test_phone_layout(page, server, alice, login, make_session):
         "averyveryverylongwordwithoutanyspacesthatwouldpushthelayoutsidewaysifnothingwrappedit " * 2,
     )
     page.set_viewport_size({"width": 390, "height": 844})
-    for path in ("/", "/c/a-conversation-with-a-rather-long-identifier-that-could-overflow/", "/settings/api-keys/", "/import/"):
+    for path in (
+        "/",
+        "/c/a-conversation-with-a-rather-long-identifier-that-could-overflow/",
+        "/settings/api-keys/",
+        "/import/",
+    ):
         page.goto(server.url + path)
         widths = page.evaluate("[document.documentElement.scrollWidth, document.body.scrollWidth, window.innerWidth]")
         assert widths[0] <= widths[2] and widths[1] <= widths[2], (path, widths)
@@ -352,7 +357,9 @@ def test_scroll_follows_you_but_never_yanks(page, slow_server, alice, login, mak
     button = page.locator("#new-below")
     expect(button).to_be_visible()
     expect(button).to_contain_text("New reply")
-    expect(page.locator("#message-list > li.role-assistant").last).to_contain_text("what time is it", timeout=30000)  # reply stored
+    expect(page.locator("#message-list > li.role-assistant").last).to_contain_text(
+        "what time is it", timeout=30000
+    )  # reply stored
     expect(button).to_contain_text("1 new")
     assert abs(scroller.evaluate("el => el.scrollTop") - top) < 2  # not yanked down
     button.click()
