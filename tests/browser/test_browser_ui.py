@@ -282,8 +282,10 @@ def test_markdown_renders_while_it_streams_in_place(page, server, alice, login, 
     session = make_session("live-md", owner=alice)
     open_chat(page, server, "live-md")
     script(engine.message_append, "live-md", "user", "a table please")
+    expect(page.locator("#turn-1")).to_be_visible()  # the message's own update came first
     parts = ["## Results\n\n| x | y |\n|---|---|\n| 1 | 2 |", "\n| 3 | 4 |\n\n```python\nprint('hi')"]
     text = parts[0]
+    script(events.emit, session.pk, events.REPLY, state="started", text="", reply=4242, turn=1)  # as a reply does
     script(events.emit, session.pk, events.REPLY, state="delta", text=text, reply=4242, turn=1)
     stream = page.locator(STREAM)
     expect(stream.locator("h2")).to_have_text("Results")
