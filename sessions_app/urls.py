@@ -30,6 +30,10 @@ urlpatterns = [
     path("c/<str:session_id>/clear/", views.session_clear, name="session-clear"),
     path("c/<str:session_id>/delete/", views.session_delete, name="session-delete"),
     path("c/<str:session_id>/fresh/", views.session_fresh, name="session-fresh"),
+    path("c/<str:session_id>/continue/", views.session_continue, name="session-continue"),
+    path("c/<str:session_id>/branch/", views.session_branch, name="session-branch"),
+    path("c/<str:session_id>/messages/<int:seq>/edit/", views.message_edit, name="message-edit"),
+    path("c/<str:session_id>/turns/<int:turn>/response/", views.response_choose, name="response-choose"),
     path("settings/api-keys/", views.api_keys, name="api_keys"),
     path("settings/api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
 ]
