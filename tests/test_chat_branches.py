@@ -199,3 +199,10 @@ def test_a_pushed_new_answer_hides_the_earlier_one_on_open_pages(talk):
     html = rendering.render_messages_oob([Message.objects.get(session=session, seq=6)], session)
     assert "2 / 2" in li(html, 6)
     assert 'hx-swap-oob="true"' in li(html, 5) and "hidden data-version-hidden" in li(html, 5)
+
+
+def test_an_edit_whose_reply_is_refused_leaves_no_branch(client, talk, settings):
+    settings.CONVO_MAX_CONCURRENT_REPLIES = 0
+    response = client.post("/c/talk/messages/4/edit/", {"content": "Thanks a lot!"})
+    assert response.status_code == 409 and "replies running" in response.content.decode()
+    assert ConversationSession.objects.count() == 1 and Message.objects.count() == 5
