@@ -321,13 +321,13 @@ def with_versions(session: ConversationSession, messages: list[Message]) -> list
     and ``version_hidden`` on the other responses and their replies' tool messages."""
     turns = {m.turn_number for m in messages if m.role in (Role.ASSISTANT, Role.TOOL) and m.turn_number}
     versions = engine.response_versions(session, turns) if turns else {}
-    users = {m.seq for m in messages if m.role == Role.USER}
-    edited = engine.edited_seqs(session) & users if users else set()
+    users = [m.seq for m in messages if m.role == Role.USER]
+    edits = engine.edit_versions_of(session, users) if users else {}
     for m in messages:
         shown = versions.get(m.turn_number) if m.role in (Role.ASSISTANT, Role.TOOL) else None
         m.version_hidden = shown is not None and m.seq in shown.others
         m.response_versions = shown if shown is not None and m.seq == shown.chosen else None
-        m.edit_versions = engine.edit_versions(session, m.seq) if m.seq in edited else None
+        m.edit_versions = edits.get(m.seq) if m.role == Role.USER else None
     return messages
 
 

@@ -206,3 +206,21 @@ def test_an_edit_whose_reply_is_refused_leaves_no_branch(client, talk, settings)
     response = client.post("/c/talk/messages/4/edit/", {"content": "Thanks a lot!"})
     assert response.status_code == 409 and "replies running" in response.content.decode()
     assert ConversationSession.objects.count() == 1 and Message.objects.count() == 5
+
+
+def test_the_page_costs_the_same_queries_with_one_edited_message_or_many(client, talk, django_assert_max_num_queries):
+    def queries():
+        with django_assert_max_num_queries(30) as ctx:
+            assert client.get("/c/talk/").status_code == 200
+        return len(ctx.captured_queries)
+
+    engine.session_edit_branch("talk", 2)
+    one = queries()
+    for _ in range(3):
+        engine.session_edit_branch("talk", 4)
+    for i in range(8):
+        add("talk", "user", f"q{i}")
+        engine.session_edit_branch("talk", engine.session_get("talk").last_seq)
+    html = client.get("/c/talk/").content.decode()
+    assert html.count('class="version-count"') == 10 and "1 / 4" in li(html, 4)
+    assert queries() == one

@@ -245,6 +245,12 @@ def test_edit_versions_are_the_original_and_every_edit_of_that_message(talk, use
         versions = engine.edit_versions(session, 5)
         assert [s.pk for s in versions.sessions] == expected
         assert (versions.number, versions.count) == (i + 1, 4)
+    # Several messages at once, in a few queries, agree with one at a time.
+    for session in (talk, first, second, nested, other_point):
+        many = engine.edit_versions_of(session, [2, 4, 5])
+        for seq in (2, 4, 5):
+            one = engine.edit_versions(session, seq)
+            assert (many[seq].sessions, many[seq].index) == (one.sessions, one.index) if one else seq not in many
     assert engine.edited_seqs(talk) == {5, 2}
     assert engine.edited_seqs(first) == {5} and engine.edited_seqs(other_point) == {2}
     assert engine.edit_versions(talk, 2).count == 2

@@ -253,6 +253,35 @@ def edit_versions(session: ConversationSession, seq: int) -> EditVersions | None
     return EditVersions(seq=seq, sessions=members, index=index)
 
 
+@storage_errors
+def edit_versions_of(session: ConversationSession, seqs: Iterable[int]) -> dict[int, EditVersions]:
+    """``edit_versions`` of several messages of ``session`` (those that have versions, by seq), in a
+    few queries whatever their number: one per level of edits of edits."""
+    points = {seq - 1 for seq in seqs}
+    found: dict[int, EditVersions] = {}
+    own = session.parent_seq if session.lineage == EDIT and session.parent_id is not None else None
+    if own is not None and own in points:
+        points.discard(own)
+        versions = edit_versions(session, own + 1)
+        if versions is not None:
+            found[own + 1] = versions
+    groups: dict[int, list[ConversationSession]] = {}
+    level = list(ConversationSession.objects.filter(parent=session, lineage=EDIT, parent_seq__in=points))
+    while level:
+        for child in level:
+            groups.setdefault(child.parent_seq, []).append(child)
+        point_of = {child.pk: child.parent_seq for child in level}
+        level = [
+            grandchild
+            for grandchild in ConversationSession.objects.filter(parent__in=list(point_of), lineage=EDIT)
+            if grandchild.parent_seq == point_of[grandchild.parent_id]
+        ]
+    for point, members in groups.items():
+        members.sort(key=lambda s: (s.created_at, str(s.pk)))
+        found[point + 1] = EditVersions(seq=point + 1, sessions=[session, *members], index=0)
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # Response versions.
 
