@@ -384,17 +384,19 @@ def response_choose(
     now: dt.datetime | None = None,
 ) -> dict[str, str]:
     """Store which response of ``turn`` is shown and sent: the assistant message ``seq`` of that turn,
-    or (None) the newest one. Raises SessionValidationError when ``seq`` is not one of its responses,
-    SessionNotFound for a turn the session does not have, SessionExpired."""
-    value = LATEST
-    if seq is not None:
-        with transaction.atomic():
-            session = lock_session(session_id, owner, now or timezone.now())
-            if (
-                not _is_seq(seq)
-                or not _is_seq(turn)
-                or not Message.objects.filter(session=session, seq=seq, role=Role.ASSISTANT, turn_number=turn).exists()
-            ):
-                raise SessionValidationError(f"Message {seq} is not a response of turn {turn}.", field="seq")
-            return turn_set_metadata(session.pk, turn, {CHOICE_KEY: str(seq)}, owner=owner, now=now)
-    return turn_set_metadata(session_id, turn, {CHOICE_KEY: value}, owner=owner, now=now)
+    or (None) the newest one; return the turn's metadata. Raises SessionValidationError when ``seq``
+    is not one of its responses, SessionNotFound for a turn the session does not have, SessionExpired.
+    Open pages show the turn's answers again (``events.VERSIONS``)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        session = lock_session(session_id, owner, now)
+        if seq is not None and (
+            not _is_seq(seq)
+            or not _is_seq(turn)
+            or not Message.objects.filter(session=session, seq=seq, role=Role.ASSISTANT, turn_number=turn).exists()
+        ):
+            raise SessionValidationError(f"Message {seq} is not a response of turn {turn}.", field="seq")
+        value = LATEST if seq is None else str(seq)
+        metadata = turn_set_metadata(session.pk, turn, {CHOICE_KEY: value}, owner=owner, now=now)
+        events.emit(session.pk, events.VERSIONS, turn=turn)
+    return metadata

@@ -97,10 +97,12 @@ def test_edit_a_message_and_switch_between_the_versions(page, server, alice, log
     expect(page.locator("#message-list > li.role-user").first).to_contain_text("what is 6*8?")
 
 
-def test_regenerated_answers_show_one_at_a_time(page, server, alice, login, make_session, shot):
+def test_regenerated_answers_show_one_at_a_time(context, server, alice, login, make_session, shot):
     login(alice)
     make_session("again", owner=alice)
+    page, other = context.new_page(), context.new_page()
     open_chat(page, server, "again")
+    open_chat(other, server, "again")
     send(page, "hello there")
     expect(visible_answers(page)).to_have_count(1)
     first = page.locator(ANSWERS).first.inner_text()
@@ -113,9 +115,11 @@ def test_regenerated_answers_show_one_at_a_time(page, server, alice, login, make
     expect(shown.locator(".version-count")).to_have_text("2 / 2")
     shot(page, "regenerate-versions")
 
+    expect(visible_answers(other).locator(".version-count")).to_have_text("2 / 2")  # the other tab too
     shown.get_by_role("button", name="Previous answer").click()
     shown = visible_answers(page)
     expect(shown.locator(".version-count")).to_have_text("1 / 2")
+    expect(visible_answers(other).locator(".version-count")).to_have_text("1 / 2")  # pushed to the other tab
     expect(shown).not_to_contain_text("regenerated")
     assert shown.inner_text().split("\n")[-1] in first
     session = engine.session_get("again")
