@@ -128,3 +128,12 @@ def test_non_staff_cannot_see_admin(client, user):
     client.force_login(user)
     response = client.get(reverse("admin:sessions_app_conversationsession_changelist"))
     assert response.status_code == 302
+
+
+def test_session_page_shows_its_lineage(staff):
+    branch = engine.session_branch("s1", 2)
+    response = staff.get(reverse("admin:sessions_app_conversationsession_change", args=[branch.pk]))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "Lineage" in body and "branch" in body
+    assert reverse("admin:sessions_app_conversationsession_change", args=[engine.session_get("s1").pk]) in body
