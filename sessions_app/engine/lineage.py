@@ -221,15 +221,6 @@ class EditVersions:
 
 
 @storage_errors
-def edited_seqs(session: ConversationSession) -> set[int]:
-    """The seqs of the user messages of ``session`` that have other versions (edits, or the original)."""
-    points = set(ConversationSession.objects.filter(parent=session, lineage=EDIT).values_list("parent_seq", flat=True))
-    if session.lineage == EDIT and session.parent_id is not None and session.parent_seq is not None:
-        points.add(session.parent_seq)
-    return {point + 1 for point in points if point is not None}
-
-
-@storage_errors
 def edit_versions(session: ConversationSession, seq: int) -> EditVersions | None:
     """The versions of user message ``seq`` of ``session`` (None when it has no other): the first
     conversation that had it, and every edit of it made since, from any of them."""
