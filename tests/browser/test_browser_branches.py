@@ -70,6 +70,7 @@ def test_edit_a_message_and_switch_between_the_versions(page, server, alice, log
     user_message.get_by_role("link", name="Edit").click()
     box = user_message.locator("textarea[name=content]")
     expect(box).to_have_value("what is 6*7?")
+    expect(box).to_be_focused()
     box.fill("what is 6*8?")
     user_message.get_by_role("button", name="Save and send").click()
 
