@@ -513,7 +513,7 @@ def message_edit(request: HttpRequest, session_id: str, seq: int) -> HttpRespons
     """GET: the edit form of user message ``seq`` (its slot on the chat page, or a page of its own).
     POST ``content``: a branch before that message gets the edited text and the assistant's reply."""
     session = _owned(request, session_id)
-    message = session.messages.filter(seq=seq, role=Role.USER).first()
+    message = session.messages.filter(seq=seq, role=Role.USER).first() if seq <= session.last_seq else None
     if message is None:
         raise Http404("No such user message.")
     ctx = {

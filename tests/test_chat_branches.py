@@ -224,3 +224,12 @@ def test_the_page_costs_the_same_queries_with_one_edited_message_or_many(client,
     html = client.get("/c/talk/").content.decode()
     assert html.count('class="version-count"') == 10 and "1 / 4" in li(html, 4)
     assert queries() == one
+
+
+@pytest.mark.parametrize("seq", [2**63, 2**70])
+def test_sequence_numbers_beyond_64_bits_are_refused_without_a_query_error(client, talk, seq):
+    assert client.get(f"/c/talk/messages/{seq}/edit/").status_code == 404
+    assert client.post(f"/c/talk/messages/{seq}/edit/", {"content": "x"}).status_code == 404
+    assert client.post("/c/talk/turns/2/response/", {"seq": str(seq)}, **HX).status_code == 422
+    assert client.post(f"/c/talk/turns/{seq}/response/", {"seq": "5"}, **HX).status_code == 422
+    assert client.post("/c/talk/branch/", {"at_seq": str(seq)}).status_code == 422

@@ -96,8 +96,11 @@ def session_continue(
     return _copy(session_id, owner, lambda parent: parent.last_seq, CONTINUE, lambda parent: None, now)
 
 
+MAX_SEQ = 2**63 - 1  # sequence numbers are 64-bit: a larger one is no seq (and no query)
+
+
 def _is_seq(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEQ
 
 
 def _copy(
