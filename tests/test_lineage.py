@@ -193,6 +193,13 @@ def test_copying_a_long_conversation_goes_in_batches(make_session, django_assert
     assert Message.objects.filter(session=new).count() == 2500
 
 
+def test_a_copy_numbers_turns_by_the_engine_rules_even_where_the_parent_was_hand_edited(talk, user):
+    Message.objects.filter(session=talk, seq=4).update(turn_number=7)  # an operator's edit
+    new = engine.session_continue("talk", owner=user)
+    assert [m[8] for m in rows(new)] == [None, 1, 1, 1, 2, 2]
+    assert [m[:8] for m in rows(new)] == [m[:8] for m in rows(talk)]
+
+
 def test_deleting_the_parent_keeps_its_branches(talk, user):
     branch = engine.session_branch("talk", 4, owner=user)
     engine.session_delete("talk", owner=user)

@@ -33,6 +33,7 @@ from .bookkeeping import BOOKKEEPING_FIELDS, replay_appends
 from .context import turn_user_seq
 from .errors import SessionValidationError, storage_errors
 from .messages import turn_set_metadata
+from .purge import db_key
 from .sessions import ANY_OWNER, Owner, SessionRef, lock_session
 from .values import new_session_id, touch
 
@@ -44,7 +45,7 @@ LINEAGES = (BRANCH, EDIT, CONTINUE)
 CHOICE_KEY = "response_choice"
 LATEST = "latest"
 
-COPY_BATCH = 1000  # messages read and written per statement while copying
+COPY_BATCH = 5000  # (seq, role, tokens) rows read per query while a copy is replayed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,13 +137,7 @@ def _copy(
         )
         touch(child, now)
         child.save(force_insert=True)
-        batch: list[Message] = []
-        for row in replay_appends(child, _copies(parent, child, through), through=through):
-            batch.append(row)
-            if len(batch) >= COPY_BATCH:
-                Message.objects.bulk_create(batch)
-                batch = []
-        Message.objects.bulk_create(batch)
+        _copy_messages(parent, child, through)
         turns = Turn.objects.filter(session=parent, number__lte=child.turn_count).order_by("number")
         Turn.objects.bulk_create(
             Turn(session=child, number=number, metadata=kept)
@@ -154,29 +149,63 @@ def _copy(
     return child
 
 
-def _copies(parent: ConversationSession, child: ConversationSession, through: int) -> Iterator[Message]:
-    """Unsaved copies of the parent's messages up to ``through`` for ``child``, in order, read in
-    pages by seq (no open cursor while the copies are written, which SQLite would not isolate)."""
+@dataclass
+class _Row:
+    """What the replay needs of a stored message (not its text)."""
+
+    seq: int
+    role: str
+    tokens: int
+    stored_turn: int | None  # the turn number it has
+    turn_number: int | None = None  # the one the replay gives it
+
+
+def _copy_messages(parent: ConversationSession, child: ConversationSession, through: int) -> None:
+    """Copy the parent's messages up to ``through`` into ``child`` in one INSERT ... SELECT (their
+    text never passes through Python), and count them into the child's bookkeeping by replaying them
+    as appends, read in pages of (seq, role, tokens): memory stays flat whatever their number. A
+    message whose stored turn number is not the one the replay gives (none the engine wrote) is
+    renumbered."""
+    connection = transaction.get_connection()
+    quote = connection.ops.quote_name
+    table = quote(Message._meta.db_table)
+    session_column = quote(Message._meta.get_field("session").column)
+    copied = [quote(Message._meta.get_field(name).column) for name in MESSAGE_COPY_FIELDS]
+    columns = ", ".join(copied)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({session_column}, {columns}) SELECT %s, {columns} FROM {table} "
+            f"WHERE {session_column} = %s AND seq <= %s",
+            [db_key(child.pk), db_key(parent.pk), through],
+        )
+    renumbered: dict[int | None, list[int]] = {}
+    for row in replay_appends(child, _rows(parent, through), through=through):
+        if row.stored_turn != row.turn_number:
+            renumbered.setdefault(row.turn_number, []).append(row.seq)
+    for number, seqs in renumbered.items():
+        Message.objects.filter(session=child, seq__in=seqs).update(turn_number=number)
+
+
+# The columns a copy keeps as they are (the session is the copy's; the row id is new).
+MESSAGE_COPY_FIELDS = (
+    "seq", "role", "content", "name", "tool_call_id", "metadata", "created_at", "tokens", "turn_number",
+)  # fmt: skip
+
+
+def _rows(parent: ConversationSession, through: int) -> Iterator[_Row]:
+    """The parent's messages up to ``through`` as replay rows, in order, read in pages by seq."""
     after = 0
     while True:
         page = list(
-            Message.objects.filter(session=parent, seq__gt=after, seq__lte=through).order_by("seq")[:COPY_BATCH]
+            Message.objects.filter(session=parent, seq__gt=after, seq__lte=through)
+            .order_by("seq")
+            .values_list("seq", "role", "tokens", "turn_number")[:COPY_BATCH]
         )
-        for m in page:
-            yield Message(
-                session=child,
-                seq=m.seq,
-                role=m.role,
-                content=m.content,
-                name=m.name,
-                tool_call_id=m.tool_call_id,
-                metadata=m.metadata,
-                created_at=m.created_at,
-                tokens=m.tokens,
-            )
+        for seq, role, tokens, turn_number in page:
+            yield _Row(seq, role, tokens, turn_number)
         if len(page) < COPY_BATCH:
             return
-        after = page[-1].seq
+        after = page[-1][0]
 
 
 def _turn_metadata_through(metadata: dict[str, str], through: int) -> dict[str, str]:
