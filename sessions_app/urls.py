@@ -34,6 +34,7 @@ urlpatterns = [
     path("c/<str:session_id>/branch/", views.session_branch, name="session-branch"),
     path("c/<str:session_id>/messages/<int:seq>/edit/", views.message_edit, name="message-edit"),
     path("c/<str:session_id>/turns/<int:turn>/response/", views.response_choose, name="response-choose"),
+    path("import/", views.import_page, name="import"),
     path("settings/api-keys/", views.api_keys, name="api_keys"),
     path("settings/api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
 ]
