@@ -327,3 +327,31 @@ def test_a_branch_keeps_a_choice_it_has_the_message_of(regenerated):
     engine.response_choose("r", 1, 6)
     drops = engine.session_branch("r", 4)
     assert not Turn.objects.filter(session=drops).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# With export and import
+
+
+@pytest.mark.parametrize("make", ["edit-first", "branch", "continue"])
+def test_branches_export_and_import_with_their_lineage(make_session, user, make):
+    """An exported branch (an edit of the first message too: parent_seq 0) imports into the account
+    that has its parent with its lineage, pointing at that parent."""
+    from sessions_app import transfer
+
+    make_session("orig", owner=user)
+    add("orig", "user", "hi")
+    add("orig", "assistant", "hello")
+    if make == "edit-first":
+        child = engine.session_edit_branch("orig", 1, owner=user)
+        add(child.pk, "user", "hey")
+    elif make == "branch":
+        child = engine.session_branch("orig", 1, owner=user)
+    else:
+        child = engine.session_continue("orig", owner=user)
+    child = engine.session_get(child.pk)
+    raw = "".join(transfer.iter_json(child)).encode()
+    [imported] = transfer.import_bytes(raw, owner=user).imported
+    copy = imported.session
+    assert (copy.lineage, copy.parent_seq, copy.parent_id) == (child.lineage, child.parent_seq, child.parent_id)
+    assert rows(copy) == rows(child) and bookkeeping(copy) == bookkeeping(child)
