@@ -175,7 +175,7 @@ def _copy_messages(parent: ConversationSession, child: ConversationSession, thro
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} ({session_column}, {columns}) SELECT %s, {columns} FROM {table} "
-            f"WHERE {session_column} = %s AND seq <= %s",
+            f"WHERE {session_column} = %s AND {quote('seq')} <= %s",
             [db_key(child.pk), db_key(parent.pk), through],
         )
     renumbered: dict[int | None, list[int]] = {}
@@ -183,7 +183,8 @@ def _copy_messages(parent: ConversationSession, child: ConversationSession, thro
         if row.stored_turn != row.turn_number:
             renumbered.setdefault(row.turn_number, []).append(row.seq)
     for number, seqs in renumbered.items():
-        Message.objects.filter(session=child, seq__in=seqs).update(turn_number=number)
+        for start in range(0, len(seqs), 500):
+            Message.objects.filter(session=child, seq__in=seqs[start : start + 500]).update(turn_number=number)
 
 
 # The columns a copy keeps as they are (the session is the copy's; the row id is new).
