@@ -233,3 +233,11 @@ def test_sequence_numbers_beyond_64_bits_are_refused_without_a_query_error(clien
     assert client.post("/c/talk/turns/2/response/", {"seq": str(seq)}, **HX).status_code == 422
     assert client.post(f"/c/talk/turns/{seq}/response/", {"seq": "5"}, **HX).status_code == 422
     assert client.post("/c/talk/branch/", {"at_seq": str(seq)}).status_code == 422
+
+
+def test_a_page_opened_at_a_message_shows_versions_and_the_found_answer(client, talk):
+    add("talk", "assistant", "Anytime.")  # 6: a second answer to turn 2; 5 is hidden behind it
+    html = client.get("/c/talk/?at=3").content.decode()
+    assert "hidden data-version-hidden" in li(html, 5) and "2 / 2" in li(html, 6)
+    html = client.get("/c/talk/?at=5").content.decode()  # a search found the earlier answer: it shows
+    assert "hidden" not in li(html, 5).split(">")[0]

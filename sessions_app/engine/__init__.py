@@ -28,6 +28,7 @@ tests can pass it explicitly.
 
 from .context import (
     ContextWindow,
+    MessagesAround,
     TurnView,
     context_window,
     current_turn,
@@ -36,6 +37,7 @@ from .context import (
     last_turn,
     listed_messages,
     messages_all,
+    messages_around,
     messages_by_role,
     messages_page,
     messages_recent,
@@ -133,6 +135,7 @@ __all__ = [
     "ContextWindow",
     "EditVersions",
     "InputTooLarge",
+    "MessagesAround",
     "Owner",
     "PurgeResult",
     "ResponseVersions",
@@ -171,6 +174,7 @@ __all__ = [
     "message_append",
     "message_append_obj",
     "messages_all",
+    "messages_around",
     "messages_by_role",
     "messages_page",
     "messages_recent",
