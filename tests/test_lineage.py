@@ -355,3 +355,14 @@ def test_branches_export_and_import_with_their_lineage(make_session, user, make)
     copy = imported.session
     assert (copy.lineage, copy.parent_seq, copy.parent_id) == (child.lineage, child.parent_seq, child.parent_id)
     assert rows(copy) == rows(child) and bookkeeping(copy) == bookkeeping(child)
+
+
+def test_a_branch_is_searchable_like_its_parent(talk, user):
+    """The copy's rows go in with one INSERT ... SELECT: the search index (FTS5 triggers on SQLite, the
+    generated tsvector on PostgreSQL) has them."""
+    from sessions_app.engine.search import search
+
+    branch = engine.session_branch("talk", 4, owner=user)
+    found = {(hit.session_id, hit.seq) for hit in search(user, "welcome OR thanks OR 2").hits if hit.kind == "message"}
+    assert {("talk", 2), ("talk", 5), ("talk", 6), (branch.sid, 2)} <= found
+    assert not {(branch.sid, 5), (branch.sid, 6)} & found
