@@ -817,6 +817,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if len(missing) > CATCHUP_MAX:
             head = _pane_parts(session)
         else:
+            rendering.with_versions(session, missing)  # once for all of them (a few queries), not per frame
             head = tuple(rendering.render_messages_oob([message], session) for message in missing)
         return (*head, rendering.render_bounds_oob(session))
 

@@ -459,7 +459,8 @@ def render_messages_oob(messages: list[Message], session: ConversationSession) -
     """New messages, to be placed into #message-list by sequence number (the page skips any it has)."""
     if not messages:
         return ""
-    messages = with_versions(session, messages)
+    if not all(hasattr(m, "version_hidden") for m in messages):  # not marked by the caller yet
+        messages = with_versions(session, messages)
     html = render_partial("messages-oob", {"messages": messages, "session": session})
     # A new response of a turn answered before: its earlier versions on the page hide behind it.
     again = {m.response_versions.turn for m in messages if m.response_versions is not None}
