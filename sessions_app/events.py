@@ -73,6 +73,62 @@ def user_revoked(user_pk: Any, reason: str, *, login: str | None = None) -> None
     transaction.on_commit(partial(_send, [(user_group(user_pk), event)]))
 
 
+# ---------------------------------------------------------------------------------------------
+# The library (issue 11): each user's sidebar. A change that shows there (a conversation created,
+# renamed, pinned, archived, deleted, or moved up by activity) bumps the user's library version once
+# the transaction commits (the rendered sidebar is cached under it) and tells the user's open pages,
+# which fetch the new sidebar. The version lives in the "library" cache (Redis when configured, so
+# every process sees it).
+
+LIBRARY_CACHE = "library"
+LIBRARY = "library.changed"
+LIBRARY_VERSION_SECONDS = 30 * 24 * 3600
+
+
+def library_version_key(user_pk: Any) -> str:
+    return f"convo:library:v:{user_pk}"
+
+
+def library_version(user_pk: Any) -> int:
+    """The user's library version (starts at 1 and grows with every change of their sidebar)."""
+    from django.core.cache import caches
+
+    cache = caches[LIBRARY_CACHE]
+    key = library_version_key(user_pk)
+    version = cache.get(key)
+    if version is None:
+        cache.add(key, 1, LIBRARY_VERSION_SECONDS)
+        version = cache.get(key) or 1
+    return int(version)
+
+
+def bump_library_version(user_pk: Any) -> None:
+    from django.core.cache import caches
+
+    cache = caches[LIBRARY_CACHE]
+    key = library_version_key(user_pk)
+    try:
+        try:
+            cache.incr(key)
+        except ValueError:  # not there yet (or evicted): any new value invalidates what was cached
+            cache.add(key, 2, LIBRARY_VERSION_SECONDS) or cache.incr(key)
+    except Exception:  # a cache failure must never undo or fail a committed write
+        logger.exception("Could not bump the library version of user %s", user_pk)
+
+
+def library_changed(user_pk: Any) -> None:
+    """After the commit: bump the user's library version and tell the user's open pages. Sessions
+    without an owner have no sidebar."""
+    if user_pk is None:
+        return
+    transaction.on_commit(partial(_library_commit, user_pk))
+
+
+def _library_commit(user_pk: Any) -> None:
+    bump_library_version(user_pk)
+    _send([(user_group(user_pk), {"type": LIBRARY})])
+
+
 def _send(events: list[tuple[str, dict[str, Any]]]) -> None:
     layer = get_channel_layer()
     if layer is None:

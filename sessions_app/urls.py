@@ -14,6 +14,7 @@ urlpatterns = [
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("new/", views.session_new, name="session-new"),
+    path("sidebar/", views.sidebar_page, name="sidebar-page"),
     path("c/<str:session_id>/", views.chat, name="chat"),
     path("c/<str:session_id>/messages/", views.messages_earlier, name="messages-earlier"),
     path("c/<str:session_id>/send/", views.message_send, name="message-send"),
@@ -30,6 +31,9 @@ urlpatterns = [
     path("c/<str:session_id>/clear/", views.session_clear, name="session-clear"),
     path("c/<str:session_id>/delete/", views.session_delete, name="session-delete"),
     path("c/<str:session_id>/fresh/", views.session_fresh, name="session-fresh"),
+    path("c/<str:session_id>/title/", views.session_title, name="session-title"),
+    path("c/<str:session_id>/pin/", views.session_pin, name="session-pin"),
+    path("c/<str:session_id>/archive/", views.session_archive, name="session-archive"),
     path("settings/api-keys/", views.api_keys, name="api_keys"),
     path("settings/api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
 ]

@@ -34,6 +34,18 @@ def _fresh_throttles():
     throttle.reset()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_library_cache():
+    """The per-process library cache (SQLite configuration) starts empty: a rolled-back test's user ids
+    come back on SQLite, and their cached sidebars must not. (On Redis, PostgreSQL's ids never come back.)"""
+    from django.core.cache import caches
+    from django.core.cache.backends.locmem import LocMemCache
+
+    cache = caches["library"]
+    if isinstance(cache, LocMemCache):
+        cache.clear()
+
+
 @pytest.fixture
 def now():
     """A fixed 'now' (mid-second, to exercise the whole-second expiry rule)."""

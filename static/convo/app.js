@@ -175,18 +175,52 @@
     if (e.detail.target && e.detail.target.id === "reply-actions") rememberFocus(e.detail.target);
   });
 
-  // Messages that left the session's list (max_messages) leave the page too.
-  function prune() {
+  // The page shows the whole history (issue 11): messages that left the session's list stay, above a
+  // divider that sits just before the first listed message (low_seq), or at the end when every message
+  // after the pinned one left the list; hidden while that place is not on the page.
+  function placeDivider() {
     var b = byId("list-bounds");
     var list = byId("message-list");
-    if (!b || !list) return;
+    var divider = byId("list-divider");
+    if (!b || !list || !divider) return;
     var low = parseInt(b.getAttribute("data-low-seq"), 10);
-    var head = parseInt(b.getAttribute("data-head-seq"), 10);
-    Array.prototype.slice.call(list.children).forEach(function (li) {
-      var seq = seqOf(li);
-      if (seq < low && seq !== head) li.remove();
+    var last = parseInt(b.getAttribute("data-last-seq"), 10);
+    var unlisted = divider.getAttribute("data-unlisted") === "1" ||
+      low > parseInt(divider.getAttribute("data-low-seq"), 10);
+    var first = byId("msg-" + low);
+    if (first) {
+      if (divider.nextElementSibling !== first) list.insertBefore(divider, first);
+      divider.hidden = !unlisted;
+    } else if (low > last) {
+      if (list.lastElementChild !== divider) list.appendChild(divider);
+      divider.hidden = !unlisted;
+    } else {
+      if (list.firstElementChild !== divider) list.insertBefore(divider, list.firstElementChild);
+      divider.hidden = true;
+    }
+  }
+
+  // The sidebar is the same for every page of the user (it is cached per user): the page marks its
+  // own conversation.
+  function markCurrent() {
+    document.querySelectorAll("#sidebar .session-link").forEach(function (a) {
+      var current = a.pathname === window.location.pathname;
+      a.closest(".session-item").classList.toggle("current", current);
+      if (current) a.setAttribute("aria-current", "page");
+      else a.removeAttribute("aria-current");
     });
   }
+  // The browser tab shows the conversation's title (renamed here or in another tab).
+  function syncTitle() {
+    var h = document.querySelector("#session-title h1[data-title]");
+    if (h) document.title = h.getAttribute("data-title") + " · Convo";
+  }
+  // The sidebar groups conversations by day in the viewer's time zone.
+  try {
+    var zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    if (zone) document.cookie = "convo_tz=" + zone.replace(/[^A-Za-z0-9_\/+-]/g, "") + "; path=/; max-age=31536000; SameSite=Lax";
+  } catch (err) { /* no Intl: the server's time zone */ }
+  document.addEventListener("htmx:afterSettle", function () { markCurrent(); syncTitle(); placeDivider(); });
 
   function setStatus(state, text) {
     var el = byId("live-status");
@@ -228,7 +262,9 @@
     }
   });
   document.addEventListener("htmx:wsAfterMessage", function () {
-    prune();
+    placeDivider();
+    markCurrent();
+    syncTitle();
     afterReplyUpdate();
     restoreEdits();
     restoreFocus();
@@ -261,6 +297,8 @@
     var toggle = byId("sidebar-toggle");
     if (toggle && window.matchMedia("(max-width: 1100px)").matches) toggle.open = false;
     afterReplyUpdate();
+    placeDivider();
+    markCurrent();
     scrollToEnd();
     var box = document.querySelector("#composer textarea[name=content]");
     if (box && window.matchMedia("(min-width: 900px)").matches) box.focus();
