@@ -105,6 +105,7 @@ OPERATIONS = [
     ("PUT", "/sessions/{id}", "SessionFieldsIn"),
     ("GET", "/sessions", None),
     ("GET", "/sessions/{id}", None),
+    ("PATCH", "/sessions/{id}", "SessionPatchIn"),
     ("DELETE", "/sessions/{id}", None),
     ("POST", "/sessions/{id}/clear", None),
     ("POST", "/sessions/{id}/messages", "MessageIn"),
@@ -132,7 +133,7 @@ query_values = st.integers(min_value=-5, max_value=600).map(str) | st.sampled_fr
 )
 QUERY = {
     "/sessions": ["offset", "limit"],
-    "/sessions/{id}/messages": ["after", "limit"],
+    "/sessions/{id}/messages": ["after", "limit", "history"],
     "/sessions/{id}/turns": ["after", "limit"],
     "/sessions/{id}/context": ["max_tokens"],
 }
