@@ -81,6 +81,11 @@ def body_for(model: str):
             | any_json,
         },
         "VariableIn": {"value": texts},
+        "SessionPatchIn": {
+            "title": st.none() | texts,
+            "pinned": st.none() | st.booleans() | any_json,
+            "archived": st.none() | st.booleans() | any_json,
+        },
         "SessionFieldsIn": None,
         "DataIn": {"value": any_json},
     }
