@@ -452,7 +452,11 @@ def panels_context(
     The chat page itself leaves the context panel out (``with_context=False``): it costs as much as
     the window is long, so the page loads it with a second request right after it opens.
     """
-    ctx: dict[str, Any] = {"session": session, "sdom": dom_id(session.id), "history_count": engine.history_count(session)}
+    ctx: dict[str, Any] = {
+        "session": session,
+        "sdom": dom_id(session.id),
+        "history_count": engine.history_count(session),
+    }
     if with_context:
         ctx["context"] = context_view(session, budget)
     ctx.update(timeline(session))

@@ -92,7 +92,9 @@ def test_library_changes_check_their_input(user):
 
 def test_library_changes_are_not_activity(user, now):
     session = engine.session_create("a", owner=user, config=engine.SessionConfig(timeout_seconds=60), now=now)
-    engine.session_set_library("a", owner=user, title="Kept", pinned=True, archived=True, now=now + dt.timedelta(hours=2))
+    engine.session_set_library(
+        "a", owner=user, title="Kept", pinned=True, archived=True, now=now + dt.timedelta(hours=2)
+    )
     after = engine.session_get("a")
     assert (after.title, after.pinned, after.archived) == ("Kept", True, True)
     assert (after.updated_at, after.expires_at) == (session.updated_at, session.expires_at)  # expired, and stays
@@ -386,3 +388,70 @@ def test_0010_titles_existing_conversations_from_their_first_user_message(user):
     executor.migrate(executor.loader.graph.leaf_nodes("sessions_app"))
     titles = dict(ConversationSession.objects.values_list("sid", "title"))
     assert titles == {"old": "The first question", "named": "Named by hand", "empty": ""}
+
+
+# ---------------------------------------------------------------------------------------------
+# Titles from the model (CONVO_AUTO_TITLE=model, the openai responder against tests/fake_openai.py)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_model_titles_the_conversation_after_its_first_reply(fake_llm, user, settings):
+    from .fake_openai import text_chunks
+    from .replies_support import drain_replies, reply_to
+
+    settings.CONVO_AUTO_TITLE = "model"
+    engine.session_create("m", owner=user)
+    fake_llm.stream(*text_chunks("Tides come from the ", "Moon's pull."))
+    fake_llm.stream(*text_chunks('"Why tides ', 'happen."\n'))
+    reply = reply_to("m", "can you explain to me why there are tides on earth?", owner=user)
+    drain_replies()
+    assert reply.status == "done"
+    assert engine.session_get("m").title == "Why tides happen"
+    title_request = fake_llm.requests[1]["json"]
+    assert title_request["messages"][0]["role"] == "system" and "title" in title_request["messages"][0]["content"]
+    assert "why there are tides" in title_request["messages"][1]["content"]
+    assert "Moon's pull." in title_request["messages"][1]["content"] and "tools" not in title_request
+    # Later turns ask for no title.
+    fake_llm.stream(*text_chunks("Twice a day."))
+    reply_to("m", "How often?", owner=user)
+    drain_replies()
+    assert len(fake_llm.requests) == 3 and engine.session_get("m").title == "Why tides happen"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_title_request_keeps_the_first_title_and_a_rename_wins(fake_llm, user, settings):
+    from .fake_openai import text_chunks
+    from .replies_support import drain_replies, reply_to
+
+    settings.CONVO_AUTO_TITLE = "model"
+    engine.session_create("f", owner=user)
+    fake_llm.stream(*text_chunks("An answer."))
+    fake_llm.error(500, {"error": {"message": "overloaded"}})
+    reply = reply_to("f", "First question here", owner=user)
+    drain_replies()
+    assert reply.status == "done" and engine.session_get("f").title == "First question here"
+
+    from sessions_app.replies import titles
+    from sessions_app.replies.responders import OpenAIResponder
+
+    settings.CONVO_AUTO_TITLE = "first"
+    engine.session_create("g", owner=user)
+    fake_llm.stream(*text_chunks("An answer."))
+    reply = reply_to("g", "Question", owner=user)
+    drain_replies()
+    engine.session_set_library("g", owner=user, title="Mine")
+    fake_llm.stream(*text_chunks("Model title"))
+    assert titles.title_from_model(reply, OpenAIResponder.from_settings(), "An answer.") is None
+    assert engine.session_get("g").title == "Mine"  # a person's rename wins over the model
+    assert titles.clean_title('Title: "Ocean tides explained."') == "Ocean tides explained"
+
+
+def test_without_the_setting_no_title_request(settings):
+    from sessions_app.replies import titles
+
+    settings.CONVO_AUTO_TITLE = "first"
+    reply = type("R", (), {"turn_number": 1, "regenerate": False})
+    assert not titles.wanted(reply, type("O", (), {"name": "openai"}))
+    settings.CONVO_AUTO_TITLE = "model"
+    assert titles.wanted(reply, type("O", (), {"name": "openai"}))
+    assert not titles.wanted(reply, type("B", (), {"name": "builtin"}))

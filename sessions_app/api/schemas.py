@@ -87,7 +87,9 @@ class StateOut(Schema):
 
 class SessionOut(Schema):
     id: str
-    title: str = Field(description="The conversation's title (from its first user message unless renamed; empty: none).")
+    title: str = Field(
+        description="The conversation's title (from its first user message unless renamed; empty: none)."
+    )
     pinned: bool
     archived: bool
     system_prompt: str | None

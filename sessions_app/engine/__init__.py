@@ -94,13 +94,14 @@ from .state import (
 from .values import (
     MAX_INT,
     SESSION_ID_RE,
-    ChatMessage,
     TITLE_MAX_CHARS,
+    ChatMessage,
     SessionConfig,
     age,
     check_content,
     check_metadata,
     check_name,
+    check_title,
     estimate_tokens,
     expiry_time,
     is_expired,
@@ -108,7 +109,6 @@ from .values import (
     new_session_id,
     parse_frame,
     parse_json,
-    check_title,
     title_from,
     validate_session_id,
 )

@@ -85,10 +85,7 @@ def sidebar_page(
     One query, reading only the columns the sidebar shows.
     """
     qs = (
-        owned_sessions(owner)
-        .filter(archived=archived)
-        .order_by("-pinned", "-updated_at", "sid")
-        .only(*SIDEBAR_COLUMNS)
+        owned_sessions(owner).filter(archived=archived).order_by("-pinned", "-updated_at", "sid").only(*SIDEBAR_COLUMNS)
     )
     rows = list(qs[offset : offset + limit + 1])
     return rows[:limit], len(rows) > limit
