@@ -348,7 +348,7 @@ def sidebar_html(user: Any, *, tz: Any = None, now=None, oob: bool = False) -> S
     html = cache.get(key)
     if html is None:
         ctx = sidebar_sections(user, tz=tz, now=now)
-        html = render_partial("sidebar-sections", ctx)
+        html = render_partial("sidebar-sections", {**ctx, "version": version})
         seconds = SIDEBAR_CACHE_SECONDS
         if ctx["soonest_expiry"] is not None:  # an "expired" badge appears then: keep it no longer
             seconds = max(1, min(seconds, int((ctx["soonest_expiry"] - now).total_seconds()) + 1))

@@ -169,8 +169,35 @@
       rememberFocus(target);
     } else if (KEEP_EDITS.indexOf(target.id) >= 0) {
       saveEdits(target);
+    } else if (target.id === "sidebar-sections") {
+      // A pushed sidebar the page already has (its own change, answered already) is not swapped, so
+      // an open menu stays open; a newer one keeps the open menu and a title being typed.
+      var frag = e.detail.fragment;
+      var incoming = frag && (frag.id === "sidebar-sections" ? frag :
+        (frag.querySelector && frag.querySelector("#sidebar-sections")) || frag.firstElementChild);
+      var version = incoming && incoming.getAttribute && incoming.getAttribute("data-version");
+      if (version && version === target.getAttribute("data-version")) { e.detail.shouldSwap = false; return; }
+      var open = target.querySelector(".session-actions[open]");
+      if (open) {
+        var input = open.querySelector("input[name=title]");
+        sidebarMenu = { id: open.closest(".session-item").getAttribute("data-session-id"),
+          value: input ? input.value : null, focused: input && input === document.activeElement };
+      }
     }
   });
+  var sidebarMenu = null;
+  function restoreSidebarMenu() {
+    if (!sidebarMenu) return;
+    var saved = sidebarMenu;
+    sidebarMenu = null;
+    var item = document.querySelector('#sidebar-sections li[data-session-id="' + CSS.escape(saved.id) + '"]');
+    var menu = item && item.querySelector(".session-actions");
+    if (!menu) return;
+    menu.open = true;
+    var input = menu.querySelector("input[name=title]");
+    if (input && saved.value !== null) input.value = saved.value;
+    if (input && saved.focused) input.focus();
+  }
   document.addEventListener("htmx:beforeSwap", function (e) {
     if (e.detail.target && e.detail.target.id === "reply-actions") rememberFocus(e.detail.target);
   });
@@ -262,6 +289,7 @@
     }
   });
   document.addEventListener("htmx:wsAfterMessage", function () {
+    restoreSidebarMenu();
     placeDivider();
     markCurrent();
     syncTitle();
