@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
 from functools import partial
 from typing import Any
@@ -82,7 +83,6 @@ def user_revoked(user_pk: Any, reason: str, *, login: str | None = None) -> None
 
 LIBRARY_CACHE = "library"
 LIBRARY = "library.changed"
-LIBRARY_VERSION_SECONDS = 30 * 24 * 3600
 
 
 def library_version_key(user_pk: Any) -> str:
@@ -90,15 +90,16 @@ def library_version_key(user_pk: Any) -> str:
 
 
 def library_version(user_pk: Any) -> int:
-    """The user's library version (starts at 1 and grows with every change of their sidebar)."""
+    """The user's library version: it grows with every change of their sidebar. It starts from the clock
+    (in nanoseconds), so a version made again after its key was evicted never meets an old one."""
     from django.core.cache import caches
 
     cache = caches[LIBRARY_CACHE]
     key = library_version_key(user_pk)
     version = cache.get(key)
     if version is None:
-        cache.add(key, 1, LIBRARY_VERSION_SECONDS)
-        version = cache.get(key) or 1
+        cache.add(key, time.time_ns(), None)
+        version = cache.get(key) or time.time_ns()
     return int(version)
 
 
@@ -108,25 +109,52 @@ def bump_library_version(user_pk: Any) -> None:
     cache = caches[LIBRARY_CACHE]
     key = library_version_key(user_pk)
     try:
+        redis_client = getattr(getattr(cache, "_cache", None), "get_client", None)
+        if redis_client is not None:
+            # One round trip: start the version from the clock if it is not there, then add one.
+            raw = cache.make_and_validate_key(key)
+            with redis_client(raw, write=True).pipeline(transaction=False) as pipe:
+                pipe.set(raw, time.time_ns(), nx=True)
+                pipe.incr(raw)
+                pipe.execute()
+            return
         try:
             cache.incr(key)
         except ValueError:  # not there yet (or evicted): any new value invalidates what was cached
-            cache.add(key, 2, LIBRARY_VERSION_SECONDS) or cache.incr(key)
+            if not cache.add(key, time.time_ns(), None):
+                cache.incr(key)
     except Exception:  # a cache failure must never undo or fail a committed write
         logger.exception("Could not bump the library version of user %s", user_pk)
 
 
-def library_changed(user_pk: Any) -> None:
+def library_changed(user_pk: Any, *, activity: bool = False) -> None:
     """After the commit: bump the user's library version and tell the user's open pages. Sessions
-    without an owner have no sidebar."""
+    without an owner have no sidebar.
+
+    ``activity``: an append (the conversation moves up the sidebar). With a network channel layer its
+    bump is left to this process's sender thread, once per user for a batch of appends, so the hot
+    path pays no cache round trip; every other change bumps in the writer, so that the request's own
+    answer (and the next page) already shows it.
+    """
     if user_pk is None:
         return
-    transaction.on_commit(partial(_library_commit, user_pk))
+    transaction.on_commit(partial(_library_commit, user_pk, activity))
 
 
-def _library_commit(user_pk: Any) -> None:
+def _library_commit(user_pk: Any, activity: bool = False) -> None:
+    layer = get_channel_layer()
+    if activity and layer is not None and not isinstance(layer, InMemoryChannelLayer):
+        _sender().submit(layer, [(user_group(user_pk), {"type": LIBRARY, "user": user_pk, "bump": True})])
+        return
     bump_library_version(user_pk)
     _send([(user_group(user_pk), {"type": LIBRARY})])
+
+
+def _bump_libraries(events: list[tuple[str, dict[str, Any]]]) -> None:
+    """In the sender thread: the versions of the users whose conversations saw activity."""
+    for _, event in events:
+        if event.get("bump"):
+            bump_library_version(event["user"])
 
 
 def _send(events: list[tuple[str, dict[str, Any]]]) -> None:
@@ -205,6 +233,7 @@ class _Sender:
                         events.set()  # a flush marker: everything queued before it was sent
                         continue
                     try:
+                        _bump_libraries(events)
                         await _send_all(layer, events)
                     except Exception:  # a push failure must never undo or fail a committed write
                         logger.exception("Could not push %d session event(s) to the channel layer", len(events))
@@ -224,11 +253,13 @@ class _Sender:
 
 def _coalesce(batch: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     """The batch with each run of MESSAGE events of one session (nothing else of that session between
-    them) replaced by its newest event, at the place of the first; everything else as it was."""
+    them) replaced by its newest event, at the place of the first, and one library notice per user;
+    everything else as it was."""
     if len(batch) < 2:
         return batch
     out: list[tuple[Any, Any]] = []
     last: dict[tuple[int, str], tuple[int, int]] = {}  # (layer, group) -> where its latest event is
+    told: set[tuple[int, str]] = set()  # users already told (and their version bumped) in this batch
     for layer, events in batch:
         if layer is None:
             out.append((layer, events))
@@ -236,6 +267,13 @@ def _coalesce(batch: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
         kept = []
         for item in events:  # (group, event): a session's group is named by its key
             key = (id(layer), item[0])
+            if item[1].get("type") == LIBRARY:
+                # Every change in the batch committed before the batch is sent: one notice (and bump)
+                # per user covers them all.
+                if key not in told:
+                    told.add(key)
+                    kept.append(item)
+                continue
             at = last.get(key)
             if item[1].get("kind") == MESSAGE and at is not None:
                 where, index = at

@@ -112,7 +112,14 @@ def test_library_version_moves_after_commit_only(user, django_capture_on_commit_
     assert events.library_version(user.pk) == before + 1
     with django_capture_on_commit_callbacks(execute=True):
         add("v", "user", "activity moves it up the sidebar")
+    events.flush()  # (with Redis, an append's bump is the sender thread's)
     assert events.library_version(user.pk) == before + 2
+    # An evicted version starts again from the clock: never a version an old sidebar was cached under.
+    from django.core.cache import caches
+
+    caches["library"].delete(events.library_version_key(user.pk))
+    events.bump_library_version(user.pk)
+    assert events.library_version(user.pk) > before + 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def message_append(
     written = pg_append.append(connection, new, session_id, owner, now) if on_postgresql else None
     if written is not None:
         events.emit(new.session_id, events.MESSAGE, seq=new.seq, turn=new.turn_number)
-        events.library_changed(written.owner_id)  # the sidebar's order (and maybe its title) changed
+        events.library_changed(written.owner_id, activity=True)  # the sidebar's order (maybe its title)
         return new
 
     with transaction.atomic():
@@ -95,7 +95,7 @@ def message_append(
         touch(session, now)
         session.save(update_fields=BOOKKEEPING_FIELDS)
         events.emit(session.pk, events.MESSAGE, seq=new.seq, turn=new.turn_number)
-        events.library_changed(session.owner_id)
+        events.library_changed(session.owner_id, activity=True)
     return new
 
 
