@@ -486,8 +486,10 @@ def session_title(request: HttpRequest, session_id: str) -> HttpResponse:
             return _after_write(request, session.id)
         ctx = {"session": session, "title_error": error, "title_value": title if error else session.title}
         return _partial(request, "session-title", ctx, status=UNPROCESSABLE if error else 200)
-    if error:
-        return HttpResponse(error, status=UNPROCESSABLE, content_type="text/plain")
+    if error:  # (the sidebar's field has the limits: only a crafted request gets here) nothing is swapped
+        response = HttpResponse(error, status=UNPROCESSABLE, content_type="text/plain")
+        response["HX-Reswap"] = "none"
+        return response
     return _library_response(request, session)
 
 
