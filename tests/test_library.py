@@ -83,6 +83,8 @@ def test_library_changes_check_their_input(user):
     with pytest.raises(engine.SessionValidationError):
         engine.session_set_library("c", owner=user, title="a\x00b")
     with pytest.raises(engine.SessionValidationError):
+        engine.session_set_library("c", owner=user, title="lone \ud800 surrogate")
+    with pytest.raises(engine.SessionValidationError):
         engine.session_set_library("c", owner=user, title="x" * 201)
     with pytest.raises(engine.SessionValidationError):
         engine.session_set_library("c", owner=user, pinned="yes")

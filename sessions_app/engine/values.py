@@ -368,10 +368,7 @@ def title_from(content: str) -> str:
 def check_title(value: Any) -> str:
     """A title given by a person or a client: a string, made one line and trimmed; at most
     TITLE_MAX_CHARS characters; empty means untitled (the id is shown)."""
-    if not isinstance(value, str):
-        raise SessionValidationError("title must be a string", field="title")
-    if "\x00" in value:
-        raise SessionValidationError("title must not contain NUL characters", field="title")
+    check_text("title", value)  # a string the database can store: no NUL, no lone surrogate
     title = " ".join(value.split())
     if len(title) > TITLE_MAX_CHARS:
         raise SessionValidationError(f"title is at most {TITLE_MAX_CHARS} characters", field="title")

@@ -304,6 +304,26 @@
     if (elt && elt.id === "context-form") send({ type: "budget", budget: budget() });
   });
 
+  // Parts pushed over the websocket are rendered without the request, so their plain (non-htmx) forms
+  // carry no CSRF token (e.g. Continue on an expiry banner that arrived live): add the page's.
+  document.addEventListener("submit", function (e) {
+    var form = e.target;
+    if (!form || (form.getAttribute("method") || "").toLowerCase() !== "post") return;
+    var field = form.querySelector("input[name=csrfmiddlewaretoken]");
+    if (field && field.value) return;
+    try {
+      var token = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"];
+      if (!token) return;
+      if (!field) {
+        field = document.createElement("input");
+        field.type = "hidden";
+        field.name = "csrfmiddlewaretoken";
+        form.appendChild(field);
+      }
+      field.value = token;
+    } catch (err) { /* no token: the server refuses the post, as without JavaScript */ }
+  }, true);
+
   // Composer: Enter sends, Shift+Enter adds a line (and IME composition is left alone).
   document.addEventListener("keydown", function (e) {
     var t = e.target;
