@@ -34,6 +34,7 @@ urlpatterns = [
     path("c/<str:session_id>/title/", views.session_title, name="session-title"),
     path("c/<str:session_id>/pin/", views.session_pin, name="session-pin"),
     path("c/<str:session_id>/archive/", views.session_archive, name="session-archive"),
+    path("import/", views.import_page, name="import"),
     path("settings/api-keys/", views.api_keys, name="api_keys"),
     path("settings/api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
 ]

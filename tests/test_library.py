@@ -465,3 +465,19 @@ def test_without_the_setting_no_title_request(settings):
     settings.CONVO_AUTO_TITLE = "model"
     assert titles.wanted(reply, type("O", (), {"name": "openai"}))
     assert not titles.wanted(reply, type("B", (), {"name": "builtin"}))
+
+
+def test_an_import_shows_in_the_cached_sidebar(client, user, django_capture_on_commit_callbacks):
+    """Imported conversations join the sidebar at once (the import bumps the user's library version)."""
+    import io
+
+    from .transfer_support import fixture
+
+    engine.session_create("here", owner=user)
+    assert titles_in(client.get("/c/here/").content.decode()) == ["here"]  # now cached
+    upload = io.BytesIO(fixture("chatgpt_conversations.json"))
+    upload.name = "conversations.json"
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post("/import/", {"file": upload}).status_code in (200, 201)
+    titles = titles_in(client.get("/c/here/").content.decode())
+    assert len(titles) > 1 and "here" in titles
