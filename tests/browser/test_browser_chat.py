@@ -40,7 +40,7 @@ def test_sign_up_create_send_and_see(page, server, transactional_db, shot):
     page.fill("input[name=password2]", "a-Long-passphrase-9")
     page.get_by_role("button", name="Sign up").click()
     expect(page.get_by_role("button", name="New chat")).to_be_visible()
-    page.get_by_text("Settings", exact=True).click()  # the engine settings, behind "Settings"
+    page.locator("#new-session summary", has_text="Settings").click()  # the engine settings, behind it
     expect(page.get_by_role("button", name="Create")).to_be_visible()
     page.fill("input[name=max_messages]", "0")
     page.get_by_role("button", name="Create").click()
