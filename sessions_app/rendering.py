@@ -372,22 +372,28 @@ def earlier_messages(session: ConversationSession, before: int | None) -> tuple[
 
 
 def history_context(session: ConversationSession, before: int | None = None) -> dict[str, Any]:
-    """A page of the history and where the divider goes: before the first listed message (``low_seq``)
-    when the page has it and older messages left the list; at the end when every message after the
-    pinned one left it. The page's script moves the divider as the list changes (``#list-bounds``)."""
+    """A page of the history (the newest before ``before``) and its divider (``divider``)."""
     messages, has_earlier = earlier_messages(session, before)
-    unlisted = engine.has_unlisted_history(session)
-    at = None
-    if unlisted:
-        if any(m.seq == session.low_seq for m in messages):
-            at = session.low_seq
-        elif session.low_seq > session.last_seq and before is None:
-            at = "end"
     return {
         "messages": messages,
         "has_earlier": has_earlier,
-        "divider": {"unlisted": unlisted, "at": at, "low_seq": session.low_seq, "max": session.max_messages},
+        "divider": divider(session, messages, newest=before is None),
     }
+
+
+def divider(session: ConversationSession, messages: list[Message], *, newest: bool) -> dict[str, Any]:
+    """Where the page's divider goes: before the first listed message (``low_seq``) when the page has it
+    and older messages left the list; at the end of the newest page when every message after the
+    pinned one left it, or of a page that holds only older ones; else hidden (its place is on another
+    page). The page's script moves it as the list changes (``#list-bounds``)."""
+    unlisted = engine.has_unlisted_history(session)
+    at = None
+    if unlisted and messages:
+        if any(m.seq == session.low_seq for m in messages):
+            at = session.low_seq
+        elif (newest and session.low_seq > session.last_seq) or messages[-1].seq < session.low_seq:
+            at = "end"
+    return {"unlisted": unlisted, "at": at, "low_seq": session.low_seq, "max": session.max_messages}
 
 
 def continue_url(session: ConversationSession) -> str | None:

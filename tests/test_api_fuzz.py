@@ -138,6 +138,7 @@ OPERATIONS = [
     ("POST", "/sessions/{id}/reply", "ReplyIn"),
     ("GET", "/sessions/{id}/reply", None),
     ("POST", "/sessions/{id}/reply/stop", None),
+    ("GET", "/search", None),
     ("GET", "/sessions/{id}/export", None),
     ("GET", "/export", None),
     ("POST", "/import", "Import"),
@@ -151,6 +152,7 @@ QUERY = {
     "/sessions/{id}/messages": ["after", "limit", "history"],
     "/sessions/{id}/turns": ["after", "limit"],
     "/sessions/{id}/context": ["max_tokens"],
+    "/search": ["q", "limit", "cursor"],
     "/sessions/{id}/export": ["format"],
 }
 

@@ -27,6 +27,7 @@ tests can pass it explicitly.
 
 from .context import (
     ContextWindow,
+    MessagesAround,
     TurnView,
     context_window,
     current_turn,
@@ -38,6 +39,7 @@ from .context import (
     last_turn,
     listed_messages,
     messages_all,
+    messages_around,
     messages_by_role,
     messages_page,
     messages_recent,
@@ -121,6 +123,7 @@ __all__ = [
     "ChatMessage",
     "ContextWindow",
     "InputTooLarge",
+    "MessagesAround",
     "Owner",
     "PurgeResult",
     "SerializationError",
@@ -160,6 +163,7 @@ __all__ = [
     "message_append",
     "message_append_obj",
     "messages_all",
+    "messages_around",
     "messages_by_role",
     "messages_page",
     "messages_recent",

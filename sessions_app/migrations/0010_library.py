@@ -32,6 +32,6 @@ def fill_titles(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("sessions_app", "0008_shared_fields")]
+    dependencies = [("sessions_app", "0009_search")]
 
     operations = [migrations.RunPython(fill_titles, migrations.RunPython.noop, elidable=True)]

@@ -211,20 +211,26 @@
     var divider = byId("list-divider");
     if (!b || !list || !divider) return;
     var low = parseInt(b.getAttribute("data-low-seq"), 10);
-    var last = parseInt(b.getAttribute("data-last-seq"), 10);
     var unlisted = divider.getAttribute("data-unlisted") === "1" ||
       low > parseInt(divider.getAttribute("data-low-seq"), 10);
-    var first = byId("msg-" + low);
-    if (first) {
-      if (divider.nextElementSibling !== first) list.insertBefore(divider, first);
-      divider.hidden = !unlisted;
-    } else if (low > last) {
-      if (list.lastElementChild !== divider) list.appendChild(divider);
-      divider.hidden = !unlisted;
-    } else {
-      if (list.firstElementChild !== divider) list.insertBefore(divider, list.firstElementChild);
-      divider.hidden = true;
+    // Before the first loaded message of the list (low_seq on; the page may start later, or, opened
+    // at a search result, hold only older ones: then after them).
+    var next = null;
+    var items = list.querySelectorAll("li.msg");
+    for (var i = 0; i < items.length; i++) {
+      if (seqOf(items[i]) >= low) { next = items[i]; break; }
     }
+    if (next) {
+      if (divider.nextElementSibling !== next) list.insertBefore(divider, next);
+    } else {
+      var gap = byId("history-gap");
+      var end = items.length ? items[items.length - 1].nextElementSibling : null;
+      if (gap) end = gap;
+      if (divider.nextElementSibling !== end) list.insertBefore(divider, end);
+    }
+    var prev = divider.previousElementSibling;
+    while (prev && !prev.classList.contains("msg")) prev = prev.previousElementSibling;
+    divider.hidden = !(unlisted && prev);
   }
 
   // The sidebar is the same for every page of the user (it is cached per user): the page marks its
