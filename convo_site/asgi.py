@@ -13,6 +13,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from convo_site.routing import websocket_urlpatterns  # noqa: E402
+from sessions_app import sweeper  # noqa: E402
 from sessions_app.middleware import WebsocketOriginValidator  # noqa: E402
 from sessions_app.request_guard import NulScopeGuard  # noqa: E402
 
@@ -24,3 +25,7 @@ application = ProtocolTypeRouter(
         "websocket": WebsocketOriginValidator(NulScopeGuard(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )
+
+# Every serving process sweeps periodically: dead processes' replies are marked and resumed, expired
+# Idempotency-Keys purged, without waiting for a request (CONVO_REPLY_SWEEP_SECONDS).
+sweeper.start()

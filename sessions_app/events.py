@@ -123,8 +123,10 @@ def bump_library_version(user_pk: Any) -> None:
         except ValueError:  # not there yet (or evicted): any new value invalidates what was cached
             if not cache.add(key, time.time_ns(), None):
                 cache.incr(key)
-    except Exception:  # a cache failure must never undo or fail a committed write
-        logger.exception("Could not bump the library version of user %s", user_pk)
+    except Exception as exc:  # a cache failure must never undo or fail a committed write
+        # The library cache is the channel layer's Redis: one warning per outage (the sidebar is stale
+        # until the next change once it is back).
+        layer_health.failed(exc, "bumping a library version")
 
 
 def library_changed(user_pk: Any, *, activity: bool = False) -> None:
@@ -155,6 +157,75 @@ def _bump_libraries(events: list[tuple[str, dict[str, Any]]]) -> None:
     for _, event in events:
         if event.get("bump"):
             bump_library_version(event["user"])
+
+
+class LayerHealth:
+    """Whether this process reaches the channel layer, as its last attempts found.
+
+    Every part that talks to the layer (the event sender, the sockets, their probe) reports here, so
+    an outage is logged once per process — one warning when it starts, one info when the layer is back
+    — however many events or sockets meet it, instead of a traceback each. The sockets' probe
+    (consumers._LayerWatch) also resyncs its sockets after an outage another part reported here.
+    """
+
+    # A failure this soon after the layer came back (e.g. a pooled connection that died with the old
+    # Redis) is the same outage: noted (the sockets resync again), but not logged again.
+    FLAP_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.down = False
+        self.outages = 0  # outages seen by this process (for tests and the logs)
+        self._back_at: float | None = None
+        self._quiet = False  # the current "down" is such a relapse
+
+    def failed(self, exc: BaseException, where: str) -> None:
+        with self._lock:
+            if self.down:
+                return
+            self.down = True
+            self._quiet = self._back_at is not None and time.monotonic() - self._back_at < self.FLAP_SECONDS
+            if self._quiet:
+                return
+            self.outages += 1
+        logger.warning(
+            "The channel layer is unreachable (%s: %s: %s): live pushes pause, pages are served from the "
+            "database and resync every CONVO_RESYNC_SECONDS until it is back",
+            where, type(exc).__name__, exc,
+        )  # fmt: skip
+
+    def ok(self) -> None:
+        with self._lock:
+            if not self.down:
+                return
+            self.down = False
+            self._back_at = time.monotonic()
+            if self._quiet:
+                return
+        logger.info("The channel layer is reachable again: live pushes resume")
+
+
+layer_health = LayerHealth()
+
+
+class _PubSubReceiveFailures(logging.Filter):
+    """channels_redis's pub/sub receive task logs a traceback every second while Redis is away: each
+    becomes a report to layer_health instead (one warning per outage; the sockets' probe then
+    resyncs them when the layer is back)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Unexpected exception in receive task"):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        layer_health.failed(exc if exc is not None else RuntimeError("receive failed"), "receiving (pub/sub)")
+        return False
+
+
+logging.getLogger("channels_redis.pubsub").addFilter(_PubSubReceiveFailures())
+
+# A send to the layer that takes longer than this counts as failed (a Redis that stopped answering
+# must not hold the sender, nor a handshake, for the operating system's TCP timeout).
+LAYER_TIMEOUT = 3.0
 
 
 def _send(events: list[tuple[str, dict[str, Any]]]) -> None:
@@ -234,9 +305,12 @@ class _Sender:
                         continue
                     try:
                         _bump_libraries(events)
-                        await _send_all(layer, events)
-                    except Exception:  # a push failure must never undo or fail a committed write
-                        logger.exception("Could not push %d session event(s) to the channel layer", len(events))
+                        await asyncio.wait_for(_send_all(layer, events), LAYER_TIMEOUT)
+                    except Exception as exc:  # a push failure must never undo or fail a committed write
+                        # Lost: pages find what it told them by their periodic resync (or on reconnect).
+                        layer_health.failed(exc, "sending session events")
+                    else:
+                        layer_health.ok()
                 await asyncio.sleep(SENDER_LINGER)
 
     def submit(self, layer: Any, events: Any) -> None:

@@ -7,6 +7,7 @@ byte for byte what a reload would show.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import re
@@ -343,16 +344,22 @@ def sidebar_html(user: Any, *, tz: Any = None, now=None, oob: bool = False) -> S
     now = now or timezone.now()
     tz = tz or timezone.get_default_timezone()
     cache = caches[events.LIBRARY_CACHE]
-    version = events.library_version(user.pk)
-    key = f"convo:library:html:{user.pk}:{version}:{tz}:{now.astimezone(tz).date()}"
-    html = cache.get(key)
+    try:
+        version = events.library_version(user.pk)
+        key = f"convo:library:html:{user.pk}:{version}:{tz}:{now.astimezone(tz).date()}"
+        html = cache.get(key)
+    except Exception as exc:  # the cache (Redis) is away: render it, uncached
+        events.layer_health.failed(exc, "reading the sidebar cache")
+        version, key, html = 0, None, None
     if html is None:
         ctx = sidebar_sections(user, tz=tz, now=now)
         html = render_partial("sidebar-sections", {**ctx, "version": version})
         seconds = SIDEBAR_CACHE_SECONDS
         if ctx["soonest_expiry"] is not None:  # an "expired" badge appears then: keep it no longer
             seconds = max(1, min(seconds, int((ctx["soonest_expiry"] - now).total_seconds()) + 1))
-        cache.set(key, html, seconds)
+        if key is not None:
+            with contextlib.suppress(Exception):  # (the read above just worked; a failure here costs nothing)
+                cache.set(key, html, seconds)
     if oob:
         html = html.replace('id="sidebar-sections"', 'id="sidebar-sections" hx-swap-oob="true"', 1)
     return mark_safe(html)  # noqa: S308 - rendered by the template engine (autoescaped)
@@ -515,6 +522,13 @@ def render_messages_oob(messages: list[Message], session: ConversationSession) -
 def render_panels_oob(session: ConversationSession, user: Any, *, budget: int | None = None, now=None) -> str:
     """Fresh header, expiry banner, timeline, state, context and reply actions, each replacing its element
     by id (the sidebar follows the user's library events: consumers.library_changed)."""
+    return "".join(render_panels_oob_parts(session, user, budget=budget, now=now))
+
+
+def render_panels_oob_parts(
+    session: ConversationSession, user: Any, *, budget: int | None = None, now=None
+) -> list[str]:
+    """The panels of render_panels_oob, one fragment each (live pushes split them into frames)."""
     ctx = panels_context(session, budget=budget, now=now)
     ctx.update(oob=True)
     parts = [
@@ -525,7 +539,7 @@ def render_panels_oob(session: ConversationSession, user: Any, *, budget: int | 
         render_partial("context-panel", ctx),
         render_partial("reply-actions", ctx),
     ]
-    return "".join(parts)
+    return parts
 
 
 def render_bounds_oob(session: ConversationSession) -> str:
@@ -533,9 +547,15 @@ def render_bounds_oob(session: ConversationSession) -> str:
     return render_partial("list-bounds", {"bounds": list_bounds(session), "oob": True})
 
 
-def render_messages_pane_oob(session: ConversationSession) -> str:
-    """The whole message list again (after a clear, or when a page is too far behind to catch up)."""
-    return render_partial("messages", {"session": session, **history_context(session), "oob": True})
+def render_messages_pane_oob(
+    session: ConversationSession, messages: list[Message] | None = None, has_earlier: bool = False
+) -> str:
+    """The whole message list again (after a clear, or when a page is too far behind to catch up):
+    its newest page, or the oldest ``messages`` of that page (live pushes send the rest after it)."""
+    if messages is None:
+        return render_partial("messages", {"session": session, **history_context(session), "oob": True})
+    ctx = {"messages": messages, "has_earlier": has_earlier, "divider": divider(session, messages, newest=False)}
+    return render_partial("messages", {"session": session, **ctx, "oob": True})
 
 
 def render_settings_oob(session: ConversationSession) -> str:
@@ -586,15 +606,16 @@ def render_reply_oob(
     return render_partial("reply-stream", {**ctx, "oob": True})
 
 
-def render_reply_state_oob(session: ConversationSession) -> str:
-    """The reply stream as the database has it (see reply_state), after a (re)connect."""
-    return render_partial("reply-stream", {**reply_state(session), "announce": False, "oob": True})
+def render_reply_state_oob(session: ConversationSession, state: dict[str, Any] | None = None) -> str:
+    """The reply stream as the database has it (see reply_state; or ``state``), after a (re)connect."""
+    state = state if state is not None else reply_state(session)
+    return render_partial("reply-stream", {**state, "announce": False, "oob": True})
 
 
-def render_reply_if_any_oob(session: ConversationSession) -> str:
+def render_reply_if_any_oob(session: ConversationSession, state: dict[str, Any] | None = None) -> str:
     """The reply stream and actions when a reply runs or the last one failed; else nothing (a page
     that reconnects with everything else current)."""
-    state = reply_state(session)
+    state = state if state is not None else reply_state(session)
     if not state["reply_state"]:
         return ""
     stream = render_partial("reply-stream", {**state, "announce": False, "oob": True})

@@ -32,6 +32,6 @@ def fill_titles(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("sessions_app", "0009_search")]
+    dependencies = [("sessions_app", "0012_reply_fencing")]  # the integrator re-chains (0011 is elsewhere)
 
     operations = [migrations.RunPython(fill_titles, migrations.RunPython.noop, elidable=True)]
