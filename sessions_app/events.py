@@ -145,11 +145,11 @@ def library_changed(user_pk: Any, *, activity: bool = False) -> None:
 
 def _library_commit(user_pk: Any, activity: bool = False) -> None:
     layer = get_channel_layer()
-    if activity and layer is not None and not isinstance(layer, InMemoryChannelLayer):
-        _sender().submit(layer, [(user_group(user_pk), {"type": LIBRARY, "user": user_pk, "bump": True})])
-        return
-    bump_library_version(user_pk)
-    _send([(user_group(user_pk), {"type": LIBRARY})])
+    deferred = activity and layer is not None and not isinstance(layer, InMemoryChannelLayer)
+    if not deferred:
+        bump_library_version(user_pk)
+    # Deferred: the sender thread bumps the version just before it sends the notice (_bump_libraries).
+    _send([(user_group(user_pk), {"type": LIBRARY, "user": user_pk, **({"bump": True} if deferred else {})})])
 
 
 def _bump_libraries(events: list[tuple[str, dict[str, Any]]]) -> None:
