@@ -121,7 +121,7 @@ SIGNUP_THROTTLED = "Too many sign-up attempts from your address ({limit} an hour
 def home(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return render(request, "sessions_app/welcome.html", {"signup_enabled": settings.CONVO_SIGNUP_ENABLED})
-    ctx = _sidebar(request)
+    ctx = _sidebar(request, entries=engine.session_count_for_user(request.user))
     # A chat page whose conversation was deleted (in another tab) comes here with ?gone=<its id>.
     gone = request.GET.get("gone", "")
     if gone and len(gone) <= settings.CONVO_MAX_NAME_CHARS:
