@@ -16,6 +16,7 @@ The one home for the rules: views, the API, websocket consumers, the admin and m
 - ``state``: string variables and typed JSON data.
 - ``lineage``: branch / edit / continue (a conversation copied into a new one), edit versions, and
   the versions of a regenerated turn's response (which one is shown and sent).
+- ``library``: titles, pin and archive (what a person keeps; nothing the model sees), the sidebar's pages.
 
 Writes run in a transaction holding the session's row lock (SELECT ... FOR UPDATE), or, for an append
 on PostgreSQL, in one conditional statement; that is what keeps sequence and turn numbers gap-free and
@@ -34,6 +35,9 @@ from .context import (
     current_turn,
     get_context,
     get_turn,
+    has_unlisted_history,
+    history_count,
+    in_list,
     last_turn,
     listed_messages,
     messages_all,
@@ -60,6 +64,7 @@ from .errors import (
     StorageError,
     storage_errors,
 )
+from .library import session_set_library, sidebar_page
 from .lineage import (
     CHOICE_KEY,
     LINEAGES,
@@ -109,12 +114,14 @@ from .state import (
 from .values import (
     MAX_INT,
     SESSION_ID_RE,
+    TITLE_MAX_CHARS,
     ChatMessage,
     SessionConfig,
     age,
     check_content,
     check_metadata,
     check_name,
+    check_title,
     estimate_tokens,
     expiry_time,
     is_expired,
@@ -122,6 +129,7 @@ from .values import (
     new_session_id,
     parse_frame,
     parse_json,
+    title_from,
     validate_session_id,
 )
 
@@ -150,11 +158,13 @@ __all__ = [
     "SessionRef",
     "SessionValidationError",
     "StorageError",
+    "TITLE_MAX_CHARS",
     "TurnView",
     "age",
     "check_content",
     "check_metadata",
     "check_name",
+    "check_title",
     "context_window",
     "count_expired",
     "current_turn",
@@ -166,6 +176,9 @@ __all__ = [
     "find_session",
     "get_context",
     "get_turn",
+    "has_unlisted_history",
+    "history_count",
+    "in_list",
     "is_expired",
     "last_turn",
     "lineage_children",
@@ -199,9 +212,11 @@ __all__ = [
     "session_get_or_create",
     "session_list",
     "session_list_for_user",
+    "session_set_library",
     "session_update",
     "sessions_deleted",
     "sessions_page_for_user",
+    "sidebar_page",
     "state_clear",
     "state_get",
     "state_get_data",
@@ -211,6 +226,7 @@ __all__ = [
     "state_set",
     "state_set_data",
     "storage_errors",
+    "title_from",
     "total_tokens",
     "turn_metadata",
     "turn_set_metadata",
