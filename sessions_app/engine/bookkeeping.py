@@ -33,8 +33,10 @@ def append_bookkeeping(session: ConversationSession, new: Message) -> None:
         new.turn_number = None
     session.last_seq = new.seq
     session.total_tokens += new.tokens
-    if new.role == Role.USER and not session.title:
-        session.title = title_from(new.content)  # the library's title: the first user message's
+    # The library's title: the first user message's (a replayed copy's rows carry no text: the copy
+    # takes its parent's title instead).
+    if new.role == Role.USER and not session.title and getattr(new, "content", None) is not None:
+        session.title = title_from(new.content)
     if was_empty and new.role == Role.SYSTEM:
         # The first message of the list is a system message: it is pinned from now on.
         session.head_seq, session.low_seq = new.seq, new.seq + 1
