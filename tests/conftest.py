@@ -10,6 +10,12 @@ from .fake_openai import FakeOpenAI
 from .replies_support import API_KEY, drain_replies
 
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+# Tests render pages with debug off and without collectstatic: plain static names here (the manifest
+# storage's hashed names need collectstatic, which tests/faults runs for its servers).
+settings.STORAGES = {
+    **settings.STORAGES,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 ON_REDIS = bool(os.environ.get("REDIS_URL"))
 
 
