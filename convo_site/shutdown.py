@@ -46,6 +46,9 @@ logger = logging.getLogger("sessions_app.shutdown")
 CLOSE_SERVICE_RESTART = 1012  # RFC 6455 (IANA registry): the server is restarting; reconnect
 # Seconds after the grace period before the watchdog ends a process that still has not exited.
 WATCHDOG_MARGIN = 2.0
+# Once the listener is closed, the process stops after this long without a new request arriving on a
+# connection it had already accepted.
+QUIET_SECONDS = 0.3
 
 
 class Drain:
@@ -55,6 +58,7 @@ class Drain:
         self.shutting_down = False
         self.started_at: float | None = None
         self.http_in_flight = 0
+        self.last_request_at = 0.0
         self._idle: asyncio.Event | None = None
         self._sockets: dict[int, Any] = {}  # id -> the socket's send (to close it)
         self._closed: set[int] = set()
@@ -78,6 +82,7 @@ class Drain:
         return application
 
     async def _http(self, app, scope, receive, send) -> None:
+        self.last_request_at = time.monotonic()
         if self.shutting_down:
             await _refuse_http(scope, send)
             return
@@ -127,15 +132,22 @@ class Drain:
                 continue
             self._closed.add(key)
             try:
-                await send({"type": "websocket.close", "code": CLOSE_SERVICE_RESTART})
+                protocol = _daphne_protocol(send)
+                if protocol is not None and protocol.state == protocol.STATE_OPEN:
+                    # daphne (autobahn) lets an application close only with 1000 or 3000-4999;
+                    # its protocol sends 1012 itself (as it sends 1011 for a crash).
+                    protocol.sendCloseFrame(code=CLOSE_SERVICE_RESTART, isReply=False)
+                else:
+                    await send({"type": "websocket.close", "code": CLOSE_SERVICE_RESTART})
                 count += 1
-            except Exception:  # the socket went meanwhile
-                pass
+            except Exception as exc:  # the socket went meanwhile
+                logger.info("Could not close a websocket: %r", exc)
         return count
 
-    async def shutdown(self, *, stop) -> None:
+    async def shutdown(self, *, stop, stop_listening=None) -> None:
         """Refuse new work, close sockets, hand replies over, wait for in-flight requests (up to the
-        grace period), then call ``stop`` (the server's own shutdown)."""
+        grace period), stop listening, answer what is still arriving on open connections, then call
+        ``stop`` (the server's own shutdown)."""
         grace = max(0.0, float(settings.CONVO_SHUTDOWN_GRACE_SECONDS))
         self.shutting_down = True
         self.started_at = time.monotonic()
@@ -159,9 +171,26 @@ class Drain:
             logger.warning(
                 "Grace period over with %d request(s) still in flight: they are cancelled", self.http_in_flight
             )
+        if stop_listening is not None:
+            # New connections are refused from now on (a client or balancer retries elsewhere); the
+            # requests already on their way over open connections are still answered (503).
+            stop_listening()
+            quiet_until = deadline + QUIET_SECONDS
+            while time.monotonic() < quiet_until and (
+                self.http_in_flight or time.monotonic() - self.last_request_at < QUIET_SECONDS
+            ):
+                await asyncio.sleep(0.05)
         logger.info("Drained in %.2f s", time.monotonic() - self.started_at)
         if stop is not None:
             stop()
+
+
+def _daphne_protocol(send: Any) -> Any | None:
+    """The daphne WebSocketProtocol behind an ASGI ``send`` (daphne passes
+    ``partial(server.handle_reply, protocol)``), or None under another server."""
+    args = getattr(send, "args", ())
+    protocol = args[0] if args else None
+    return protocol if hasattr(protocol, "sendCloseFrame") and hasattr(protocol, "STATE_OPEN") else None
 
 
 def _hand_replies_over(grace: float) -> None:
@@ -243,7 +272,14 @@ def _begin(reactor, signum: int) -> None:
         if reactor.running:
             reactor.stop()
 
-    drain.task = asyncio.ensure_future(drain.shutdown(stop=stop))
+    def stop_listening() -> None:
+        from twisted.internet import tcp
+
+        for reader in list(reactor.getReaders()):
+            if isinstance(reader, tcp.Port):
+                reader.stopListening()
+
+    drain.task = asyncio.ensure_future(drain.shutdown(stop=stop, stop_listening=stop_listening))
 
 
 def _start_watchdog(seconds: float) -> None:
