@@ -349,7 +349,7 @@ CONVO_MAX_CONCURRENT_REPLIES = env_int("CONVO_MAX_CONCURRENT_REPLIES", 3)
 
 
 # Shutdown (SIGTERM, convo_site/shutdown.py): seconds a serving process keeps the requests and replies
-# in flight going while it refuses new ones (503) before it stops; it exits at most 2 s later.
+# in flight going while it refuses new ones (503) before it stops; it exits at most 3.5 s later.
 CONVO_SHUTDOWN_GRACE_SECONDS = env_float("CONVO_SHUTDOWN_GRACE_SECONDS", 5.0)
 
 

@@ -17,8 +17,12 @@ serves:
 2. the replies this process runs are handed over (``sessions_app.replies.workers.shutdown``: finished
    when short, else released for another process to resume);
 3. in-flight requests finish (their responses are sent), up to the grace period;
-4. then daphne's own shutdown runs (the reactor stops), and a watchdog ends the process if anything
-   still holds it a few seconds later. A second signal stops at once.
+4. the listener closes, what still arrives on open connections is answered (503), then daphne's own
+   shutdown runs (the reactor stops); a watchdog ends the process if anything still holds it
+   WATCHDOG_MARGIN (3.5) seconds after the grace period. A second signal stops at once.
+
+So with the default grace of 5 s a process is gone within 8.5 s of SIGTERM (a stopping deadline of 10
+s, Kubernetes' default is 30, leaves room); keep CONVO_SHUTDOWN_GRACE_SECONDS at most 6 for 10 s.
 
 Under a server that speaks the lifespan protocol (uvicorn, hypercorn), ``lifespan.shutdown`` runs
 steps 2 and 3 (the server itself refuses new connections and closes websockets).
@@ -44,11 +48,14 @@ from django.conf import settings
 logger = logging.getLogger("sessions_app.shutdown")
 
 CLOSE_SERVICE_RESTART = 1012  # RFC 6455 (IANA registry): the server is restarting; reconnect
-# Seconds after the grace period before the watchdog ends a process that still has not exited.
-WATCHDOG_MARGIN = 2.0
+# Handing the replies over may take this long after the grace period (the replies engine's shutdown
+# waits for its threads to stop writing).
+HANDOVER_SECONDS = 2.5
 # Once the listener is closed, the process stops after this long without a new request arriving on a
-# connection it had already accepted.
+# connection it had already accepted (at most twice this).
 QUIET_SECONDS = 0.3
+# Seconds after the grace period before the watchdog ends a process that still has not exited.
+WATCHDOG_MARGIN = HANDOVER_SECONDS + 2 * QUIET_SECONDS + 0.4
 
 
 class Drain:
@@ -159,23 +166,27 @@ class Drain:
             sockets,
             grace,
         )
-        handover = asyncio.ensure_future(asyncio.to_thread(_hand_replies_over, grace))
+        handover = _in_daemon_thread(_hand_replies_over, grace)
         self._idle = asyncio.Event()
         if self.http_in_flight == 0:
             self._idle.set()
         try:
-            await asyncio.wait_for(
-                asyncio.gather(self._idle.wait(), asyncio.shield(handover)), max(0.0, deadline - time.monotonic())
-            )
+            await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             logger.warning(
                 "Grace period over with %d request(s) still in flight: they are cancelled", self.http_in_flight
             )
+        try:
+            # Replies that did not finish within the grace period are handed over (their rows marked
+            # for another process to resume), which takes a moment more.
+            await asyncio.wait_for(asyncio.shield(handover), max(0.0, deadline + HANDOVER_SECONDS - time.monotonic()))
+        except TimeoutError:
+            logger.warning("The replies were not all handed over in time")
         if stop_listening is not None:
             # New connections are refused from now on (a client or balancer retries elsewhere); the
             # requests already on their way over open connections are still answered (503).
             stop_listening()
-            quiet_until = deadline + QUIET_SECONDS
+            quiet_until = time.monotonic() + 2 * QUIET_SECONDS
             while time.monotonic() < quiet_until and (
                 self.http_in_flight or time.monotonic() - self.last_request_at < QUIET_SECONDS
             ):
@@ -191,6 +202,25 @@ def _daphne_protocol(send: Any) -> Any | None:
     args = getattr(send, "args", ())
     protocol = args[0] if args else None
     return protocol if hasattr(protocol, "sendCloseFrame") and hasattr(protocol, "STATE_OPEN") else None
+
+
+def _in_daemon_thread(func, *args: Any) -> asyncio.Future:
+    """Run ``func`` in a daemon thread (one that never holds the process's exit up); its future."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    def run() -> None:
+        try:
+            func(*args)
+        finally:
+            loop.call_soon_threadsafe(settle)
+
+    threading.Thread(target=run, name="convo-shutdown-handover", daemon=True).start()
+    return future
 
 
 def _hand_replies_over(grace: float) -> None:

@@ -160,11 +160,13 @@ class Page:
         return code
 
     async def _check_in(self, ws: Any) -> None:
-        """The page's periodic check-in: its last_seq every CONVO_RESYNC_SECONDS."""
+        """The page's periodic check-in every CONVO_RESYNC_SECONDS: its last_seq and the reply it shows
+        running (the panels' version is not tracked here)."""
         with contextlib.suppress(Exception):
             while self.resync:
                 await asyncio.sleep(FAULT_RESYNC_SECONDS)
-                await ws.send(json.dumps({"type": "resync", "last_seq": self.last_seq}))
+                shown = str(self.stream[1]) if self.stream[0] == "streaming" else None
+                await ws.send(json.dumps({"type": "sync", "last_seq": self.last_seq, "version": None, "reply": shown}))
 
     # -- what the page's script does with a frame ------------------------------------------------
 
