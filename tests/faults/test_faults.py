@@ -39,6 +39,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 MARK_WITHIN = 2 * FAULT_STALE_SECONDS + 2.0
 REPLY_SECONDS = 45 * WORD_DELAY  # the built-in responder's answer streams for about this long
 CATCH_UP_WITHIN = FAULT_RESYNC_SECONDS + 3.0  # a page has caught up within one check-in (plus slack)
+RESUME_WITHIN = MARK_WITHIN + REPLY_SECONDS + 6.0  # marked, resumed, and streamed once more
+BACKLOG_SECONDS = 1.0  # a thawed process sends what it had queued before it froze within this
 
 
 @pytest.fixture
@@ -101,6 +103,17 @@ async def reply_settled(api: Api, session_id: str, timeout: float) -> dict | Non
     return None
 
 
+async def answered(api: Api, session_id: str, timeout: float) -> dict | None:
+    """The session's latest reply once it is done (None: not within ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = await api.reply(session_id)
+        if reply is not None and reply["status"] == "done":
+            return reply
+        await asyncio.sleep(0.1)
+    return None
+
+
 async def first_change(api: Api, session_id: str, reply_id: int, timeout: float) -> float | None:
     """Seconds until reply ``reply_id`` stops being the session's running reply (marked or resumed)."""
     started = time.monotonic()
@@ -118,8 +131,14 @@ def assistant_answers(stored: list[dict], after_seq: int) -> list[dict]:
 
 
 def no_zombie(page: Page, reply_id: int, since: float) -> None:
+    """The ended reply ``reply_id`` streams nothing to the page after ``since``, never after a newer
+    reply's stream began there, and the page does not end up showing it running."""
     ghosts = [entry for entry in page.stream_log if entry[0] >= since and entry[2] == reply_id]
     assert not ghosts, f"{page.name}: reply {reply_id} kept streaming after it was ended: {ghosts[:3]}"
+    newer = [i for i, entry in enumerate(page.stream_log) if entry[2] is not None and entry[2] > reply_id]
+    if newer:
+        interleaved = [entry for entry in page.stream_log[newer[0] :] if entry[2] == reply_id]
+        assert not interleaved, f"{page.name}: reply {reply_id} streamed between its successor's frames"
     assert page.stream[0] != "streaming", f"{page.name}: still shows a running reply ({page.stream[1]})"
 
 
@@ -220,23 +239,23 @@ async def test_kill_9_mid_stream(up, api, actor, pages, record):
     killed = time.monotonic()
     await asyncio.to_thread(a.proc.wait, 5)
     await writers
+    _, took = await converged(scene.write_pages, api, scene.write_session, CATCH_UP_WITHIN)
+    record("kill -9", "pages caught up after the last write (s)", took)
 
     marked = await first_change(api, scene.reply_session, reply_id, MARK_WITHIN)
     assert marked is not None, f"the dead reply {reply_id} was still running {MARK_WITHIN} s after the kill"
     record("kill -9", "dead reply marked or resumed (s after kill)", time.monotonic() - killed)
-    settled = await reply_settled(api, scene.reply_session, REPLY_SECONDS + MARK_WITHIN + 5)
-    assert settled is not None
+    # Resumed by the live process (CONVO_REPLY_AUTO_RETRY): the person gets the answer without acting.
+    done = await answered(api, scene.reply_session, RESUME_WITHIN)
+    assert done is not None and done["id"] != reply_id, f"the dead reply was not resumed: {done}"
+    record("kill -9", "reply resumed and finished (s after kill)", time.monotonic() - killed)
     stored_r, _ = await scene.settle(CATCH_UP_WITHIN)
-    record("kill -9", "pages caught up (s after kill)", time.monotonic() - killed)
+    assert len(assistant_answers(stored_r, scene.ask.seq)) == 1
     for page in scene.pages_on(a):
         reopened = [t for t, name in page.opens if t > killed]
         assert reopened, f"{page.name}: did not reconnect"
         record("kill -9", "page reconnected to the other server (s)", reopened[0] - killed)
     scene.no_zombie(killed + MARK_WITHIN)
-    if settled["id"] != reply_id:  # resumed by the other process
-        assert settled["status"] == "done"
-        assert len(assistant_answers(stored_r, scene.ask.seq)) == 1
-        record("kill -9", "reply resumed and finished (s after kill)", time.monotonic() - killed)
 
 
 async def test_sigterm_with_requests_and_a_reply_in_flight(up, api, actor, pages, record):
@@ -253,9 +272,9 @@ async def test_sigterm_with_requests_and_a_reply_in_flight(up, api, actor, pages
     assert exit_seconds < SHUTDOWN_LIMIT
     assert a.proc.returncode == 0, f"exit status {a.proc.returncode} (the watchdog had to end it)"
     assert dropped(scene.writes) == [], "requests in flight lost their response"
-    answered = [x.status for w in scene.writes for x in w.attempts if x.server == "a" and x.status is not None]
+    statuses = [x.status for w in scene.writes for x in w.attempts if x.server == "a" and x.status is not None]
     record(
-        "SIGTERM", "appends answered by the stopping server (201/503)", f"{answered.count(201)}/{answered.count(503)}"
+        "SIGTERM", "appends answered by the stopping server (201/503)", f"{statuses.count(201)}/{statuses.count(503)}"
     )
     for page in scene.pages_on(a):
         codes = [code for t, code, server in page.closes if server == "a"]
@@ -263,12 +282,13 @@ async def test_sigterm_with_requests_and_a_reply_in_flight(up, api, actor, pages
         assert await page.wait_for(lambda p=page: any(n == "b" and t > term_at for t, n in p.opens), 3) is not None
         back = min(t for t, n in page.opens if n == "b" and t > term_at)
         record("SIGTERM", f"{page.name} reconnected (s after SIGTERM)", back - term_at)
-    settled = await reply_settled(api, scene.reply_session, REPLY_SECONDS + MARK_WITHIN + 5)
-    assert settled is not None, "the reply of the stopped server is still running"
-    record("SIGTERM", "reply finished or handed over (s after SIGTERM)", time.monotonic() - term_at)
+    # Finished within the grace period, or handed over and resumed by the other process.
+    done = await answered(api, scene.reply_session, RESUME_WITHIN)
+    assert done is not None, "the reply of the stopped server was neither finished nor resumed"
+    record("SIGTERM", "reply answered (s after SIGTERM)", time.monotonic() - term_at)
     stored_r, _ = await scene.settle(CATCH_UP_WITHIN)
     scene.no_zombie(time.monotonic())
-    assert len(assistant_answers(stored_r, scene.ask.seq)) <= 1
+    assert len(assistant_answers(stored_r, scene.ask.seq)) == 1
 
 
 async def test_redis_outage_mid_stream(up, api, actor, pages, record):
@@ -401,18 +421,17 @@ async def test_sigstop_of_the_process_running_a_reply(up, api, actor, pages, rec
     finally:
         a.thaw()
     thawed_at = time.monotonic()
-    settled = await reply_settled(api, scene.reply_session, REPLY_SECONDS + MARK_WITHIN + 5)
-    assert settled is not None
+    done = await answered(api, scene.reply_session, RESUME_WITHIN)
+    assert done is not None and done["id"] != reply_id, f"the frozen reply was not resumed elsewhere: {done}"
+    record("SIGSTOP", "reply resumed elsewhere and finished (s after SIGSTOP)", time.monotonic() - stopped_at)
     await asyncio.sleep(1.5)  # the thawed process's reply thread gets its chance to write (it must not)
     stored_r, _ = await scene.settle(CATCH_UP_WITHIN)
     answers = assistant_answers(stored_r, scene.ask.seq)
-    assert len(answers) <= 1, f"two answers to one turn: {[m['seq'] for m in answers]}"
+    assert len(answers) == 1, f"answers to the turn: {[m['seq'] for m in answers]}"
     latest = await api.reply(scene.reply_session)
-    assert latest["id"] != reply_id or latest["status"] != "running"
-    if latest["id"] != reply_id:
-        assert latest["status"] == "done" and len(answers) == 1
-        record("SIGSTOP", "reply resumed elsewhere and finished (s after SIGSTOP)", time.monotonic() - stopped_at)
-    scene.no_zombie(thawed_at)
+    assert latest["id"] == done["id"] and latest["status"] == "done"
+    # What the frozen process had queued before SIGSTOP goes out as it thaws; after that, nothing.
+    scene.no_zombie(thawed_at + BACKLOG_SECONDS)
 
 
 async def test_a_1_7_mb_catch_up(up, api, actor, pages, record):
@@ -499,7 +518,9 @@ async def test_two_deployments_on_one_redis(up, api, actor, pages, record):
             f"the other deployment's page heard {len(theirs.frames) - heard_before} frames of this one's events"
         )
         assert channels, "nothing was published"
-        assert all(c.startswith("faults-a") for c in channels), sorted({c[:24] for c in channels})
+        assert all(c.startswith(("faults-a", "faults-other")) for c in channels), sorted({c[:24] for c in channels})
+        groups = {c for c in channels if "convo.session." in c}
+        assert groups and all(c.startswith("faults-a") for c in groups), groups
         record("two deployments", "channels published by the first (all with its prefix)", len(channels))
     finally:
         pubsub.close()
