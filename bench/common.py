@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -128,3 +129,22 @@ def median_ms(func: Callable[[], object], *, calls: int, warmup: int = 5) -> flo
 def log(message: str) -> None:
     """Progress for the person running the bench (stderr, so stdout stays JSON lines)."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def run_command(*args: str) -> tuple[float, float, str]:
+    """Run ``manage.py args`` as a child; return (wall seconds, peak RSS in MB, output)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "manage.py"), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
+    out = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: manage.py {' '.join(args)} failed ({proc.returncode}):\n{out}")
+    return seconds, usage.ru_maxrss / 1024, out.strip()

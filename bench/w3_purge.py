@@ -15,12 +15,9 @@ their peak RSS comes from ``os.wait4``. Rows/s = rows the command deleted / its 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import time
 
-from common import REPO, emit, emit_pair, log, message_text, setup_django
+from common import emit, emit_pair, log, message_text, run_command, setup_django
 
 WORDS = message_text(0).split(": ", 1)[1]
 
@@ -110,25 +107,6 @@ def counts(cur) -> dict[str, int]:
         cur.execute(sql)
         result[name] = cur.fetchone()[0]
     return result
-
-
-def run_command(*args: str) -> tuple[float, float, str]:
-    """Run ``manage.py args`` as a child; return (wall seconds, peak RSS in MB, output)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "manage.py"), *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=os.environ.copy(),
-    )
-    out = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: manage.py {' '.join(args)} failed ({proc.returncode}):\n{out}")
-    return seconds, usage.ru_maxrss / 1024, out.strip()
 
 
 def main() -> None:

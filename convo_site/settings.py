@@ -330,6 +330,9 @@ CONVO_WS_MAX_FRAME_BYTES = env_int("CONVO_WS_MAX_FRAME_BYTES", 64 * 1024)
 # Idempotency-Key is remembered.
 CONVO_API_MAX_BODY_BYTES = env_int("CONVO_API_MAX_BODY_BYTES", 1024 * 1024)
 CONVO_API_IDEMPOTENCY_TTL_SECONDS = env_int("CONVO_API_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
+# Import (issue 11): the largest file the upload page and POST /api/v1/import accept, in bytes (413 or a
+# form error beyond; manage.py import_sessions has no limit). The file is read whole, so this bounds memory.
+CONVO_IMPORT_MAX_BYTES = env_int("CONVO_IMPORT_MAX_BYTES", 50 * 1024 * 1024)
 
 # Convo: what one user can make the server do (issue 9). Counters (sign-up, API) live in Redis when
 # REDIS_URL is set, shared by every process; else in this process's cache (sessions_app.throttle).

@@ -221,3 +221,22 @@ class KeyForm(LimitedForm):
 
 class BudgetForm(forms.Form):
     budget = forms.IntegerField(min_value=1, max_value=engine.MAX_INT, required=False, label="Budget (tokens)")
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(
+        label="File",
+        help_text="A Convo export (.json, .jsonl or the .zip of “Export all”), ChatGPT’s conversations.json, "
+        "or an Open WebUI chat export (.json).",
+        error_messages={"required": "Choose a file to import."},
+        widget=forms.ClearableFileInput(attrs={"accept": ".json,.jsonl,.zip,application/json,application/zip"}),
+    )
+
+    @classmethod
+    def refused(cls, message: str) -> ImportForm:
+        """A form showing ``message`` on the file, for an upload refused before it was read."""
+        form = cls(data={}, files={})
+        form.full_clean()
+        form.errors.clear()
+        form.add_error("file", message)
+        return form

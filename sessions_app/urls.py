@@ -30,6 +30,7 @@ urlpatterns = [
     path("c/<str:session_id>/clear/", views.session_clear, name="session-clear"),
     path("c/<str:session_id>/delete/", views.session_delete, name="session-delete"),
     path("c/<str:session_id>/fresh/", views.session_fresh, name="session-fresh"),
+    path("import/", views.import_page, name="import"),
     path("settings/api-keys/", views.api_keys, name="api_keys"),
     path("settings/api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
 ]

@@ -19,11 +19,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import engine, keys, rendering, replies, throttle
+from . import engine, keys, rendering, replies, throttle, transfer
 from .forms import (
     BudgetForm,
     DataForm,
     EditSessionForm,
+    ImportForm,
     KeyForm,
     MessageForm,
     NewSessionForm,
@@ -494,3 +495,52 @@ def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     key = get_object_or_404(ApiKey, pk=key_id, user=request.user)
     keys.revoke_api_key(key)
     return redirect("api_keys")
+
+
+# ---------------------------------------------------------------------------------------------
+# Import and export (sessions_app.transfer). Exports are the API's GET endpoints, which a signed-in
+# browser may call: the page links to them.
+
+REQUEST_TOO_LARGE = 413
+MULTIPART_SLACK = 64 * 1024  # a form's own bytes around the file
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def import_page(request: HttpRequest) -> HttpResponse:
+    """GET: the upload form and the export links. POST: import the file; the new conversations are
+    listed, or the form says what is wrong (the file named by conversation and field) and nothing is stored."""
+    context: dict[str, Any] = {"max_bytes": settings.CONVO_IMPORT_MAX_BYTES}
+    status = 200
+    if request.method == "POST":
+        form, status, result = _import_upload(request)
+        context["result"] = result
+    else:
+        form = ImportForm()
+    context["form"] = form
+    return render(request, "sessions_app/import.html", context, status=status)
+
+
+def _import_upload(request: HttpRequest) -> tuple[ImportForm, int, transfer.ImportResult | None]:
+    try:
+        # Refused before the upload is read when its declared size is already too large.
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        transfer.check_size(max(0, declared - MULTIPART_SLACK))
+        form = ImportForm(request.POST, request.FILES)
+    except transfer.ImportTooLarge as exc:
+        return ImportForm.refused(str(exc)), REQUEST_TOO_LARGE, None
+    except ValueError:
+        form = ImportForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return form, UNPROCESSABLE, None
+    upload = form.cleaned_data["file"]
+    try:
+        transfer.check_size(upload.size)
+        result = transfer.import_bytes(upload.read(), owner=request.user)
+    except transfer.ImportTooLarge as exc:
+        form.add_error("file", str(exc))
+        return form, REQUEST_TOO_LARGE, None
+    except engine.SessionError as exc:  # ImportInvalid (the file), or the database's StorageError
+        form.add_error("file", f"Nothing was imported. {exc}")
+        return form, UNPROCESSABLE, None
+    return ImportForm(), 201, result

@@ -30,6 +30,7 @@ from ninja import NinjaAPI, Swagger
 from ninja.operation import Operation
 from ninja.parser import Parser
 
+from .. import transfer
 from .auth import BearerKeyAuth, BrowserSessionAuth
 from .endpoints import router
 from .errors import BODY_METHODS, ERRORS, MethodNotAllowed, NotFound, error_response, install_handlers, too_big
@@ -55,7 +56,7 @@ class ConvoAPI(NinjaAPI):
         urls = super()._get_urls()
         for pattern in urls:
             if isinstance(pattern, URLPattern):
-                pattern.callback = _guard(pattern.callback)
+                pattern.callback = _guard(pattern.callback, str(pattern.pattern) in OWN_BODIES)
         return urls
 
     def get_openapi_operation_id(self, operation: Operation) -> str:
@@ -63,10 +64,22 @@ class ConvoAPI(NinjaAPI):
         return "sessions_app_api_" + operation.view_func.__name__
 
 
-def _guard(view):
+# Paths whose view reads its (large) body itself, under CONVO_IMPORT_MAX_BYTES: the guard only refuses a
+# declared length over that (the view counts what it reads).
+OWN_BODIES = {"import"}
+
+
+def _guard(view, own_body: bool = False):
     @functools.wraps(view)  # keeps csrf_exempt: CSRF is checked by BrowserSessionAuth
     def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if request.method in BODY_METHODS:
+        if request.method in BODY_METHODS and own_body:
+            try:
+                transfer.check_size(int(request.META.get("CONTENT_LENGTH") or 0))
+            except ValueError:
+                pass
+            except transfer.ImportTooLarge as exc:
+                return error_response(exc)
+        elif request.method in BODY_METHODS:
             limit = settings.CONVO_API_MAX_BODY_BYTES
             try:
                 declared = int(request.META.get("CONTENT_LENGTH") or 0)

@@ -7,14 +7,15 @@ schema in ``schemas``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import Header, Query, Router, Status
 
-from .. import engine, replies
+from .. import engine, replies, transfer
 from . import idempotency
 from .errors import NotFound, documented_statuses, request_errors
 from .idempotency import IdempotencyKeyInvalid, IdempotencyKeyReused
@@ -25,6 +26,7 @@ from .schemas import (
     DataIn,
     DataOut,
     ErrorOut,
+    ImportOut,
     MessageAppendOut,
     MessageIn,
     MessagePageOut,
@@ -475,3 +477,125 @@ def delete_data(request: HttpRequest, id: str, key: str):
         if not engine.state_remove_data(id, key, owner=_user(request)):
             raise NotFound(f"No data entry {key!r}.")
     return Status(204, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Export and import (sessions_app.transfer; the format: docs/export-format.md)
+
+
+# The exports' documented bodies (the full schema of convo.export/1 is docs/convo-export-1.schema.json).
+EXPORT_DOCUMENT = {
+    "type": "object",
+    "description": "A convo.export/1 document (docs/export-format.md).",
+    "required": ["format", "id", "messages", "turns"],
+    "properties": {"format": {"const": transfer.FORMAT}},
+}
+
+
+@endpoint(
+    "GET",
+    "/sessions/{id}/export",
+    {200: None},
+    raises=LOOKUP,
+    tags=["export"],
+    openapi_extra={
+        "responses": {
+            200: {
+                "description": "The conversation, as an attachment.",
+                "content": {
+                    "application/json": {"schema": EXPORT_DOCUMENT},
+                    "text/markdown": {"schema": {"type": "string"}},
+                },
+            }
+        }
+    },
+)
+def export_session(
+    request: HttpRequest,
+    id: str,
+    format: Literal["json", "markdown"] = Query("json", description="json (convo.export/1) or markdown."),
+):
+    """The whole conversation (every stored message, its turns, state, config and lineage) as a
+    ``convo.export/1`` JSON document or as Markdown, streamed as an attachment."""
+    session = _session(request, id)
+    name = transfer.filename_part(session.sid)
+    if format == "markdown":
+        pieces, content_type, filename = transfer.iter_markdown(session), "text/markdown; charset=utf-8", f"{name}.md"
+    else:
+        pieces, content_type, filename = transfer.iter_json(session), "application/json", f"{name}.json"
+    return transfer.streaming_response(request, pieces, content_type=content_type, filename=filename)
+
+
+@endpoint(
+    "GET",
+    "/export",
+    {200: None},
+    tags=["export"],
+    openapi_extra={
+        "responses": {
+            200: {
+                "description": "A zip with one convo.export/1 JSON file per conversation.",
+                "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        }
+    },
+)
+def export_all(request: HttpRequest):
+    """All of the caller's conversations as a zip of ``convo.export/1`` JSON files, streamed."""
+    user = _user(request)
+    filename = f"convo-export-{transfer.filename_part(user.get_username())}-{_now():%Y%m%d-%H%M%S}.zip"
+    return transfer.streaming_response(
+        request, transfer.iter_zip(transfer.user_sessions(user)), content_type="application/zip", filename=filename
+    )
+
+
+@endpoint(
+    "POST",
+    "/import",
+    {201: ImportOut},
+    raises=(transfer.ImportInvalid, transfer.ImportTooLarge),
+    tags=["export"],
+    openapi_extra={
+        "requestBody": {
+            "description": "The file: a Convo export (JSON, JSON Lines or the zip of GET /export), ChatGPT's "
+            "conversations.json or an Open WebUI chat export; as the body itself, or as the multipart field 'file'.",
+            "content": {
+                "application/json": {"schema": {}},
+                "application/zip": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+                },
+            },
+        }
+    },
+)
+def import_sessions(request: HttpRequest):
+    """Import conversations as new ones of the caller's (an id already taken gets a new one). The file
+    is checked whole first: a bad one imports nothing and the error names the conversation and field."""
+    result = transfer.import_bytes(_upload(request), owner=_user(request))
+    items = [
+        {
+            "id": c.id,
+            "requested_id": c.requested_id if c.renamed else None,
+            "title": c.session.title,
+            "messages": c.messages,
+        }
+        for c in result.imported
+    ]
+    return Status(201, {"format": result.format_name, "items": items, "count": len(items)})
+
+
+def _upload(request: HttpRequest) -> bytes:
+    """The uploaded file: the multipart field ``file``, or the body itself (read up to the limit)."""
+    limit = settings.CONVO_IMPORT_MAX_BYTES
+    if request.content_type == "multipart/form-data":
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise transfer.ImportInvalid("Send the file as the multipart field 'file' (or as the request body).")
+        transfer.check_size(upload.size)
+        return upload.read()
+    raw = request.read(limit + 1)
+    transfer.check_size(len(raw))
+    if not raw:
+        raise transfer.ImportInvalid("The request body is empty: send the file as the body.")
+    return raw

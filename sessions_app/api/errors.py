@@ -22,7 +22,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from pydantic import BaseModel
 
-from .. import engine, replies
+from .. import engine, replies, transfer
 from .idempotency import IdempotencyKeyInvalid, IdempotencyKeyReused
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     engine.SessionExpired: (410, "session_expired"),
     BodyTooLarge: (413, "body_too_large"),
     engine.InputTooLarge: (413, "content_too_large"),
+    transfer.ImportTooLarge: (413, "import_too_large"),
+    transfer.ImportInvalid: (422, "import_invalid"),
     InvalidInput: (422, "validation_error"),
     RateLimited: (429, "rate_limited"),
     engine.SessionValidationError: (422, "validation_error"),

@@ -118,6 +118,19 @@ class SessionPageOut(Schema):
     next_offset: int | None = Field(description="The offset of the next page; null on the last page.")
 
 
+class ImportedOut(Schema):
+    id: str = Field(description="The new conversation's id.")
+    requested_id: str | None = Field(description="The id the file gave it, when that one was taken (or unusable).")
+    title: str
+    messages: int = Field(description="Messages imported.")
+
+
+class ImportOut(Schema):
+    format: str = Field(description="What the file was read as: Convo export, ChatGPT export or Open WebUI export.")
+    items: list[ImportedOut]
+    count: int
+
+
 def session_out(session: ConversationSession, now: dt.datetime) -> dict[str, Any]:
     return {
         "id": session.id,
