@@ -14,6 +14,7 @@ urlpatterns = [
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("new/", views.session_new, name="session-new"),
+    path("search/", views.search, name="search"),
     path("c/<str:session_id>/", views.chat, name="chat"),
     path("c/<str:session_id>/messages/", views.messages_earlier, name="messages-earlier"),
     path("c/<str:session_id>/send/", views.message_send, name="message-send"),

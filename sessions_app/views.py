@@ -20,6 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 
 from . import engine, keys, rendering, replies, throttle, transfer
+from .engine import search as search_engine
 from .forms import (
     BudgetForm,
     DataForm,
@@ -170,7 +171,27 @@ def session_new(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def chat(request: HttpRequest, session_id: str) -> HttpResponse:
-    return _chat_page(request, _owned(request, session_id))
+    """The conversation; with ``?at=<seq>`` (a search result), the messages around that one, from the
+    whole history, which the page scrolls to and highlights."""
+    session = _owned(request, session_id)
+    if "at" not in request.GET:
+        return _chat_page(request, session)
+    try:
+        at = int(request.GET["at"])
+    except ValueError:
+        return HttpResponse("at must be a sequence number", status=400, content_type="text/plain")
+    if not 1 <= at < 2**63:  # sequence numbers are 64-bit
+        return HttpResponse("at must be a sequence number", status=400, content_type="text/plain")
+    half = rendering.page_size() // 2
+    window = engine.messages_around(session, at, before=half, after=half)
+    return _chat_page(
+        request,
+        session,
+        messages=window.messages,
+        has_earlier=window.has_earlier,
+        has_later=window.has_later,
+        at_seq=at,
+    )
 
 
 @login_required
@@ -461,6 +482,35 @@ def session_fresh(request: HttpRequest, session_id: str) -> HttpResponse:
         )
     url = _chat_url(session.id)
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+# ---------------------------------------------------------------------------------------------
+# Search: the sidebar's box asks as the user types (htmx), a plain form submit gets the page.
+
+SEARCH_PAGE_SIZE = 20
+
+
+@login_required
+@require_GET
+def search(request: HttpRequest) -> HttpResponse:
+    """Results for ``?q=`` (``&cursor=`` for the next page) in the user's own conversations: the results
+    partial for the box, the next page's items for "More results", or the whole page without htmx."""
+    q = request.GET.get("q", "").strip()
+    cursor = request.GET.get("cursor") or None
+    ctx: dict[str, Any] = {"search_q": q, "hits": [], "next_cursor": None, "search_error": ""}
+    status = 200
+    if q:
+        try:
+            page = search_engine.search(request.user, q, limit=SEARCH_PAGE_SIZE, cursor=cursor)
+        except engine.SessionValidationError as exc:
+            ctx["search_error"], status = str(exc), UNPROCESSABLE
+        else:
+            ctx.update(hits=page.hits, next_cursor=page.next_cursor)
+    if request.htmx:
+        partial = "search-hits" if cursor and not ctx["search_error"] else "search-results"
+        return render(request, f"sessions_app/_search_results.html#{partial}", ctx, status=status)
+    ctx.update(entries=rendering.sidebar_entries(request.user), new_form=_new_form())
+    return render(request, "sessions_app/search.html", ctx, status=status)
 
 
 # ---------------------------------------------------------------------------------------------

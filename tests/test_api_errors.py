@@ -49,6 +49,7 @@ DOCUMENTED = {
     ("GET", "/sessions/{id}/state/data/{key}"): {200, 401, 404},
     ("PUT", "/sessions/{id}/state/data/{key}"): {200, 400, 401, 403, 404, 410, 413, 422},
     ("DELETE", "/sessions/{id}/state/data/{key}"): {204, 401, 403, 404, 410},
+    ("GET", "/search"): {200, 401, 422},
 }
 # Since issue 9 every operation counts against the caller's rate limit, so each also documents 429.
 DOCUMENTED = {operation: statuses | {429} for operation, statuses in DOCUMENTED.items()}

@@ -132,6 +132,7 @@ OPERATIONS = [
     ("POST", "/sessions/{id}/reply", "ReplyIn"),
     ("GET", "/sessions/{id}/reply", None),
     ("POST", "/sessions/{id}/reply/stop", None),
+    ("GET", "/search", None),
     ("GET", "/sessions/{id}/export", None),
     ("GET", "/export", None),
     ("POST", "/import", "Import"),
@@ -145,6 +146,7 @@ QUERY = {
     "/sessions/{id}/messages": ["after", "limit"],
     "/sessions/{id}/turns": ["after", "limit"],
     "/sessions/{id}/context": ["max_tokens"],
+    "/search": ["q", "limit", "cursor"],
     "/sessions/{id}/export": ["format"],
 }
 

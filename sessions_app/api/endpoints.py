@@ -16,6 +16,7 @@ from django.utils import timezone
 from ninja import Header, Query, Router, Status
 
 from .. import engine, replies, transfer
+from ..engine import search as search_engine
 from . import idempotency
 from .errors import NotFound, documented_statuses, request_errors
 from .idempotency import IdempotencyKeyInvalid, IdempotencyKeyReused
@@ -33,6 +34,7 @@ from .schemas import (
     ReplyIn,
     ReplyOut,
     ReplyStopOut,
+    SearchPageOut,
     SessionCreateIn,
     SessionFieldsIn,
     SessionOut,
@@ -44,6 +46,7 @@ from .schemas import (
     VariableOut,
     message_out,
     reply_out,
+    search_result_out,
     session_out,
     session_summary_out,
     turn_out,
@@ -477,6 +480,29 @@ def delete_data(request: HttpRequest, id: str, key: str):
         if not engine.state_remove_data(id, key, owner=_user(request)):
             raise NotFound(f"No data entry {key!r}.")
     return Status(204, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Search
+
+
+@endpoint("GET", "/search", {200: SearchPageOut}, raises=(engine.SessionValidationError,), tags=["search"])
+def search(
+    request: HttpRequest,
+    q: str = Query(..., description='Words (all must appear), "a phrase", -excluded, or: websearch syntax.'),
+    limit: int = Query(search_engine.DEFAULT_LIMIT, ge=1, le=search_engine.MAX_LIMIT),
+    cursor: str | None = Query(None, description="The next_cursor of the previous page."),
+):
+    """Search the caller's conversations: titles, then message content over the whole history (also the
+    messages that left a session's list), best match first. 422 for a query with nothing to search
+    for, a bad limit or a cursor that is not this search's."""
+    page = search_engine.search(_user(request), q, limit=limit, cursor=cursor)
+    return {
+        "items": [search_result_out(hit) for hit in page.hits],
+        "q": page.query.canonical,
+        "limit": limit,
+        "next_cursor": page.next_cursor,
+    }
 
 
 # ---------------------------------------------------------------------------------------------

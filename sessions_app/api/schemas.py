@@ -350,3 +350,43 @@ class VariableOut(Schema):
 class DataOut(Schema):
     key: str
     value: Any
+
+
+# ---------------------------------------------------------------------------------------------
+# Search
+
+
+class SearchResultOut(Schema):
+    kind: Literal["title", "message"] = Field(description="What matched: the conversation's title, or a message.")
+    session_id: str
+    title: str
+    seq: int | None = Field(description="The message's sequence number (null for a title match).")
+    role: str | None = Field(description="The message's role (null for a title match).")
+    snippet: str = Field(
+        description="HTML: the text around the match, escaped, with <mark>…</mark> around the matched words "
+        "(the only markup in it)."
+    )
+    created_at: dt.datetime = Field(description="The message's time (a title match: the conversation's creation).")
+    rank: float = Field(description="Higher is better; comparable within one response's configuration only.")
+
+
+class SearchPageOut(Schema):
+    items: list[SearchResultOut]
+    q: str = Field(description="The query as understood: words, quoted phrases, -exclusions, or.")
+    limit: int
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= (with the same q) for the next page; null at the end."
+    )
+
+
+def search_result_out(hit: Any) -> dict[str, Any]:
+    return {
+        "kind": hit.kind,
+        "session_id": hit.session_id,
+        "title": hit.title,
+        "seq": hit.seq,
+        "role": hit.role,
+        "snippet": str(hit.snippet),
+        "created_at": hit.created_at,
+        "rank": hit.rank,
+    }

@@ -26,6 +26,7 @@ tests can pass it explicitly.
 
 from .context import (
     ContextWindow,
+    MessagesAround,
     TurnView,
     context_window,
     current_turn,
@@ -34,6 +35,7 @@ from .context import (
     last_turn,
     listed_messages,
     messages_all,
+    messages_around,
     messages_by_role,
     messages_page,
     messages_recent,
@@ -113,6 +115,7 @@ __all__ = [
     "ChatMessage",
     "ContextWindow",
     "InputTooLarge",
+    "MessagesAround",
     "Owner",
     "PurgeResult",
     "SerializationError",
@@ -147,6 +150,7 @@ __all__ = [
     "message_append",
     "message_append_obj",
     "messages_all",
+    "messages_around",
     "messages_by_role",
     "messages_page",
     "messages_recent",

@@ -61,6 +61,28 @@ def messages_page(
 
 
 @dataclass
+class MessagesAround:
+    """A window of a conversation's whole history around one sequence number."""
+
+    messages: list[Message]
+    has_earlier: bool  # older messages exist before the window
+    has_later: bool  # newer messages exist after the window
+
+
+@storage_errors
+def messages_around(session: ConversationSession, seq: int, *, before: int = 25, after: int = 25) -> MessagesAround:
+    """Up to ``before`` messages before ``seq``, the message ``seq`` and up to ``after`` after it, in order,
+    from the whole history (messages that left the session's list too: a search result may be one).
+    Two index range scans on (session, seq), whatever the conversation's length."""
+    older = list(Message.objects.filter(session=session, seq__lt=seq).order_by("-seq")[: before + 1])
+    newer = list(Message.objects.filter(session=session, seq__gte=seq).order_by("seq")[: after + 2])
+    has_earlier, has_later = len(older) > before, len(newer) > after + 1
+    older = older[:before]
+    older.reverse()
+    return MessagesAround(older + newer[: after + 1], has_earlier, has_later)
+
+
+@dataclass
 class ContextWindow:
     messages: list[Message]
     max_tokens: int
@@ -125,11 +147,17 @@ def context_window(
     return ContextWindow(messages=chosen, max_tokens=budget, total_tokens=used, cut_before_seq=cut)
 
 
+def _message_columns() -> str:
+    """The message model's columns, for raw reads: not ``*``, which on PostgreSQL would also carry the
+    search column (``search_vector``, a tsvector as long as the text) to Python for nothing."""
+    return ", ".join(field.column for field in Message._meta.concrete_fields)
+
+
 def _context_rows(session: ConversationSession, head_seq: int | None, upper: int | None, limit: int) -> list[Message]:
     """The pinned message (when ``head_seq``) and the newest ``limit`` listed non-system messages below
     ``upper``, in one query."""
-    table = Message._meta.db_table
-    newest = f"SELECT * FROM {table} WHERE session_id = %s AND seq >= %s AND role <> %s"
+    table, columns = Message._meta.db_table, _message_columns()
+    newest = f"SELECT {columns} FROM {table} WHERE session_id = %s AND seq >= %s AND role <> %s"
     key = db_key(session.pk)
     params: list[Any] = [key, session.low_seq, Role.SYSTEM.value]
     if upper is not None:
@@ -138,7 +166,7 @@ def _context_rows(session: ConversationSession, head_seq: int | None, upper: int
     sql = f"SELECT * FROM ({newest} ORDER BY seq DESC LIMIT %s) AS newest"
     params.append(limit)
     if head_seq is not None:
-        sql = f"SELECT * FROM {table} WHERE session_id = %s AND seq = %s UNION ALL {sql}"
+        sql = f"SELECT {columns} FROM {table} WHERE session_id = %s AND seq = %s UNION ALL {sql}"
         params = [key, head_seq, *params]
     return list(Message.objects.raw(sql, params))
 
@@ -222,7 +250,7 @@ def turns(
     lo, hi = min(wanted), max(wanted)
     table = Message._meta.db_table
     user_seq = f"SELECT seq FROM {table} WHERE session_id = %s AND role = %s AND turn_number = %s"
-    sql = f"SELECT * FROM {table} WHERE session_id = %s AND seq >= ({user_seq})"
+    sql = f"SELECT {_message_columns()} FROM {table} WHERE session_id = %s AND seq >= ({user_seq})"
     key = db_key(session.pk)
     params: list[Any] = [key, key, Role.USER.value, lo]
     if hi < count:

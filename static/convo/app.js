@@ -175,8 +175,10 @@
     if (e.detail.target && e.detail.target.id === "reply-actions") rememberFocus(e.detail.target);
   });
 
-  // Messages that left the session's list (max_messages) leave the page too.
+  // Messages that left the session's list (max_messages) leave the page too; not on a page opened at
+  // a search result (?at=<seq>), which shows the history around that message (search.js).
   function prune() {
+    if (new URLSearchParams(window.location.search).has("at")) return;
     var b = byId("list-bounds");
     var list = byId("message-list");
     if (!b || !list) return;
