@@ -35,6 +35,22 @@ from .support import FRAME_LIMIT, Api, Page, Write, check_delivery, committed_5x
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
+# Scenarios whose fix is another part of issue 10, until it is merged (then these marks are inert).
+LIVE = hasattr(django_settings, "CONVO_RESYNC_SECONDS")
+REPLIES = hasattr(django_settings, "CONVO_REPLY_AUTO_RETRY")
+needs_live = pytest.mark.xfail(
+    not LIVE,
+    reason="needs the live-update fixes of issue 10 (frames <= 256 KB, CONVO_RESYNC_SECONDS check-ins, handshakes "
+    "during a Redis outage, CONVO_CHANNEL_PREFIX, consumers ignoring ended replies), not merged yet",
+    strict=False,
+)
+needs_replies = pytest.mark.xfail(
+    not REPLIES,
+    reason="needs the reply fixes of issue 10 (lease fencing, watcher reconnect, stale sweep, CONVO_REPLY_AUTO_RETRY, "
+    "workers.shutdown hand-over), not merged yet",
+    strict=False,
+)
+
 # A dead reply is marked within the stale window (plus one sweep, which runs every few seconds).
 MARK_WITHIN = 2 * FAULT_STALE_SECONDS + 2.0
 REPLY_SECONDS = 45 * WORD_DELAY  # the built-in responder's answer streams for about this long
@@ -229,6 +245,7 @@ class Scene:
             no_zombie(page, self.reply_id, since)
 
 
+@needs_replies
 async def test_kill_9_mid_stream(up, api, actor, pages, record):
     a, b = up.servers
     scene = await Scene(api, [a, b], actor[1], "kill").open(pages)
@@ -258,6 +275,7 @@ async def test_kill_9_mid_stream(up, api, actor, pages, record):
     scene.no_zombie(killed + MARK_WITHIN)
 
 
+@needs_replies
 async def test_sigterm_with_requests_and_a_reply_in_flight(up, api, actor, pages, record):
     a, b = up.servers
     scene = await Scene(api, [a, b], actor[1], "term").open(pages, extra_on_a=1)
@@ -291,6 +309,7 @@ async def test_sigterm_with_requests_and_a_reply_in_flight(up, api, actor, pages
     assert len(assistant_answers(stored_r, scene.ask.seq)) == 1
 
 
+@needs_live
 async def test_redis_outage_mid_stream(up, api, actor, pages, record):
     a, b = up.servers
     scene = await Scene(api, [a, b], actor[1], "redis").open(pages)
@@ -332,6 +351,7 @@ async def test_redis_outage_mid_stream(up, api, actor, pages, record):
         assert page.stream[0] != "streaming", f"{page.name}: a finished reply still shows as running"
 
 
+@needs_live
 async def test_redis_outage_at_the_end_of_a_stream(up, api, actor, pages, record):
     """Redis goes away just before the reply ends: the end of the stream and the stored answer reach
     the pages through their check-in, while Redis is still down."""
@@ -376,6 +396,7 @@ def cut_connections() -> int:
     return len(rows)
 
 
+@needs_replies
 async def test_database_connection_cuts(up, api, actor, pages, record):
     a, b = up.servers
     scene = await Scene(api, [a, b], actor[1], "cut").open(pages)
@@ -406,6 +427,8 @@ async def test_database_connection_cuts(up, api, actor, pages, record):
     scene.no_zombie(time.monotonic())
 
 
+@needs_live
+@needs_replies
 async def test_sigstop_of_the_process_running_a_reply(up, api, actor, pages, record):
     a, b = up.servers
     scene = await Scene(api, [a, b], actor[1], "stop").open(pages)
@@ -434,6 +457,7 @@ async def test_sigstop_of_the_process_running_a_reply(up, api, actor, pages, rec
     scene.no_zombie(thawed_at + BACKLOG_SECONDS)
 
 
+@needs_live
 async def test_a_1_7_mb_catch_up(up, api, actor, pages, record):
     """40 messages of 30,000 characters: the catch-up arrives in frames under the limit, and the socket
     survives a system-prompt edit that re-sends the pane."""
@@ -481,6 +505,7 @@ def _cookies(cookie: str) -> dict[str, str]:
     return {name: value}
 
 
+@needs_live
 async def test_two_deployments_on_one_redis(up, api, actor, pages, record):
     """A second deployment (its own CONVO_CHANNEL_PREFIX) on the same redis-server hears nothing of the
     first one's events, even for the same session."""
