@@ -49,6 +49,7 @@ class Server:
         env.pop("REDIS_URL", None)
         if self.redis_url:
             env["REDIS_URL"] = self.redis_url
+        env["CONVO_CHANNEL_PREFIX"] = settings.CONVO_CHANNEL_PREFIX  # the same channels as this process
         db = settings.DATABASES["default"]
         if db["ENGINE"].endswith("sqlite3"):
             env["CONVO_SQLITE_PATH"] = str(db["NAME"])

@@ -14,6 +14,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from convo_site import shutdown  # noqa: E402
 from convo_site.routing import websocket_urlpatterns  # noqa: E402
+from sessions_app import sweeper  # noqa: E402
 from sessions_app.middleware import WebsocketOriginValidator  # noqa: E402
 from sessions_app.request_guard import NulScopeGuard  # noqa: E402
 
@@ -30,3 +31,6 @@ router = ProtocolTypeRouter(
 # close with 1012, running replies are handed over, and the process exits within the grace period.
 application = shutdown.drain.wrap(router)
 shutdown.install_for_daphne()
+# Every serving process sweeps periodically: dead processes' replies are marked and resumed, expired
+# Idempotency-Keys purged, without waiting for a request (CONVO_REPLY_SWEEP_SECONDS).
+sweeper.start()

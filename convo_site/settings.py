@@ -7,6 +7,7 @@ SQLite file in the project and the in-memory channel layer, so a newcomer needs 
 import contextlib
 import datetime as dt
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -185,8 +186,11 @@ ASGI_APPLICATION = "convo_site.asgi.application"
 # Database: DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/convo), else an SQLite file.
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
-    # No persistent connections: under ASGI each sync_to_async thread would keep its own.
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    # No persistent connections: under ASGI each sync_to_async thread would keep its own. Health
+    # checks on: a connection kept across requests (CONN_MAX_AGE > 0 set by a deployment) is tested
+    # before reuse, so a cut one is replaced instead of failing the request. Long-lived threads
+    # (replies, their watcher, the periodic sweep) reconnect themselves (sessions_app.replies.dbconn).
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # Spelled out so that a forked test server (daphne) finds the same test database.
         DATABASES["default"]["TEST"] = {"NAME": "test_" + DATABASES["default"]["NAME"]}
@@ -260,14 +264,22 @@ LOGOUT_REDIRECT_URL = "login"
 
 # Log level of the sessions_app logger.
 CONVO_LOG_LEVEL = os.environ.get("CONVO_LOG_LEVEL", "INFO")
+# One handler, on the root logger: every record is printed once. The named loggers only set levels
+# and propagate (a handler of their own would print each record a second time through the root's,
+# e.g. the one daphne installs with logging.basicConfig, which this configuration replaces).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "sessions_app": {"handlers": ["console"], "level": CONVO_LOG_LEVEL},
+        "sessions_app": {"level": CONVO_LOG_LEVEL},
+        "daphne": {"level": "INFO"},  # "Listening on ..." and friends
+        # Django's own console handler (debug only) would print its records twice as well.
+        "django": {"handlers": [], "level": "INFO"},
         # Server errors (the friendly 500 page) leave their traceback in the server's log.
-        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        "django.request": {"level": "ERROR"},
     },
 }
 
@@ -301,14 +313,25 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 CONVO_REDIS_LAYER = os.environ.get("CONVO_REDIS_LAYER", "pubsub").strip().lower()
 if CONVO_REDIS_LAYER not in {"pubsub", "core"}:
     raise RuntimeError('CONVO_REDIS_LAYER must be "pubsub" or "core"')
+# CONVO_CHANNEL_PREFIX names this deployment's channels and groups in Redis: deployments sharing one
+# redis-server must differ in it (the pub/sub layer ignores the /db of REDIS_URL, so without it one
+# deployment's pages would hear another's events). Default: "convo." and the database's name.
+CONVO_CHANNEL_PREFIX = os.environ.get("CONVO_CHANNEL_PREFIX", "").strip() or "convo." + re.sub(
+    r"[^A-Za-z0-9_.-]", "_", Path(str(DATABASES["default"]["NAME"])).stem or "default"
+)
+if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,80}", CONVO_CHANNEL_PREFIX):
+    raise RuntimeError("CONVO_CHANNEL_PREFIX may hold letters, digits and _ . : - (at most 80)")
 if not REDIS_URL:
     _layer = {"BACKEND": "channels.layers.InMemoryChannelLayer"}
 elif CONVO_REDIS_LAYER == "pubsub":
-    _layer = {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    _layer = {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": CONVO_CHANNEL_PREFIX},
+    }
 else:
     _layer = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30, "prefix": CONVO_CHANNEL_PREFIX},
     }
 CHANNEL_LAYERS = {"default": _layer}
 
@@ -343,6 +366,12 @@ CONVO_MARKDOWN_BUDGET_MS = env_int("CONVO_MARKDOWN_BUDGET_MS", 300)
 # Websocket frames a page may send per second (a token bucket with this burst); past it: closed, 1008.
 CONVO_WS_FRAMES_PER_SECOND = env_float("CONVO_WS_FRAMES_PER_SECOND", 5.0)
 CONVO_WS_FRAME_BURST = env_int("CONVO_WS_FRAME_BURST", 20)
+# Open chat pages check in every CONVO_RESYNC_SECONDS with the newest sequence number they show; the
+# server answers with whatever they miss (a notification lost to a Redis outage), so a page is never
+# further behind than this, even while the channel layer is down.
+CONVO_RESYNC_SECONDS = env_float("CONVO_RESYNC_SECONDS", 15.0)
+if CONVO_RESYNC_SECONDS <= 0:
+    raise RuntimeError("CONVO_RESYNC_SECONDS must be a positive number of seconds")
 # Sign-up attempts per client address per hour ("none": unlimited); past it: 429.
 CONVO_SIGNUP_PER_HOUR = env_int("CONVO_SIGNUP_PER_HOUR", 10)
 # API requests per minute per API key (browser sessions: per user; "none": unlimited); past it: 429.
@@ -368,8 +397,18 @@ CONVO_LLM_TIMEOUT = env_float("CONVO_LLM_TIMEOUT", 60.0)  # seconds without a by
 CONVO_REPLY_MAX_TOOL_ROUNDS = env_int("CONVO_REPLY_MAX_TOOL_ROUNDS", 5)
 CONVO_BUILTIN_WORD_DELAY = env_float("CONVO_BUILTIN_WORD_DELAY", 0.04)  # seconds between streamed words
 CONVO_REPLY_HEARTBEAT_SECONDS = env_float("CONVO_REPLY_HEARTBEAT_SECONDS", 2.0)
-# A running reply whose process has not reported for this long is marked interrupted.
+# A running reply whose process has not reported for this long is marked interrupted (by the periodic
+# sweep of any serving process). Several heartbeats (7 by default), so a busy process or a short
+# database blip does not lose its replies; a reply thread stops sending once half of it has passed
+# without a confirmed write (it cannot know whether it was marked meanwhile).
 CONVO_REPLY_STALE_SECONDS = env_float("CONVO_REPLY_STALE_SECONDS", 15.0)
+# How often every serving process sweeps: marks stale replies (above), resumes interrupted ones, and
+# purges expired Idempotency-Keys (at most once a minute). "none": no periodic sweep in this process.
+_sweep = os.environ.get("CONVO_REPLY_SWEEP_SECONDS", "").strip().lower()
+CONVO_REPLY_SWEEP_SECONDS = None if _sweep in {"none", "never", "off"} else env_float("CONVO_REPLY_SWEEP_SECONDS", 2.0)
+# A reply interrupted by a process death or a shutdown is restarted once, automatically, by another
+# live process's sweep (its partial text stays in the interrupted reply's record).
+CONVO_REPLY_AUTO_RETRY = env_bool("CONVO_REPLY_AUTO_RETRY", True)
 # Internal pacing of a running reply: REPLY delta events at most this often, the partial text saved to
 # its row at most this often, and how often a reply's watcher polls for Stop (all in seconds).
 CONVO_REPLY_EVENT_INTERVAL = env_float("CONVO_REPLY_EVENT_INTERVAL", 0.05)

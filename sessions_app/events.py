@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
 from functools import partial
 from typing import Any
@@ -71,6 +72,75 @@ def user_revoked(user_pk: Any, reason: str, *, login: str | None = None) -> None
     They cannot resubscribe: their new handshake is no longer authenticated."""
     event = {"type": "user.revoked", "reason": reason, **({"login": login} if login else {})}
     transaction.on_commit(partial(_send, [(user_group(user_pk), event)]))
+
+
+class LayerHealth:
+    """Whether this process reaches the channel layer, as its last attempts found.
+
+    Every part that talks to the layer (the event sender, the sockets, their probe) reports here, so
+    an outage is logged once per process — one warning when it starts, one info when the layer is back
+    — however many events or sockets meet it, instead of a traceback each. The sockets' probe
+    (consumers._LayerWatch) also resyncs its sockets after an outage another part reported here.
+    """
+
+    # A failure this soon after the layer came back (e.g. a pooled connection that died with the old
+    # Redis) is the same outage: noted (the sockets resync again), but not logged again.
+    FLAP_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.down = False
+        self.outages = 0  # outages seen by this process (for tests and the logs)
+        self._back_at: float | None = None
+        self._quiet = False  # the current "down" is such a relapse
+
+    def failed(self, exc: BaseException, where: str) -> None:
+        with self._lock:
+            if self.down:
+                return
+            self.down = True
+            self._quiet = self._back_at is not None and time.monotonic() - self._back_at < self.FLAP_SECONDS
+            if self._quiet:
+                return
+            self.outages += 1
+        logger.warning(
+            "The channel layer is unreachable (%s: %s: %s): live pushes pause, pages are served from the "
+            "database and resync every CONVO_RESYNC_SECONDS until it is back",
+            where, type(exc).__name__, exc,
+        )  # fmt: skip
+
+    def ok(self) -> None:
+        with self._lock:
+            if not self.down:
+                return
+            self.down = False
+            self._back_at = time.monotonic()
+            if self._quiet:
+                return
+        logger.info("The channel layer is reachable again: live pushes resume")
+
+
+layer_health = LayerHealth()
+
+
+class _PubSubReceiveFailures(logging.Filter):
+    """channels_redis's pub/sub receive task logs a traceback every second while Redis is away: each
+    becomes a report to layer_health instead (one warning per outage; the sockets' probe then
+    resyncs them when the layer is back)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Unexpected exception in receive task"):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        layer_health.failed(exc if exc is not None else RuntimeError("receive failed"), "receiving (pub/sub)")
+        return False
+
+
+logging.getLogger("channels_redis.pubsub").addFilter(_PubSubReceiveFailures())
+
+# A send to the layer that takes longer than this counts as failed (a Redis that stopped answering
+# must not hold the sender, nor a handshake, for the operating system's TCP timeout).
+LAYER_TIMEOUT = 3.0
 
 
 def _send(events: list[tuple[str, dict[str, Any]]]) -> None:
@@ -149,9 +219,12 @@ class _Sender:
                         events.set()  # a flush marker: everything queued before it was sent
                         continue
                     try:
-                        await _send_all(layer, events)
-                    except Exception:  # a push failure must never undo or fail a committed write
-                        logger.exception("Could not push %d session event(s) to the channel layer", len(events))
+                        await asyncio.wait_for(_send_all(layer, events), LAYER_TIMEOUT)
+                    except Exception as exc:  # a push failure must never undo or fail a committed write
+                        # Lost: pages find what it told them by their periodic resync (or on reconnect).
+                        layer_health.failed(exc, "sending session events")
+                    else:
+                        layer_health.ok()
                 await asyncio.sleep(SENDER_LINGER)
 
     def submit(self, layer: Any, events: Any) -> None:

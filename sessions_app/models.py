@@ -311,6 +311,8 @@ class Reply(models.Model):
         indexes = [
             models.Index(fields=["session", "-started_at"], name="reply_session_recent"),
             models.Index(fields=["heartbeat_at"], condition=Q(status="running"), name="reply_running_heartbeat"),
+            # The periodic sweep's look for recently interrupted replies to resume (every few seconds).
+            models.Index(fields=["finished_at"], condition=Q(status="interrupted"), name="reply_interrupted_finished"),
         ]
         verbose_name_plural = "replies"
 

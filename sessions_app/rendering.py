@@ -426,6 +426,13 @@ def render_messages_oob(messages: list[Message], session: ConversationSession) -
 
 def render_panels_oob(session: ConversationSession, user: Any, *, budget: int | None = None, now=None) -> str:
     """Fresh header, timeline, state, context and sidebar row, each replacing its element by id."""
+    return "".join(render_panels_oob_parts(session, user, budget=budget, now=now))
+
+
+def render_panels_oob_parts(
+    session: ConversationSession, user: Any, *, budget: int | None = None, now=None
+) -> list[str]:
+    """The panels of render_panels_oob, one fragment each (live pushes split them into frames)."""
     ctx = panels_context(session, budget=budget, now=now)
     ctx.update(oob=True)
     parts = [
@@ -439,7 +446,7 @@ def render_panels_oob(session: ConversationSession, user: Any, *, budget: int | 
     entries = sidebar_entries(user, only=session.pk, now=ctx["now"])
     if entries:
         parts.append(render_partial("sidebar-item", {"entry": entries[0], "oob": True, "current_id": session.id}))
-    return "".join(parts)
+    return parts
 
 
 def render_bounds_oob(session: ConversationSession) -> str:
@@ -447,9 +454,13 @@ def render_bounds_oob(session: ConversationSession) -> str:
     return render_partial("list-bounds", {"bounds": list_bounds(session), "oob": True})
 
 
-def render_messages_pane_oob(session: ConversationSession) -> str:
-    """The whole message list again (after a clear, or when a page is too far behind to catch up)."""
-    messages, has_earlier = earlier_messages(session, None)
+def render_messages_pane_oob(
+    session: ConversationSession, messages: list[Message] | None = None, has_earlier: bool = False
+) -> str:
+    """The whole message list again (after a clear, or when a page is too far behind to catch up):
+    its newest page, or the oldest ``messages`` of that page (live pushes send the rest after it)."""
+    if messages is None:
+        messages, has_earlier = earlier_messages(session, None)
     return render_partial(
         "messages", {"session": session, "messages": messages, "has_earlier": has_earlier, "oob": True}
     )
@@ -503,15 +514,16 @@ def render_reply_oob(
     return render_partial("reply-stream", {**ctx, "oob": True})
 
 
-def render_reply_state_oob(session: ConversationSession) -> str:
-    """The reply stream as the database has it (see reply_state), after a (re)connect."""
-    return render_partial("reply-stream", {**reply_state(session), "announce": False, "oob": True})
+def render_reply_state_oob(session: ConversationSession, state: dict[str, Any] | None = None) -> str:
+    """The reply stream as the database has it (see reply_state; or ``state``), after a (re)connect."""
+    state = state if state is not None else reply_state(session)
+    return render_partial("reply-stream", {**state, "announce": False, "oob": True})
 
 
-def render_reply_if_any_oob(session: ConversationSession) -> str:
+def render_reply_if_any_oob(session: ConversationSession, state: dict[str, Any] | None = None) -> str:
     """The reply stream and actions when a reply runs or the last one failed; else nothing (a page
     that reconnects with everything else current)."""
-    state = reply_state(session)
+    state = state if state is not None else reply_state(session)
     if not state["reply_state"]:
         return ""
     stream = render_partial("reply-stream", {**state, "announce": False, "oob": True})

@@ -81,6 +81,7 @@ def _page_context(request: HttpRequest, session: ConversationSession, **extra: A
         data_form=DataForm(),
         budget_form=BudgetForm(initial={"budget": session.max_tokens}),
         max_content_chars=settings.CONVO_MAX_CONTENT_CHARS,
+        resync_seconds=f"{settings.CONVO_RESYNC_SECONDS:g}",  # the page's periodic sync (app.js)
     )
     ctx.update(extra)
     return ctx

@@ -7,6 +7,7 @@ from django.conf import settings
 from sessions_app import engine, throttle
 
 from .fake_openai import FakeOpenAI
+from .replies_faults_support import ScriptedResponder, Sent
 from .replies_support import API_KEY, drain_replies
 
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
@@ -95,6 +96,9 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, t
 
 
 # Assistant replies: fast settings, a local OpenAI-compatible server, and no reply thread left behind.
+# No periodic sweep thread in the test process (importing convo_site.asgi would start one): it would
+# mark and resume the rows tests make on purpose. The sweep's tests call it themselves.
+settings.CONVO_REPLY_SWEEP_SECONDS = None
 
 
 @pytest.fixture
@@ -118,6 +122,27 @@ def fake_llm(replies_env):
     yield fake
     drain_replies()
     fake.close()
+
+
+@pytest.fixture
+def scripted(replies_env, monkeypatch):
+    """Replies by ScriptedResponder: set ``scripted.steps`` to what it says (and where it waits)."""
+    from sessions_app.replies.responders import RESPONDERS
+
+    monkeypatch.setitem(RESPONDERS, "scripted", ScriptedResponder)
+    monkeypatch.setattr(ScriptedResponder, "steps", [])
+    replies_env.CONVO_RESPONDER = "scripted"
+    return ScriptedResponder
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """What is actually handed to the channel layer (``Sent``), instead of sending it."""
+    from sessions_app import events
+
+    recorder = Sent()
+    monkeypatch.setattr(events, "_send", recorder.record)
+    return recorder
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Change notifications reach the session's channel-layer group only after the commit."""
 
 import asyncio
+import logging
 import uuid
 
 import pytest
@@ -156,3 +157,37 @@ def test_flush_waits_for_what_was_queued():
         assert [e[1]["kind"] for e in sent][-1] == events.DELETED and sent[0][1]["kind"] == events.MESSAGE
     finally:
         events._send_all = original
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_layer_health_logs_one_warning_and_one_info_per_outage():
+    """However many parts meet an outage, and a relapse just after the layer came back (a pooled
+    connection that died with the old Redis), one warning when it starts and one info when it ends."""
+    health = events.LayerHealth()
+    handler = _Records()
+    logger = logging.getLogger("sessions_app.events")
+    logger.addHandler(handler)
+    try:
+        for _ in range(50):
+            health.failed(ConnectionError("refused"), "sending session events")
+        health.ok()
+        health.ok()
+        health.failed(ConnectionError("closed by server"), "joining a socket's groups")  # a relapse
+        assert health.down
+        health.ok()
+        health._back_at -= health.FLAP_SECONDS  # a new outage, later
+        health.failed(ConnectionError("refused"), "probing")
+        health.ok()
+    finally:
+        logger.removeHandler(handler)
+    logged = [(r.levelname, r.exc_info) for r in handler.records]
+    assert logged == [("WARNING", None), ("INFO", None), ("WARNING", None), ("INFO", None)]
+    assert health.outages == 2 and not health.down

@@ -38,6 +38,7 @@ def worker_env() -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "convo_site.settings",
         "PYTHONPATH": str(ROOT),
         "CONVO_RESPONDER": "builtin",
+        "CONVO_CHANNEL_PREFIX": settings.CONVO_CHANNEL_PREFIX,  # this process's channels, not the test database's
     }
     if db["ENGINE"] == "django.db.backends.postgresql":
         env["DATABASE_URL"] = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"

@@ -1,17 +1,22 @@
 """The two ways a request to the JSON API authenticates: a personal API key
-(``Authorization: Bearer <key>``) or a logged-in browser session (with CSRF on unsafe methods)."""
+(``Authorization: Bearer <key>``) or a logged-in browser session (with CSRF on unsafe methods).
+
+A database failure while looking the key (or the browser session's user) up is the engine's
+StorageError: 503 ``storage_error``, never a 500 nor a 401 that would tell the client its key is bad."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest
 from ninja.errors import AuthenticationError
 from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
 from .. import keys, throttle
+from ..engine import StorageError, storage_errors
 from .errors import CsrfFailed, RateLimited
 
 
@@ -44,7 +49,7 @@ class BearerKeyAuth(HttpBearer):
         return user
 
     def authenticate(self, request: HttpRequest, token: str) -> Any | None:
-        user = keys.user_for_key(token)
+        user = storage_errors(keys.user_for_key)(token)
         if user is not None:
             count_request("key:" + keys.hash_key(token))
         return user
@@ -57,14 +62,22 @@ class BrowserSessionAuth(APIKeyCookie):
     param_name = settings.SESSION_COOKIE_NAME
 
     def _get_key(self, request: HttpRequest) -> str | None:
-        if not request.user.is_authenticated:
+        if not _is_authenticated(request):
             return None
         if check_csrf(request):
             raise CsrfFailed("CSRF check failed: send the X-CSRFToken header with the csrftoken cookie's value.")
         return request.COOKIES.get(self.param_name)
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Any | None:
-        if not request.user.is_authenticated:
+        if not _is_authenticated(request):
             return None
         count_request(f"user:{request.user.pk}")
         return request.user
+
+
+def _is_authenticated(request: HttpRequest) -> bool:
+    """Whether the browser session is logged in (loading it reads the session and user rows)."""
+    try:
+        return request.user.is_authenticated
+    except DatabaseError as exc:
+        raise StorageError(str(exc).strip() or type(exc).__name__) from exc

@@ -17,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -98,9 +99,13 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     engine.SessionValidationError: (422, "validation_error"),
     engine.SerializationError: (422, "validation_error"),
     IdempotencyKeyInvalid: (422, "validation_error"),
-    # Any endpoint can meet these two, so no operation lists them (nor documents them).
+    # Any endpoint can meet these, so no operation lists them (nor documents them). A database that
+    # cannot be reached is a 503 wherever it shows (the engine wraps its own failures in StorageError;
+    # a lost connection met outside the engine, e.g. loading the login session, is the same failure).
     InternalError: (500, "internal_error"),
     engine.StorageError: (503, "storage_error"),
+    OperationalError: (503, "storage_error"),
+    InterfaceError: (503, "storage_error"),
 }
 
 

@@ -1,8 +1,9 @@
 """Assistant replies: pluggable responders, streaming, tool calls, Stop and retry (issue 5).
 
-Modules: ``service`` (the API below and its errors), ``run`` (the reply loop: the request, tool
-rounds, endings; ``reply_context_window``), ``workers`` (worker ids, liveness, recovery, threads,
-the watcher), ``responders`` (``RESPONDERS``, the CONVO_RESPONDER registry; ``base`` with the
+Modules: ``service`` (the API below and its errors, the sweep and resume), ``run`` (the reply loop:
+the request, tool rounds, endings, the lease that fences them; ``reply_context_window``), ``workers``
+(worker ids, liveness, recovery, threads, the watcher, ``shutdown``), ``dbconn`` (reconnecting
+long-lived threads after a cut database connection), ``responders`` (``RESPONDERS``, the CONVO_RESPONDER registry; ``base`` with the
 request/event types and the ``Responder`` protocol, ``builtin``, ``openai_compat``) and ``tools``.
 Imports only go down: service → workers → run → responders, tools.
 
@@ -44,13 +45,28 @@ session raises ``engine.SessionNotFound``); the default ``ANY_OWNER`` is for ope
 ``responder_label() -> str``  "built-in responder — no language model configured", or
     "<model> on <host>" (never the key or the full URL).
 
+``sweep() -> (marked, resumed)``  mark dead processes' replies interrupted (REPLY error event to the
+    pages), then ``resume_interrupted()``: each reply interrupted by a process death or a shutdown is
+    restarted once, by this process, as a new reply with ``resumed_from`` pointing at it (its partial
+    text stays in its record; a resume is never resumed). Every serving process runs it every
+    CONVO_REPLY_SWEEP_SECONDS (``sessions_app.sweeper``); CONVO_REPLY_AUTO_RETRY switches resuming off.
+``workers.shutdown(grace_seconds)``  on SIGTERM: replies finishing within the grace finish; the others
+    are stopped and marked interrupted (finish reason "interrupted") for another process to resume.
+
+Fencing: a reply thread writes and sends only while it holds its row (``run.Lease``): every progress
+write is conditional on the row still running, and one that touches no row (marked interrupted by
+another process after a pause, the session deleted) ends the thread without another event. Each
+REPLY event carries the reply's id (``reply``), so pages can drop events of a reply that is not the
+session's running one. A cut database connection is retried on a new one (bounded by half of
+CONVO_REPLY_STALE_SECONDS); a reply that still cannot reach the database ends with that reason.
+
 Errors: ``ReplyError`` (base), ``ReplyInProgress`` (``.session_key``, ``.reply_id``), ``NothingToReply``,
 ``TooManyReplies`` (the owner has CONVO_MAX_CONCURRENT_REPLIES replies running in any of their
 sessions; → UI message / HTTP 409).
 
 Events (``sessions_app.events``, group ``events.group_name(session key)``): kind ``events.REPLY`` with
 ``state`` = started | delta | done | stopped | error, ``text`` = the whole text so far, ``reply`` (id),
-``turn``; ``seq`` of the stored message on done/stopped; ``error`` (a message for the chat) on error.
+``turn``; ``resumed_from`` (the interrupted reply's id) on the started event of a resume; ``seq`` of the stored message on done/stopped; ``error`` (a message for the chat) on error.
 Deltas are sent at most every CONVO_REPLY_EVENT_INTERVAL seconds (default 0.05). The stored
 assistant and tool messages arrive as ordinary MESSAGE events (before the final REPLY event).
 
@@ -64,7 +80,8 @@ the turn's metadata (cleared when a later reply succeeds) and the Reply row's ``
 
 Settings: CONVO_RESPONDER (a key of ``responders.RESPONDERS``: builtin | openai), CONVO_LLM_BASE_URL,
 CONVO_LLM_API_KEY, CONVO_LLM_MODEL, CONVO_LLM_TIMEOUT, CONVO_REPLY_MAX_TOOL_ROUNDS,
-CONVO_BUILTIN_WORD_DELAY, CONVO_REPLY_HEARTBEAT_SECONDS, CONVO_REPLY_STALE_SECONDS; internal knobs:
+CONVO_BUILTIN_WORD_DELAY, CONVO_REPLY_HEARTBEAT_SECONDS, CONVO_REPLY_STALE_SECONDS,
+CONVO_REPLY_SWEEP_SECONDS, CONVO_REPLY_AUTO_RETRY; internal knobs:
 CONVO_REPLY_EVENT_INTERVAL 0.05, CONVO_REPLY_SAVE_INTERVAL 1.0, CONVO_REPLY_POLL_SECONDS 0.2.
 
 Tools: ``sessions_app.replies.tools`` (``register``/``@tool``): calculator, get_state_variable,
@@ -82,12 +99,14 @@ from .service import (
     TooManyReplies,
     append_and_reply,
     latest_reply,
+    resume_interrupted,
     running_reply,
     start_reply,
     stop_reply,
+    sweep,
     wait_reply,
 )
-from .workers import recover_stale_replies
+from .workers import recover_stale_replies, shutdown
 
 __all__ = [
     "ANY_OWNER",
@@ -102,8 +121,11 @@ __all__ = [
     "recover_stale_replies",
     "reply_context_window",
     "responder_label",
+    "resume_interrupted",
     "running_reply",
+    "shutdown",
     "start_reply",
     "stop_reply",
+    "sweep",
     "wait_reply",
 ]

@@ -6,6 +6,17 @@ tool call as a tool message of the turn and asks again (at most CONVO_REPLY_MAX_
 with tools offered), then appends the assistant message, which completes the turn. Every write
 re-checks, under the session's lock, that the row is still running and the turn is still the one it
 answers, so a reply never lands on a newer turn.
+
+Fencing (``Lease``): another process marks the row interrupted once its heartbeat is
+CONVO_REPLY_STALE_SECONDS old, so a thread that was paused (SIGSTOP, a frozen VM, CPU starvation, a cut
+connection) may wake up without its row. Every progress write is conditional on the row still
+running; one that touches no row ends the thread at once, and it sends nothing more. A REPLY event is
+only sent while the lease is fresh (confirmed by a write less than half the stale window ago);
+otherwise the thread confirms it with a write first.
+
+Connections: the thread's database calls are retried on a fresh connection after a cut
+(``dbconn.retry``, for at most half the stale window); when the database stays unreachable, the row
+is ended with DB_LOST_MESSAGE (on a fresh connection), never left running.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -26,7 +38,7 @@ from django.utils import timezone
 from sessions_app import engine, events
 from sessions_app.models import ConversationSession, Message, Reply, Role
 
-from . import tools
+from . import dbconn, tools
 from .responders import (
     CancelHandle,
     ContextInfo,
@@ -47,11 +59,56 @@ T = TypeVar("T")
 
 CHANGED_MESSAGE = "The conversation changed while the assistant was replying, so the reply was dropped."
 GONE_MESSAGE = "The session was deleted while the assistant was replying."
+DB_LOST_MESSAGE = "The reply stopped because the database could not be reached. Try again."
 
 
-def run_reply(reply: Reply, handle: CancelHandle, responder: Responder) -> None:
-    """Run ``reply`` to its end (done, stopped, error); ``handle`` is how Stop reaches it."""
-    _Run(reply, handle, responder).run()
+class Lease:
+    """A reply thread's hold on its running row.
+
+    Confirmed by every write that found the row running (the watcher's heartbeat, the thread's own
+    saves); held for half of CONVO_REPLY_STALE_SECONDS after that (the rest is margin: no other
+    process marks the row before its heartbeat is that old). Lost when a write touches no row or the
+    row is seen ended: the thread then stops and sends nothing more. ``text`` is the text so far (what
+    a shutdown keeps in the row).
+    """
+
+    def __init__(self) -> None:
+        self.confirmed_at = time.monotonic()
+        self.text = ""
+        self._lost = threading.Event()
+
+    def confirm(self, at: float) -> None:
+        """A write that started at monotonic time ``at`` found the row running."""
+        if at > self.confirmed_at:
+            self.confirmed_at = at
+
+    def lose(self) -> None:
+        self._lost.set()
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def fresh(self) -> bool:
+        return not self.lost and time.monotonic() - self.confirmed_at < settings.CONVO_REPLY_STALE_SECONDS / 2
+
+    def wait_lost(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; True at once when the lease is lost meanwhile."""
+        return self._lost.wait(timeout)
+
+
+def db_retry_budget(*, ending: bool = False) -> float:
+    """How long a reply thread retries a database call on new connections before it gives up: half the
+    stale window for a step of the reply; twice the window to record its end after that (until then,
+    no other process can mark it either, and one that does wins: the end is fenced like every write)."""
+    stale = settings.CONVO_REPLY_STALE_SECONDS
+    return max(2.0, 2 * stale) if ending else max(1.0, stale / 2)
+
+
+def run_reply(reply: Reply, handle: CancelHandle, responder: Responder, lease: Lease | None = None) -> None:
+    """Run ``reply`` to its end (done, stopped, error); ``handle`` is how Stop reaches it, ``lease``
+    how the watcher tells it that the row is no longer its own."""
+    _Run(reply, handle, responder, lease or Lease()).run()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,11 +184,14 @@ class _Lost(Exception):
 
 
 class _Run:
-    def __init__(self, reply: Reply, handle: CancelHandle, responder: Responder) -> None:
+    def __init__(self, reply: Reply, handle: CancelHandle, responder: Responder, lease: Lease) -> None:
         self.reply = reply
         self.sid = reply.session_id
         self.handle = handle
         self.responder = responder
+        self.lease = lease
+        self.outage = dbconn.Outage(f"Reply {reply.pk}")
+        self.ending_after_outage = False  # the database was lost: retry the end for longer
         self.text = ""
         self.rounds = 0
         self.usage: dict[str, int] = {}
@@ -155,19 +215,52 @@ class _Run:
             return self._end_error(str(exc))
         except engine.SessionNotFound:
             return self._end_error(GONE_MESSAGE, annotate_turn=False)
-        except engine.SessionError as exc:
-            return self._end_error(f"The reply could not be stored: {exc}")
-        except Exception:
+        except Exception as exc:
+            if self.lease.lost:
+                return None
+            if dbconn.is_connection_error(exc):  # retried on new connections for db_retry_budget()
+                return self._end_lost()
+            if isinstance(exc, engine.SessionError):
+                return self._end_error(f"The reply could not be stored: {exc}")
             if self.handle.is_cancelled:
                 return self._end_stopped()
             logger.error("Reply %s failed: %s", self.reply.pk, redact(traceback.format_exc()))
             return self._end_error("The reply failed because of an internal error.")
         self._end_done(finish)
 
+    def _db(self, action: Callable[[], T]) -> T:
+        """Run a database call, again on a fresh connection after a cut (bounded; see dbconn.retry).
+        Stops retrying at once when the lease is lost."""
+        return dbconn.retry(
+            action,
+            who=f"Reply {self.reply.pk}",
+            budget=db_retry_budget(ending=self.ending_after_outage),
+            outage=self.outage,
+            wait=self.lease.wait_lost,
+        )
+
+    def _save(self) -> None:
+        """Save the text so far and the heartbeat, fenced by the row still running: a save that touches
+        no row loses the lease and ends the thread (_Lost) without another event."""
+        if self.lease.lost:
+            raise _Lost
+        started = time.monotonic()
+        self._last_save = started
+        updated = self._db(
+            lambda: Reply.objects.filter(pk=self.reply.pk, status=Reply.Status.RUNNING).update(
+                text=self.text, heartbeat_at=timezone.now()
+            )
+        )
+        if not updated:
+            self.lease.lose()
+            raise _Lost
+        self.lease.confirm(started)
+
     def _converse(self) -> str:
         max_rounds = _max_rounds()
         while True:  # one pass per model call; tool rounds are bounded by max_rounds
-            request = self._request(tools_allowed=self.rounds < max_rounds)
+            allowed = self.rounds < max_rounds
+            request = self._db(lambda allowed=allowed: self._request(tools_allowed=allowed))
             calls: list[ToolCall] = []
             finish = "stop"
             round_text = ""
@@ -225,22 +318,22 @@ class _Run:
     def _progress(self) -> None:
         if self.first_text_ms is None:
             self.first_text_ms = self._elapsed_ms()
+        self.lease.text = self.text
         now = time.monotonic()
+        if now - self._last_save >= settings.CONVO_REPLY_SAVE_INTERVAL or not self.lease.fresh():
+            self._save()  # before the event: an event only goes out while the lease holds
         if now - self._last_event >= settings.CONVO_REPLY_EVENT_INTERVAL:
             self._last_event = now
             events.emit(
                 self.sid, events.REPLY, state="delta", text=self.text, reply=self.reply.pk, turn=self.reply.turn_number
             )
-        if now - self._last_save >= settings.CONVO_REPLY_SAVE_INTERVAL:
-            self._last_save = now
-            Reply.objects.filter(pk=self.reply.pk, status=Reply.Status.RUNNING).update(text=self.text)
 
     def _run_tools(self, calls: list[ToolCall], round_text: str) -> None:
         context = tools.ToolContext(session_id=self.sid)
         for i, call in enumerate(calls):
             if self.handle.is_cancelled:
                 raise _Stopped
-            result = tools.run(call.name, call.arguments, context)
+            result = self._db(lambda call=call: tools.run(call.name, call.arguments, context))
             metadata = {
                 "reply": str(self.reply.pk),
                 "tool_round": f"{self.reply.pk}:{self.rounds}",
@@ -259,21 +352,34 @@ class _Run:
                     metadata=metadata,
                 )
             )
-        Reply.objects.filter(pk=self.reply.pk, status=Reply.Status.RUNNING).update(tool_rounds=self.rounds)
+        updated = self._db(
+            lambda: Reply.objects.filter(pk=self.reply.pk, status=Reply.Status.RUNNING).update(tool_rounds=self.rounds)
+        )
+        if not updated:
+            self.lease.lose()
+            raise _Lost
 
     def _guarded(self, write: Callable[[Reply], T]) -> T:
-        """Run ``write`` holding the session's row lock and the reply's, once both are checked."""
-        with transaction.atomic():
-            session = ConversationSession.objects.select_for_update().filter(pk=self.sid).first()
-            if session is None:
-                raise _Abandoned(GONE_MESSAGE)
-            reply = Reply.objects.select_for_update().filter(pk=self.reply.pk).first()
-            if reply is None:
-                raise _Abandoned(GONE_MESSAGE)
-            if not reply.is_running:
+        """Run ``write`` holding the session's row lock and the reply's, once both are checked (again
+        on a fresh connection after a cut: the running check makes a committed write not happen twice)."""
+
+        def attempt() -> T:
+            if self.lease.lost:
                 raise _Lost
-            self._check_turn(session)
-            return write(reply)
+            with transaction.atomic():
+                session = ConversationSession.objects.select_for_update().filter(pk=self.sid).first()
+                if session is None:
+                    raise _Abandoned(GONE_MESSAGE)
+                reply = Reply.objects.select_for_update().filter(pk=self.reply.pk).first()
+                if reply is None:
+                    raise _Abandoned(GONE_MESSAGE)
+                if not reply.is_running:
+                    self.lease.lose()
+                    raise _Lost
+                self._check_turn(session)
+                return write(reply)
+
+        return self._db(attempt)
 
     def _elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -331,8 +437,13 @@ class _Run:
             return
         except _Abandoned as exc:
             self._end_error(str(exc), annotate_turn=False)
-        except engine.SessionError as exc:
-            self._end_error(f"The reply could not be stored: {exc}", annotate_turn=False)
+        except Exception as exc:
+            if dbconn.is_connection_error(exc):
+                self._end_lost()
+            elif isinstance(exc, engine.SessionError):
+                self._end_error(f"The reply could not be stored: {exc}", annotate_turn=False)
+            else:
+                raise
 
     def _end_stopped(self) -> None:
         def write(reply: Reply) -> None:
@@ -346,10 +457,20 @@ class _Run:
             self._guarded(write)
         except _Lost:
             return
-        except (_Abandoned, engine.SessionError):
+        except Exception as exc:
+            if not isinstance(exc, _Abandoned | engine.SessionError) and not dbconn.is_connection_error(exc):
+                raise
             self._row_only(Reply.Status.STOPPED, "stopped", "", state="stopped")
 
+    def _end_lost(self) -> None:
+        """The database stayed unreachable for longer than a step may wait: end the row with that
+        reason, on a fresh connection, as soon as the database is back (bounded)."""
+        self.ending_after_outage = True
+        self._end_error(DB_LOST_MESSAGE)
+
     def _end_error(self, message: str, *, annotate_turn: bool = True) -> None:
+        if self.lease.lost:
+            return
         message = redact(message)
         logger.warning("Reply %s of session %s failed: %s", self.reply.pk, self.sid, message)
 
@@ -364,19 +485,24 @@ class _Run:
                 return
             except _Lost:
                 return
-            except (_Abandoned, engine.SessionError):
-                pass
+            except (_Abandoned, engine.SessionError) as exc:
+                if dbconn.is_connection_error(exc):
+                    raise  # still unreachable: the row cannot be ended now (the stale sweep will)
         self._row_only(Reply.Status.ERROR, "error", message, state="error")
 
     def _row_only(self, status: str, finish: str, error: str, *, state: str) -> None:
         """End the row when the turn cannot be touched (session gone, conversation moved on)."""
-        updated = Reply.objects.filter(pk=self.reply.pk, status=Reply.Status.RUNNING).update(
-            status=status,
-            text=self.text,
-            finish_reason=finish,
-            error=error,
-            tool_rounds=self.rounds,
-            finished_at=timezone.now(),
+        if self.lease.lost:
+            return
+        updated = self._db(
+            lambda: Reply.objects.filter(pk=self.reply.pk, status=Reply.Status.RUNNING).update(
+                status=status,
+                text=self.text,
+                finish_reason=finish,
+                error=error,
+                tool_rounds=self.rounds,
+                finished_at=timezone.now(),
+            )
         )
         if updated:
             data = {"error": error} if error else {}

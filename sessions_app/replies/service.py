@@ -6,6 +6,11 @@ commit ``workers.launch`` runs it in a daemon thread (the loop itself is ``run.p
 row's flag, which the process running the reply polls (``workers.py``); every check for a running
 reply first marks a dead process's reply interrupted (``workers.recover_stale_replies``). What a
 reply sends (``reply_context_window``) is in ``run.py``, next to the request it builds.
+
+Resume: ``sweep`` (every serving process runs it periodically) marks dead processes' replies and
+starts, once, a new reply for each reply interrupted by a process death or a shutdown
+(``resume_interrupted``; CONVO_REPLY_AUTO_RETRY). The new row points at the old one
+(``resumed_from``), whose partial text stays in its record; a resume is never resumed itself.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from functools import partial
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from sessions_app import engine, events
@@ -190,6 +196,18 @@ def _begin(session: ConversationSession, *, regenerate: bool) -> Reply:
         raise NothingToReply("There is no message to reply to yet: send one first.")
     if turn.is_complete and not regenerate:
         raise NothingToReply("The last message already has a reply: regenerate it to get another one.")
+    return _create(session, turn, base_seq=session.last_seq, regenerate=regenerate)
+
+
+def _create(
+    session: ConversationSession,
+    turn: engine.TurnView,
+    *,
+    base_seq: int,
+    regenerate: bool,
+    resumed_from: Reply | None = None,
+) -> Reply:
+    """Insert the running row, announce it, and launch its thread after the commit."""
     responder = get_responder()
     try:
         with transaction.atomic():
@@ -197,10 +215,11 @@ def _begin(session: ConversationSession, *, regenerate: bool) -> Reply:
                 session=session,
                 turn_number=turn.number,
                 user_seq=turn.user_message.seq,
-                base_seq=session.last_seq,
+                base_seq=base_seq,
                 regenerate=regenerate,
                 responder=responder.name,
                 model=responder.model,
+                resumed_from=resumed_from,
                 worker=workers.worker_id(),
                 # The real clock, whatever ``now`` the caller passed: liveness is about this process.
                 heartbeat_at=timezone.now(),
@@ -208,6 +227,75 @@ def _begin(session: ConversationSession, *, regenerate: bool) -> Reply:
             )
     except IntegrityError:
         raise ReplyInProgress(session.pk) from None
-    events.emit(session.pk, events.REPLY, state="started", text="", reply=reply.pk, turn=turn.number)
+    extra = {"resumed_from": resumed_from.pk} if resumed_from is not None else {}
+    events.emit(session.pk, events.REPLY, state="started", text="", reply=reply.pk, turn=turn.number, **extra)
     transaction.on_commit(partial(workers.launch, reply.pk, workers.serving_loop(), responder, session.pk))
+    return reply
+
+
+# ---------------------------------------------------------------------------------------------
+# The periodic sweep: dead processes' replies marked, and resumed once.
+
+
+def resume_window() -> dt.timedelta:
+    """How long after its interruption a reply is still resumed (a process that comes back after a
+    longer downtime does not answer old questions by itself)."""
+    return dt.timedelta(seconds=max(60.0, 4 * settings.CONVO_REPLY_STALE_SECONDS))
+
+
+def sweep(*, now: dt.datetime | None = None) -> tuple[int, list[Reply]]:
+    """Mark dead processes' replies interrupted, then resume the interrupted ones (when
+    CONVO_REPLY_AUTO_RETRY is on); return (how many were marked, the replies started)."""
+    marked = workers.recover_stale_replies(now=now)
+    return marked, resume_interrupted(now=now)
+
+
+def resume_interrupted(*, now: dt.datetime | None = None, limit: int = 100) -> list[Reply]:
+    """Start a new reply for each reply interrupted by a process death or a shutdown within
+    ``resume_window()``, that is not a resume itself and was not resumed yet, when its turn is still
+    the session's last one and nothing else runs there; return the replies started.
+
+    Race-free across processes: each resume is decided under the session's row lock, re-checking that
+    no reply points at the interrupted one; the one-running-reply constraint backs that up.
+    """
+    if not workers.auto_retry() or workers.closing():
+        return []
+    now = now or timezone.now()
+    candidates = (
+        Reply.objects.filter(
+            status=Reply.Status.INTERRUPTED,
+            finish_reason="interrupted",
+            resumed_from__isnull=True,
+            finished_at__gte=now - resume_window(),
+        )
+        .exclude(Exists(Reply.objects.filter(resumed_from=OuterRef("pk"))))
+        .order_by("finished_at", "pk")
+    )
+    started = []
+    for old in candidates[:limit]:
+        try:
+            reply = _resume(old, now)
+        except (ReplyError, engine.SessionError):
+            continue  # the session moved on, expired or went away, or a reply runs there already
+        if reply is not None:
+            started.append(reply)
+    return started
+
+
+def _resume(old: Reply, now: dt.datetime) -> Reply | None:
+    with transaction.atomic():
+        session = engine.lock_session(old.session_id, engine.ANY_OWNER, now)
+        if Reply.objects.filter(resumed_from=old).exists():
+            return None  # another process resumed it first
+        if Reply.objects.filter(session_id=session.pk, status=Reply.Status.RUNNING).exists():
+            return None
+        turn = engine.last_turn(session)
+        if turn is None or turn.number != old.turn_number or turn.user_message.seq != old.user_seq:
+            return None  # the conversation moved on (a new message, a clear)
+        if turn.is_complete and not old.regenerate:
+            return None  # answered meanwhile
+        # The same earlier responses left out as the interrupted reply did; the tool results it
+        # stored are part of the context, so the model goes on from them.
+        reply = _create(session, turn, base_seq=old.base_seq, regenerate=old.regenerate, resumed_from=old)
+    workers.logger.warning("Reply %s of session %s resumed as reply %s", old.pk, old.session_id, reply.pk)
     return reply

@@ -1,11 +1,16 @@
-"""The processes that run replies: worker ids and liveness, recovery, threads, and the watcher.
+"""The processes that run replies: worker ids and liveness, recovery, threads, the watcher, shutdown.
 
 Each reply runs in a daemon thread of the process that started it (``launch``; the loop is
 ``run.run_reply``). Each process has one watcher thread while it runs replies: it refreshes their
-heartbeats and polls their rows' stop flags (Stop from another process), cancelling locally. A
+heartbeats (confirming each thread's ``run.Lease``) and polls their rows' status and stop flags (Stop
+from another process), cancelling locally; a row seen ended or gone loses the thread its lease. A
 running row whose heartbeat is older than CONVO_REPLY_STALE_SECONDS belongs to a dead process:
-``recover_stale_replies`` (run on a process's first request, and before every "is a reply running"
-check) marks it interrupted.
+``recover_stale_replies`` (run by every serving process's periodic sweep, on a process's first
+request, and before every "is a reply running" check) marks it interrupted. The watcher survives a
+cut database connection (``dbconn``): it reconnects with a bounded backoff and logs once per outage.
+
+``shutdown(grace_seconds)`` (called on SIGTERM): replies that finish within the grace finish; the
+others are stopped and marked interrupted, so another process resumes them (CONVO_REPLY_AUTO_RETRY).
 """
 
 from __future__ import annotations
@@ -25,17 +30,32 @@ from typing import Any
 
 from asgiref.sync import SyncToAsync
 from django.conf import settings
-from django.db import DatabaseError, connections
+from django.db import connection, connections
 from django.utils import timezone
 
 from sessions_app.models import Reply
 
+from . import dbconn
 from .responders import CancelHandle, Responder, redact
-from .run import emit_error, mark_turn_error, run_reply
+from .run import Lease, emit_error, mark_turn_error, run_reply
 
 logger = logging.getLogger(__name__)
 
 INTERRUPTED_MESSAGE = "The reply was interrupted (the server restarted or its process stopped). Try again."
+RESUMING_MESSAGE = "The reply was interrupted (the server restarted or its process stopped); it is being resumed."
+SHUTDOWN_MESSAGE = "The reply was interrupted because its server shut down; it is being resumed."
+SHUTDOWN_RETRY_OFF_MESSAGE = "The reply was interrupted because its server shut down. Try again."
+
+
+def auto_retry() -> bool:
+    """Whether interrupted replies are resumed by the periodic sweep (CONVO_REPLY_AUTO_RETRY, and a sweep
+    that runs: CONVO_REPLY_SWEEP_SECONDS)."""
+    return bool(settings.CONVO_REPLY_AUTO_RETRY) and settings.CONVO_REPLY_SWEEP_SECONDS is not None
+
+
+def interrupted_message(reply: Reply) -> str:
+    """What a reply whose process died says: it will be resumed unless it is a resume itself."""
+    return RESUMING_MESSAGE if auto_retry() and reply.resumed_from_id is None else INTERRUPTED_MESSAGE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +113,7 @@ def _provably_dead(worker: str) -> bool:
 class _Local:
     thread: threading.Thread
     handle: CancelHandle
+    lease: Lease
     session_key: uuid.UUID | None = None
 
 
@@ -127,19 +148,18 @@ def recover_stale_replies(*, session_id: uuid.UUID | None = None, now: dt.dateti
         if reply.heartbeat_at >= stale_cutoff and not _provably_dead(reply.worker):
             continue
         # Only if it did not beat meanwhile (and nobody else ended it).
+        message = interrupted_message(reply)
         updated = Reply.objects.filter(
             pk=reply.pk, status=Reply.Status.RUNNING, heartbeat_at=reply.heartbeat_at
-        ).update(
-            status=Reply.Status.INTERRUPTED, error=INTERRUPTED_MESSAGE, finish_reason="interrupted", finished_at=now
-        )
+        ).update(status=Reply.Status.INTERRUPTED, error=message, finish_reason="interrupted", finished_at=now)
         if not updated:
             continue
         count += 1
         logger.warning(
             "Reply %s of session %s was interrupted (worker %s stopped)", reply.pk, reply.session_id, reply.worker
         )
-        mark_turn_error(reply, INTERRUPTED_MESSAGE, now)
-        emit_error(reply, reply.text, INTERRUPTED_MESSAGE)
+        mark_turn_error(reply, message, now)
+        emit_error(reply, reply.text, message)
     return count
 
 
@@ -183,28 +203,44 @@ def launch(
     session_key: uuid.UUID | None = None,
 ) -> None:
     handle = CancelHandle()
+    lease = Lease()
     thread = threading.Thread(
-        target=_thread_main, args=(reply_id, handle, loop, responder), name=f"convo-reply-{reply_id}", daemon=True
+        target=_thread_main,
+        args=(reply_id, handle, lease, loop, responder),
+        name=f"convo-reply-{reply_id}",
+        daemon=True,
     )
     with _local_lock:
-        _local[reply_id] = _Local(thread, handle, session_key)
+        if _closing.is_set():  # shutting down: hand it to another process at once
+            thread = None
+        else:
+            _local[reply_id] = _Local(thread, handle, lease, session_key)
+    if thread is None:
+        _on_own_thread(_hand_over, {reply_id: ""})
+        return
     thread.start()
     _watcher.ensure_running()
 
 
 def _thread_main(
-    reply_id: int, handle: CancelHandle, loop: asyncio.AbstractEventLoop | None, responder: Responder
+    reply_id: int, handle: CancelHandle, lease: Lease, loop: asyncio.AbstractEventLoop | None, responder: Responder
 ) -> None:
     if loop is not None:
         # Make async_to_sync in this thread (the engine's event pushes) run on the serving loop.
         SyncToAsync.threadlocal.main_event_loop = loop
         SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
     try:
-        reply = Reply.objects.filter(pk=reply_id).first()
+        reply = dbconn.retry(lambda: Reply.objects.filter(pk=reply_id).first(), who=f"Reply {reply_id}", budget=5.0)
         if reply is not None:
-            run_reply(reply, handle, responder)
-    except Exception:
-        logger.error("Reply %s crashed: %s", reply_id, redact(traceback.format_exc()))
+            run_reply(reply, handle, responder, lease)
+    except Exception as exc:
+        if dbconn.is_connection_error(exc):
+            logger.warning(
+                "Reply %s could not record its end (the database is unreachable); the stale sweep will mark it",
+                reply_id,
+            )
+        else:
+            logger.error("Reply %s crashed: %s", reply_id, redact(traceback.format_exc()))
     finally:
         with _local_lock:
             _local.pop(reply_id, None)
@@ -253,34 +289,146 @@ class _Watcher:
 
     def _loop(self) -> None:
         last_beat = time.monotonic()
+        outage = dbconn.Outage("The reply watcher")
         try:
             while True:  # ends when this process runs no reply (checked under the start lock)
                 with self._lock, _local_lock:
-                    ids = list(_local)
-                    if not ids:
+                    local = dict(_local)
+                    if not local:
                         self._thread = None
                         return
                 try:
-                    if time.monotonic() - last_beat >= settings.CONVO_REPLY_HEARTBEAT_SECONDS:
-                        last_beat = time.monotonic()
-                        Reply.objects.filter(pk__in=ids, status=Reply.Status.RUNNING).update(
-                            heartbeat_at=timezone.now()
-                        )
-                    # Stop asked for (from any process), or the row gone with its deleted session.
-                    alive = dict(Reply.objects.filter(pk__in=ids).values_list("pk", "stop_requested"))
-                    for pk in ids:
-                        if alive.get(pk, True):
-                            cancel_local(pk)
-                except DatabaseError:
-                    logger.exception("The reply watcher could not reach the database")
-                time.sleep(settings.CONVO_REPLY_POLL_SECONDS)
-        except Exception:
+                    last_beat = self._check(local, last_beat)
+                    outage.recovered()
+                    delay = settings.CONVO_REPLY_POLL_SECONDS
+                except Exception as exc:  # a cut connection, a database restart: close, back off, retry
+                    delay = max(outage.failed(exc), settings.CONVO_REPLY_POLL_SECONDS)
+                time.sleep(delay)
+        except BaseException:
             logger.exception("The reply watcher stopped")
+            raise
         finally:
             with self._lock:
                 if self._thread is threading.current_thread():
                     self._thread = None  # died abnormally: the next reply starts a new watcher
             connections.close_all()
 
+    @staticmethod
+    def _check(local: dict[int, _Local], last_beat: float) -> float:
+        """One round: the heartbeat when due, then each row's status and stop flag. Returns the time
+        of the last heartbeat."""
+        ids = list(local)
+        beat = None
+        if time.monotonic() - last_beat >= settings.CONVO_REPLY_HEARTBEAT_SECONDS:
+            beat = time.monotonic()
+            Reply.objects.filter(pk__in=ids, status=Reply.Status.RUNNING).update(heartbeat_at=timezone.now())
+            last_beat = beat
+        rows = {
+            pk: (status, stop)
+            for pk, status, stop in Reply.objects.filter(pk__in=ids).values_list("pk", "status", "stop_requested")
+        }
+        for pk, item in local.items():
+            status, stop = rows.get(pk, (None, True))
+            if status != Reply.Status.RUNNING:
+                # Ended elsewhere (marked interrupted after a pause, or its session deleted): the
+                # thread has no row to write any more and must not send another event.
+                item.lease.lose()
+                item.handle.cancel()
+                continue
+            if beat is not None:  # the heartbeat found it running (nothing turns back to running)
+                item.lease.confirm(beat)
+            if stop:
+                item.handle.cancel()
+        return last_beat
+
 
 _watcher = _Watcher()
+
+
+# ---------------------------------------------------------------------------------------------
+# Shutdown: finish what finishes within the grace, hand the rest over to another process.
+
+
+_closing = threading.Event()
+_shutdown_lock = threading.Lock()
+# After the grace: at most this long to mark the remaining replies and let their threads end.
+HANDOVER_SECONDS = 2.0
+
+
+def closing() -> bool:
+    """Whether this process is shutting down (no new reply threads, no resumes from here)."""
+    return _closing.is_set()
+
+
+def shutdown(grace_seconds: float) -> None:
+    """Stop this process's replies for a shutdown; blocks for at most ``grace_seconds`` + HANDOVER_SECONDS.
+
+    Replies that finish within ``grace_seconds`` finish. The others lose their lease (they send
+    nothing more and write nothing), their provider calls are cancelled, and their rows are marked
+    interrupted (finish reason "interrupted", the text so far kept), so that another process's sweep
+    resumes them when CONVO_REPLY_AUTO_RETRY is on; pages get the REPLY error event. From the first
+    call on, no new reply thread starts here (a reply started meanwhile is handed over the same way).
+    Idempotent: a second call finds nothing left to do. Safe to call from an event loop's thread (the
+    database work runs on a thread of its own).
+    """
+    _closing.set()
+    with _shutdown_lock:
+        deadline = time.monotonic() + max(0.0, grace_seconds)
+        with _local_lock:
+            running = list(_local.values())
+        for item in running:
+            item.thread.join(max(0.0, deadline - time.monotonic()))
+        with _local_lock:
+            left = dict(_local)
+        if not left:
+            return
+        for item in left.values():
+            item.lease.lose()
+            item.handle.cancel()
+        handover_by = time.monotonic() + HANDOVER_SECONDS
+        texts = {pk: item.lease.text for pk, item in left.items()}
+        _on_own_thread(_hand_over, texts, handover_by - 0.5, timeout=HANDOVER_SECONDS)
+        stop_by = handover_by  # let the stopped threads close their connections
+        for item in left.values():
+            item.thread.join(max(0.0, stop_by - time.monotonic()))
+
+
+def _on_own_thread(func: Any, *args: Any, timeout: float | None = None) -> None:
+    """Run ``func`` on a new thread and wait for it, at most ``timeout`` seconds (the ORM refuses to
+    run on an event loop's thread)."""
+    thread = threading.Thread(target=func, args=args, name="convo-reply-shutdown", daemon=True)
+    thread.start()
+    thread.join(timeout)
+
+
+def _hand_over(texts: dict[int, str], deadline: float | None = None) -> None:
+    """Mark this process's running replies interrupted for a shutdown, keeping their text so far
+    (retrying a cut connection until the monotonic ``deadline``)."""
+    deadline = deadline if deadline is not None else time.monotonic() + HANDOVER_SECONDS
+    message = SHUTDOWN_MESSAGE if auto_retry() else SHUTDOWN_RETRY_OFF_MESSAGE
+    try:
+        for pk, text in texts.items():
+            now = timezone.now()
+            fields: dict[str, Any] = {
+                "status": Reply.Status.INTERRUPTED,
+                "error": message,
+                "finish_reason": "interrupted",
+                "finished_at": now,
+            }
+            if text:
+                fields["text"] = text
+
+            def mark(pk: int = pk, fields: dict[str, Any] = fields) -> int:
+                return Reply.objects.filter(pk=pk, status=Reply.Status.RUNNING, worker=worker_id()).update(**fields)
+
+            try:
+                if not dbconn.retry(mark, who="The shutdown", budget=max(0.0, deadline - time.monotonic())):
+                    continue  # it finished (or was ended) meanwhile
+                reply = Reply.objects.get(pk=pk)
+                logger.warning("Reply %s of session %s was handed over at shutdown", pk, reply.session_id)
+                mark_turn_error(reply, message, now)
+                emit_error(reply, reply.text, message)
+            except Exception as exc:  # the database is gone too: the other processes' sweep marks it
+                logger.warning("Could not hand reply %s over at shutdown: %s", pk, redact(str(exc)))
+    finally:
+        connection.close()

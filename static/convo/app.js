@@ -13,15 +13,71 @@
     { code: "[45]..", swap: false, error: true },
   ];
 
+  /* ---- Live link: reconnect backoff and periodic resync (issue 10) -------------------------------
+     The backoff counts attempts that failed to deliver anything: it is reset only once a frame has
+     arrived on the new socket, never by the open itself (a socket that opens and is closed at once,
+     e.g. by a server that cannot send its catch-up, must not reconnect at full speed forever). The
+     extension's own counter is reset on every open, so its delay function reads ours instead. */
+  var live = {
+    socket: null, retries: 0, timer: null, opened: false,
+    received: false, helloSent: false, syncTimer: null, autoDelay: null,
+  };
+  window.convoLive = live;
+
   // Exponential backoff with jitter: 0.5-1x of 500 ms * 2^n, capped at 15 s.
   function reconnectDelay(retry) {
     var base = Math.min(15000, 500 * Math.pow(2, Math.min(retry, 8)));
     return base / 2 + Math.random() * (base / 2);
   }
-  htmx.config.wsReconnectDelay = reconnectDelay;
+  htmx.config.wsReconnectDelay = function () {
+    live.autoDelay = reconnectDelay(live.retries);
+    return live.autoDelay;
+  };
 
-  var live = { socket: null, retries: 0, timer: null, opened: false };
-  window.convoLive = live;
+  // Every data-resync-seconds the page tells the server what it has (the newest message, its panels'
+  // version, the reply it shows running); the server answers with whatever it lacks. So a page is at
+  // most that far behind even when a notification was lost (e.g. while Redis was away).
+  function resyncSeconds() {
+    var main = document.getElementById("chat-main");
+    var value = main ? parseFloat(main.getAttribute("data-resync-seconds")) : NaN;
+    return value > 0 ? value : 15;
+  }
+  function shownReply() {
+    var running = document.querySelector("#reply-stream .streaming");
+    return running ? running.getAttribute("data-reply") : null;
+  }
+  function startResync() {
+    clearInterval(live.syncTimer);
+    live.syncTimer = setInterval(function () {
+      if (!live.socket || !live.helloSent) return;
+      send({ type: "sync", last_seq: lastSeq(), version: panelsVersion(), reply: shownReply() });
+    }, resyncSeconds() * 1000);
+  }
+  function linkOpened(socket) {
+    live.socket = socket;
+    live.received = false;
+    live.opened = true;
+    live.helloSent = true;
+    startResync();
+  }
+  // The delay before the next attempt: the extension's own (it retries 1006/1011/1012/1013 itself,
+  // having just asked wsReconnectDelay) or a new one for the page to wait.
+  function linkClosed(auto) {
+    live.socket = null;
+    live.helloSent = false;
+    clearInterval(live.syncTimer);
+    var delay = auto && live.autoDelay !== null ? live.autoDelay : reconnectDelay(live.retries);
+    live.autoDelay = null;
+    live.retries += 1;
+    return delay;
+  }
+  function linkDelivered() {
+    if (!live.received) {
+      live.received = true;
+      live.retries = 0;
+    }
+  }
+  /* ---- end of the live link block ---------------------------------------------------------------- */
 
   function byId(id) { return document.getElementById(id); }
   function seqOf(el) { return parseInt(el.getAttribute("data-seq"), 10); }
@@ -205,9 +261,7 @@
     setStatus(live.opened ? "reconnecting" : "connecting", live.opened ? "Reconnecting live updates…" : "Connecting live updates…");
   });
   document.addEventListener("htmx:wsOpen", function (e) {
-    live.socket = e.detail.socketWrapper;
-    live.retries = 0;
-    live.opened = true;
+    linkOpened(e.detail.socketWrapper);
     setStatus("live", "Live");
     // Tell the server what the page has: it answers with exactly the missing messages, and fresh
     // panels unless the page's are current.
@@ -217,12 +271,12 @@
     var code = e.detail.event.code;
     var wrapper = e.detail.socketWrapper;
     if (code >= 4000) {
+      linkClosed(false);
       setStatus("refused", code === 4404 ? "This conversation is gone." : "Live updates refused: log in again.");
       return;
     }
     var auto = [1006, 1011, 1012, 1013].indexOf(code) >= 0; // the extension retries these itself
-    var delay = reconnectDelay(live.retries);
-    live.retries += 1;
+    var delay = linkClosed(auto);
     setStatus("disconnected", "Disconnected — reconnecting in " + Math.max(1, Math.round(delay / 1000)) + " s…");
     if (!auto && byId("chat-main") && byId("chat-main").hasAttribute("ws-connect")) {
       clearTimeout(live.timer);
@@ -230,6 +284,7 @@
     }
   });
   document.addEventListener("htmx:wsAfterMessage", function () {
+    linkDelivered();
     prune();
     afterReplyUpdate();
     restoreEdits();

@@ -64,6 +64,9 @@ class Daphne:
             "DJANGO_DEBUG": "true",
             "CONVO_RESPONDER": "builtin",
             "CONVO_BUILTIN_WORD_DELAY": self.word_delay,
+            # The test process's own prefix (derived from the database's configured name): the
+            # servers' would follow the test database's name, and the two would not hear each other.
+            "CONVO_CHANNEL_PREFIX": django_settings.CONVO_CHANNEL_PREFIX,
         }
         db = django_settings.DATABASES["default"]
         if ON_SQLITE:

@@ -2,13 +2,15 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
 
 from sessions_app import engine
+from sessions_app.api.idempotency import expired_keys, purge_expired_keys
 
 DRY_RUN_LISTED = 20  # expired sessions a dry run names
 
 
 class Command(BaseCommand):
     help = (
-        "Deletes expired conversation sessions with their messages and turns, in batches. "
+        "Deletes expired conversation sessions with their messages and turns, in batches, and API "
+        "Idempotency-Keys older than CONVO_API_IDEMPOTENCY_TTL_SECONDS. "
         "Safe to run from cron: a session that becomes active while it runs is kept."
     )
 
@@ -35,9 +37,11 @@ class Command(BaseCommand):
                     )
                 if found.sessions > DRY_RUN_LISTED:
                     self.stdout.write(f"  … and {found.sessions - DRY_RUN_LISTED} more")
+                self.stdout.write(f"Dry run: would delete {expired_keys()} expired Idempotency-Key(s).")
                 return
             progress = self._progress if self.stdout.isatty() else None
             result = engine.purge_expired(batch_size=batch_size, progress=progress)
+            keys = purge_expired_keys(batch_size=batch_size)
         except (DatabaseError, engine.StorageError) as exc:
             raise CommandError(f"Cannot reach the database: {exc}") from exc
         if progress:
@@ -45,6 +49,7 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(f"Deleted {result.sessions} expired session(s) with {result.messages} message(s).")
         )
+        self.stdout.write(self.style.SUCCESS(f"Deleted {keys} expired Idempotency-Key(s)."))
 
     def _progress(self, result: engine.PurgeResult) -> None:
         self.stdout.write(f"\rDeleted {result.sessions} session(s), {result.messages} message(s)…", ending="")
