@@ -228,8 +228,7 @@ def _hand_replies_over(grace: float) -> None:
     try:
         from sessions_app.replies import workers
 
-        if hasattr(workers, "shutdown"):
-            workers.shutdown(grace)
+        workers.shutdown(grace)
     except Exception:
         logger.exception("Could not hand the running replies over")
     finally:

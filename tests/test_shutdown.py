@@ -125,3 +125,29 @@ async def test_lifespan_shutdown_drains():
     await asyncio.wait_for(task, 10)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert drain.shutting_down
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_drain_hands_the_running_replies_over(make_session, scripted, sent, settings):
+    """SIGTERM's drain calls the replies' shutdown: a reply that does not finish within the grace
+    period is stopped and marked for another process to resume, before the server stops."""
+    from sessions_app import replies
+    from sessions_app.models import Reply
+    from sessions_app.replies import workers
+
+    from .replies_faults_support import wait_for
+
+    settings.CONVO_SHUTDOWN_GRACE_SECONDS = 0.2
+    scripted.steps = ["one ", "until-cancelled"]
+    make_session("s")
+    _, reply = replies.append_and_reply("s", "hi")
+    wait_for(lambda: len(sent.replies(reply.pk)) >= 2, what="some deltas")
+    stopped = []
+    try:
+        asyncio.run(shutdown.Drain().shutdown(stop=lambda: stopped.append(dict(workers._local))))
+    finally:
+        workers._closing.clear()  # this test process keeps starting replies
+    assert stopped == [{}]  # no reply thread left when the server stops
+    row = Reply.objects.get(pk=reply.pk)
+    assert (row.status, row.finish_reason) == ("interrupted", "interrupted")
+    assert "shut down" in row.error
