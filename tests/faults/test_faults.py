@@ -27,6 +27,7 @@ from .conftest import (
     APP_NAME,
     FAULT_RESYNC_SECONDS,
     FAULT_STALE_SECONDS,
+    FAULT_SWEEP_SECONDS,
     SHUTDOWN_LIMIT,
     WORD_DELAY,
     Server,
@@ -35,24 +36,8 @@ from .support import FRAME_LIMIT, Api, Page, Write, check_delivery, committed_5x
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
-# Scenarios whose fix is another part of issue 10, until it is merged (then these marks are inert).
-LIVE = hasattr(django_settings, "CONVO_RESYNC_SECONDS")
-REPLIES = hasattr(django_settings, "CONVO_REPLY_AUTO_RETRY")
-needs_live = pytest.mark.xfail(
-    not LIVE,
-    reason="needs the live-update fixes of issue 10 (frames <= 256 KB, CONVO_RESYNC_SECONDS check-ins, handshakes "
-    "during a Redis outage, CONVO_CHANNEL_PREFIX, consumers ignoring ended replies), not merged yet",
-    strict=False,
-)
-needs_replies = pytest.mark.xfail(
-    not REPLIES,
-    reason="needs the reply fixes of issue 10 (lease fencing, watcher reconnect, stale sweep, CONVO_REPLY_AUTO_RETRY, "
-    "workers.shutdown hand-over), not merged yet",
-    strict=False,
-)
-
-# A dead reply is marked within the stale window (plus one sweep, which runs every few seconds).
-MARK_WITHIN = 2 * FAULT_STALE_SECONDS + 2.0
+# A dead reply is marked within the stale window, plus one sweep and the time to see it.
+MARK_WITHIN = FAULT_STALE_SECONDS + FAULT_SWEEP_SECONDS + 2.0
 REPLY_SECONDS = 45 * WORD_DELAY  # the built-in responder's answer streams for about this long
 CATCH_UP_WITHIN = FAULT_RESYNC_SECONDS + 3.0  # a page has caught up within one check-in (plus slack)
 RESUME_WITHIN = MARK_WITHIN + REPLY_SECONDS + 6.0  # marked, resumed, and streamed once more
@@ -245,7 +230,6 @@ class Scene:
             no_zombie(page, self.reply_id, since)
 
 
-@needs_replies
 async def test_kill_9_mid_stream(up, api, actor, pages, record):
     a, b = up.servers
     scene = await Scene(api, [a, b], actor[1], "kill").open(pages)
@@ -275,7 +259,6 @@ async def test_kill_9_mid_stream(up, api, actor, pages, record):
     scene.no_zombie(killed + MARK_WITHIN)
 
 
-@needs_replies
 async def test_sigterm_with_requests_and_a_reply_in_flight(up, api, actor, pages, record):
     a, b = up.servers
     scene = await Scene(api, [a, b], actor[1], "term").open(pages, extra_on_a=1)
@@ -309,7 +292,6 @@ async def test_sigterm_with_requests_and_a_reply_in_flight(up, api, actor, pages
     assert len(assistant_answers(stored_r, scene.ask.seq)) == 1
 
 
-@needs_live
 async def test_redis_outage_mid_stream(up, api, actor, pages, record):
     a, b = up.servers
     scene = await Scene(api, [a, b], actor[1], "redis").open(pages)
@@ -351,7 +333,6 @@ async def test_redis_outage_mid_stream(up, api, actor, pages, record):
         assert page.stream[0] != "streaming", f"{page.name}: a finished reply still shows as running"
 
 
-@needs_live
 async def test_redis_outage_at_the_end_of_a_stream(up, api, actor, pages, record):
     """Redis goes away just before the reply ends: the end of the stream and the stored answer reach
     the pages through their check-in, while Redis is still down."""
@@ -396,7 +377,6 @@ def cut_connections() -> int:
     return len(rows)
 
 
-@needs_replies
 async def test_database_connection_cuts(up, api, actor, pages, record):
     a, b = up.servers
     scene = await Scene(api, [a, b], actor[1], "cut").open(pages)
@@ -427,8 +407,6 @@ async def test_database_connection_cuts(up, api, actor, pages, record):
     scene.no_zombie(time.monotonic())
 
 
-@needs_live
-@needs_replies
 async def test_sigstop_of_the_process_running_a_reply(up, api, actor, pages, record):
     a, b = up.servers
     scene = await Scene(api, [a, b], actor[1], "stop").open(pages)
@@ -457,7 +435,6 @@ async def test_sigstop_of_the_process_running_a_reply(up, api, actor, pages, rec
     scene.no_zombie(thawed_at + BACKLOG_SECONDS)
 
 
-@needs_live
 async def test_a_1_7_mb_catch_up(up, api, actor, pages, record):
     """40 messages of 30,000 characters: the catch-up arrives in frames under the limit, and the socket
     survives a system-prompt edit that re-sends the pane."""
@@ -505,7 +482,6 @@ def _cookies(cookie: str) -> dict[str, str]:
     return {name: value}
 
 
-@needs_live
 async def test_two_deployments_on_one_redis(up, api, actor, pages, record):
     """A second deployment (its own CONVO_CHANNEL_PREFIX) on the same redis-server hears nothing of the
     first one's events, even for the same session."""
