@@ -8,7 +8,7 @@ PORT ?= 8000
 PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432/convo
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/1
 
-.PHONY: run dev test test-sqlite test-postgres test-fast lint format bench venv services clean
+.PHONY: run dev test test-sqlite test-postgres test-fast lint format bench bench-ui screenshots pygments-css venv services clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,19 @@ format: venv
 
 bench: venv services
 	bash bench/run
+
+# The chat and home pages at 1440×900, 1280×720 and 390×844, light and dark (plus the phone's drawer and
+# panels sheet), regenerated into tests/browser/screenshots/ (checked in: look at them after a UI change).
+screenshots: venv
+	CONVO_SCREENSHOTS=1 env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -q -p no:cacheprovider tests/browser/test_browser_screenshots.py
+
+# The chat page in chromium: cold page weight and Enter → own message (bench/ui_chat.py; not a test).
+bench-ui: venv
+	$(PY) bench/ui_chat.py
+
+# static/convo/pygments.css: highlighted code colours, light and dark, raised to AA contrast.
+pygments-css: venv
+	$(PY) manage.py build_pygments_css
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts staticfiles

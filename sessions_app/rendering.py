@@ -30,6 +30,11 @@ from django.utils.decorators import sync_and_async_middleware
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
+from pygments import highlight as pygments_highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import get_lexer_by_name
+from pygments.token import STANDARD_TYPES
+from pygments.util import ClassNotFound
 
 from . import engine, replies
 from .forms import EditSessionForm
@@ -40,9 +45,51 @@ from .models import ConversationSession, Message, Role
 # and nh3 cleans the result anyway (allow-listed tags and attributes, http(s)/mailto links only), so
 # neither a model nor a user can get a script, an event handler or a javascript: link to run.
 
-_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable(
-    ["table", "strikethrough"]
-)
+
+def _highlight(code: str, lang: str, _attrs: str) -> str:
+    """markdown-it's highlight hook: a fenced block in a language Pygments knows becomes spans with
+    Pygments' short class names (coloured by static/convo/pygments.css, light and dark); any other
+    block is left to markdown-it (escaped text). Spans only: the CSP allows no inline style."""
+    name = (lang or "").strip().lower()
+    if not name:
+        return ""
+    try:
+        lexer = get_lexer_by_name(name, stripnl=False, ensurenl=False)
+    except ClassNotFound:
+        return ""
+    return pygments_highlight(code, lexer, _HIGHLIGHT_FORMATTER)
+
+
+_HIGHLIGHT_FORMATTER = HtmlFormatter(nowrap=True)
+# Pygments' short class names (``k``, ``s2``, ...): the only classes a highlighted span may carry.
+PYGMENTS_CLASSES = frozenset(name for name in STANDARD_TYPES.values() if name)
+
+_markdown = MarkdownIt(
+    "commonmark", {"html": False, "linkify": False, "typographer": False, "highlight": _highlight}
+).enable(["table", "strikethrough"])
+
+
+def code_language(info: str) -> str:
+    """The language a fence names (its info string's first word), for the code block's label."""
+    words = (info or "").split()
+    return words[0][:40] if words else "text"
+
+
+def _fence(self, tokens, idx, options, env) -> str:
+    """A fenced or indented code block with a header holding its language (the page adds a copy button)."""
+    token = tokens[idx]
+    language = code_language(token.info if token.type == "fence" else "")
+    body = (
+        self.fence(tokens, idx, options, env) if token.type == "fence" else self.code_block(tokens, idx, options, env)
+    )
+    return (
+        f'<div class="code-block"><div class="code-head"><span class="code-lang">{escape(language)}</span></div>'
+        f"{body}</div>"
+    )
+
+
+_markdown.add_render_rule("fence", _fence)
+_markdown.add_render_rule("code_block", _fence)
 
 
 def _image_or_link(self, tokens, idx, options, env) -> str:
@@ -60,7 +107,13 @@ _markdown.add_render_rule("image", _image_or_link)
 _ALLOWED_TAGS = {
     "p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li",
     "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td", "img",
+    "div", "span",
 }  # fmt: skip
+# Classes come only from the renderer (raw HTML is off): code blocks' frame and Pygments' token spans.
+_ALLOWED_CLASSES = {
+    "div": {"code-block", "code-head"},
+    "span": {"code-lang", *PYGMENTS_CLASSES},
+}
 _ALLOWED_ATTRIBUTES = {
     "a": {"href", "title"},
     "img": {"src", "alt", "title"},
@@ -98,6 +151,20 @@ def markdown_html(text: str) -> SafeString:
         if budget is not None:
             budget.charge(time.perf_counter() - started)
         _markdown_cache.put(text, html)
+    return mark_safe(html)  # noqa: S308 - sanitized by nh3, or escaped
+
+
+def markdown_live_html(text: str) -> SafeString:
+    """A reply's text so far as Markdown, rendered on every update while it streams (an unclosed fence
+    or a half table renders as far as it goes). Not cached: each prefix is seen once; within the
+    request's render budget, else plain text."""
+    budget = _budget.get()
+    if budget is not None and budget.spent:
+        return mark_safe(plain_html(text))  # noqa: S308 - escaped
+    started = time.perf_counter()
+    html = _markdown_or_plain(text)
+    if budget is not None:
+        budget.charge(time.perf_counter() - started)
     return mark_safe(html)  # noqa: S308 - sanitized by nh3, or escaped
 
 
@@ -139,6 +206,7 @@ def _markdown_or_plain(text: str) -> str:
         url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer nofollow",
         filter_style_properties={"text-align"},
+        allowed_classes=_ALLOWED_CLASSES,
     )
     return clean
 
@@ -538,3 +606,64 @@ def render_reply_actions_oob(session: ConversationSession) -> str:
 
 def render_gone_oob(session_id: str) -> str:
     return render_partial("session-gone", {"session_id": session_id, "oob": True})
+
+
+# ---------------------------------------------------------------------------------------------
+# The reply inspector: what the model saw for one answer.
+
+
+@dataclass
+class ReplyInspection:
+    answer: Message
+    reply: Any  # the Reply row, or None for an answer written by hand (or before replies were kept)
+    sent: list[tuple[int, Message | None, str | None]]  # seq, message (None: since cleared), text as sent if changed
+    recorded: bool  # whether the reply kept its sent seqs (replies from before the inspector did not)
+    usage: dict[str, Any]
+    latency_ms: int | None
+    first_token_ms: int | None
+
+    @property
+    def sent_tokens(self) -> int:
+        return sum(m.tokens for _, m, _ in self.sent if m is not None)
+
+    @property
+    def provider(self) -> dict[str, Any]:
+        return self.usage.get("provider") or {}
+
+    @property
+    def round_count(self) -> int:
+        return len(self.usage.get("round_seqs") or [])
+
+
+def _ms(start, end) -> int | None:
+    if start is None or end is None:
+        return None
+    return int((end - start).total_seconds() * 1000)
+
+
+def reply_inspection(session: ConversationSession, seq: int) -> ReplyInspection | None:
+    """Everything the inspector shows for the assistant message ``seq`` (None: no such answer)."""
+    answer = engine.messages_with_seqs(session, [seq]).get(seq)
+    if answer is None or answer.role != Role.ASSISTANT:
+        return None
+    reply = replies.reply_for_answer(session, seq)
+    seqs = list(reply.sent_seqs) if reply is not None and reply.sent_seqs is not None else []
+    stored = engine.messages_with_seqs(session, seqs)
+    usage = dict(reply.usage or {}) if reply is not None else {}
+    prompt = usage.get("system_prompt") or {}
+
+    def as_sent(seq: int, message: Message | None) -> str | None:
+        """The system prompt's text as the reply sent it, when it was edited since (else None)."""
+        if message is not None and prompt.get("seq") == seq and prompt.get("content") != message.content:
+            return str(prompt.get("content"))
+        return None
+
+    return ReplyInspection(
+        answer=answer,
+        reply=reply,
+        sent=[(s, stored.get(s), as_sent(s, stored.get(s))) for s in seqs],
+        recorded=reply is not None and reply.sent_seqs is not None,
+        usage=usage,
+        latency_ms=_ms(reply.started_at, reply.finished_at) if reply is not None else None,
+        first_token_ms=_ms(reply.started_at, reply.first_token_at) if reply is not None else None,
+    )

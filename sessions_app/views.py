@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -53,12 +53,9 @@ def _new_form(**kwargs: Any) -> NewSessionForm:
     return NewSessionForm(initial=NewSessionForm.initial_from(engine.SessionConfig.default()), **kwargs)
 
 
-def _composer_form(data: dict[str, str] | None = None) -> MessageForm:
-    """A fresh composer, keeping the role, name and tool call id of the last send."""
-    initial = {"role": Role.USER}
-    if data:
-        initial.update({k: data.get(k, "") for k in ("role", "name", "tool_call_id")})
-    return MessageForm(initial=initial)
+def _composer_form() -> MessageForm:
+    """A fresh composer: after a message posted as another role it is back to User (most people chat)."""
+    return MessageForm(initial={"role": Role.USER})
 
 
 def _page_context(request: HttpRequest, session: ConversationSession, **extra: Any) -> dict[str, Any]:
@@ -111,11 +108,12 @@ SIGNUP_THROTTLED = "Too many sign-up attempts from your address ({limit} an hour
 def home(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return render(request, "sessions_app/welcome.html", {"signup_enabled": settings.CONVO_SIGNUP_ENABLED})
-    return render(
-        request,
-        "sessions_app/home.html",
-        {"entries": rendering.sidebar_entries(request.user), "new_form": _new_form(), "new_open": True},
-    )
+    ctx = {"entries": rendering.sidebar_entries(request.user), "new_form": _new_form(), "new_open": True}
+    # A chat page whose conversation was deleted (in another tab) comes here with ?gone=<its id>.
+    gone = request.GET.get("gone", "")
+    if gone and len(gone) <= settings.CONVO_MAX_NAME_CHARS:
+        ctx["gone"] = gone
+    return render(request, "sessions_app/home.html", ctx)
 
 
 @require_http_methods(["GET", "POST"])
@@ -264,7 +262,7 @@ def message_send(request: HttpRequest, session_id: str) -> HttpResponse:
         return _partial(request, "composer", {"session": session, "composer": form}, status=status)
     if not request.htmx:
         return _after_write(request, session.id)
-    ctx = {"session": session, "composer": _composer_form(request.POST), "sent": [message], "focus": True}
+    ctx = {"session": session, "composer": _composer_form(), "sent": [message], "focus": True}
     return _partial(request, "composer", ctx)
 
 
@@ -314,6 +312,34 @@ def reply_stop(request: HttpRequest, session_id: str) -> HttpResponse:
             return _after_write(request, session.id)
         return HttpResponse(status=204)  # the stream stays until the stored partial reply replaces it
     return _reply_actions(request, session.id, notice="There is no reply to stop: it had already finished.")
+
+
+@login_required
+@require_GET
+def message_raw(request: HttpRequest, session_id: str, seq: int) -> HttpResponse:
+    """A message's stored text, as plain text (the chat's "Copy" copies it as Markdown)."""
+    session = _owned(request, session_id)
+    with engine_errors():
+        message = engine.messages_with_seqs(session, [seq]).get(seq)
+    if message is None:
+        raise Http404("No such message.")
+    return HttpResponse(message.content, content_type="text/plain; charset=utf-8")
+
+
+@login_required
+@require_GET
+def reply_inspect(request: HttpRequest, session_id: str, seq: int) -> HttpResponse:
+    """The reply inspector for the assistant message ``seq``: exactly what its reply sent the model
+    (the stored seqs), the budget, the estimate against the provider's usage, tool rounds and timings."""
+    session = _owned(request, session_id)
+    with engine_errors():
+        inspection = rendering.reply_inspection(session, seq)
+    if inspection is None:
+        raise Http404("No such answer.")
+    ctx = {"session": session, "inspection": inspection}
+    if not request.htmx:
+        return render(request, "sessions_app/inspector_page.html", ctx)
+    return render(request, "sessions_app/inspector.html", ctx)
 
 
 @login_required
@@ -518,10 +544,14 @@ def search(request: HttpRequest) -> HttpResponse:
 # Settings: personal API keys (a new key's secret is shown once), list and revoke.
 
 
+NEW_KEY_SESSION_KEY = "convo_new_api_key"
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def api_keys(request: HttpRequest) -> HttpResponse:
-    """GET: the user's keys. POST (field ``name``): create a key and show its secret this once."""
+    """GET: the user's keys. POST (field ``name``): create a key, then redirect (post/redirect/get: a
+    reload creates nothing); the GET after it shows the new key's secret this once."""
     context: dict = {"name_max_length": keys.NAME_MAX_LENGTH}
     status = 200
     if request.method == "POST":
@@ -531,9 +561,16 @@ def api_keys(request: HttpRequest) -> HttpResponse:
             context["name"] = name[: keys.NAME_MAX_LENGTH].replace("\x00", "")
             status = 400
         else:
-            # Rendered in this response only: the secret is never stored or put in a redirect.
-            context["new_key"], context["secret"] = keys.create_api_key(request.user, name)
-            status = 201
+            key, secret = keys.create_api_key(request.user, name)
+            # Handed to the next page view through the server-side session and removed by it: the
+            # secret is never put in a URL or a cookie, and is shown once.
+            request.session[NEW_KEY_SESSION_KEY] = {"id": key.pk, "secret": secret}
+            return redirect("api_keys", permanent=False)
+    else:
+        shown = request.session.pop(NEW_KEY_SESSION_KEY, None)
+        if shown:
+            context["new_key"] = ApiKey.objects.filter(pk=shown.get("id"), user=request.user).first()
+            context["secret"] = shown.get("secret") if context["new_key"] else None
     context["keys"] = ApiKey.objects.filter(user=request.user).order_by("-created_at")
     response = render(request, "sessions_app/api_keys.html", context, status=status)
     response["Cache-Control"] = "no-store"

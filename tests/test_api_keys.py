@@ -94,7 +94,11 @@ def test_settings_page_needs_login():
 
 def test_create_on_the_settings_page_shows_the_key_once(browser, user):
     r = browser.post("/settings/api-keys/", {"name": "my-bot"})
-    assert r.status_code == 201
+    # Post/redirect/get (issue 12): reloading the page after creating a key creates no second key.
+    assert r.status_code == 302 and r["Location"] == "/settings/api-keys/"
+    assert ApiKey.objects.filter(user=user).count() == 1
+    r = browser.get("/settings/api-keys/")
+    assert r.status_code == 200
     # The view's no-store, made private by PrivateCacheMiddleware (issue 9: every signed-in page).
     assert {p.strip() for p in r["Cache-Control"].split(",")} == {"no-store", "private"}
     html = r.content.decode()

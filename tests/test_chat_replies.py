@@ -149,7 +149,8 @@ def test_a_page_opened_mid_reply_shows_the_text_so_far_and_stop(client, chat, re
     assert 'aria-live="polite"' in stream
     assert f'data-reply="{reply.pk}"' in stream and "replying…" in stream
     assert reply.text.strip() in stream  # the text so far (the page may have a little more)
-    assert 'action="/c/talk/reply/stop/"' in stream and "Stop</button>" in stream
+    # Send became Stop (issue 12): the composer's Stop submits the page's stop form.
+    assert 'id="stop-form"' in html and 'action="/c/talk/reply/stop/"' in html and 'form="stop-form"' in html
     assert replies.stop_reply("talk")
     finished()
 
@@ -250,7 +251,8 @@ def test_a_failed_reply_shows_the_error_and_retry_completes_the_turn(client, cha
     html = page(client)
     stream = html[html.index('id="reply-stream"') : html.index('id="reply-actions"')]
     assert "The assistant could not reply to turn 1." in stream and "The model crashed" in stream
-    assert "Retry</button>" in actions(html) and "the last attempt failed" in actions(html)
+    assert "Retry</button>" in actions(html) and "could not reply to turn 1:</strong> " in actions(html)
+    assert "The model crashed" in actions(html)  # the reason next to Retry, always (issue 12)
     timeline = html[html.index('id="timeline"') : html.index('id="state-panel"')]
     assert 'class="turn-error"' in timeline and "The model crashed" in timeline
 

@@ -45,6 +45,16 @@ def messages_by_role(session: ConversationSession, role: str) -> list[Message]:
 
 
 @storage_errors
+def messages_with_seqs(session: ConversationSession, seqs: Iterable[int]) -> dict[int, Message]:
+    """The session's stored messages with these sequence numbers, listed or not (a reply's sent
+    messages, a message to copy), by seq; a seq whose message is gone (cleared) is missing."""
+    wanted = sorted({int(s) for s in seqs})
+    if not wanted:
+        return {}
+    return {m.seq: m for m in Message.objects.filter(session=session, seq__in=wanted).order_by("seq")}
+
+
+@storage_errors
 def messages_page(
     session: ConversationSession, *, after: int = 0, before: int | None = None, limit: int = 50, newest: bool = False
 ) -> list[Message]:

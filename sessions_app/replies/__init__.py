@@ -37,6 +37,7 @@ session raises ``engine.SessionNotFound``); the default ``ANY_OWNER`` is for ope
     process's reply interrupted first, so this never reports a reply that will not finish.
 
 ``latest_reply(session_or_id) -> Reply | None``  the newest reply in any state (``status``, ``error``).
+``reply_for_answer(session, seq) -> Reply | None``  the reply that stored assistant message ``seq`` (the inspector).
 ``wait_reply(reply_id, timeout=30.0) -> Reply``  wait until it is no longer running (tests, scripts, or a
     Stop endpoint that wants to answer with the stored result).
 ``reply_context_window(session, max_tokens=None, *, reply=None) -> engine.ContextWindow``  what the
@@ -99,6 +100,7 @@ from .service import (
     TooManyReplies,
     append_and_reply,
     latest_reply,
+    reply_for_answer,
     resume_interrupted,
     running_reply,
     start_reply,
@@ -118,6 +120,7 @@ __all__ = [
     "TooManyReplies",
     "append_and_reply",
     "latest_reply",
+    "reply_for_answer",
     "recover_stale_replies",
     "reply_context_window",
     "responder_label",

@@ -198,6 +198,10 @@ class _Run:
         self.estimated_prompt = 0
         self.started = time.monotonic()
         self.first_text_ms: int | None = None
+        self.first_text_at: dt.datetime | None = None
+        # What the reply inspector shows (Reply.usage): the budget and estimate of the first request,
+        # the seqs of each later (tool round) request, then the provider's usage and the timings.
+        self.inspect: dict = {}
         self._last_event = self._last_save = 0.0
 
     def run(self) -> None:
@@ -296,6 +300,7 @@ class _Run:
         window = reply_context_window(session, reply=self.reply)
         messages = window.messages
         self.estimated_prompt = window.total_tokens
+        self._record_sent(messages, window)
         return ProviderRequest(
             messages=wire_messages(messages),
             tools=tools.definitions() if tools_allowed else None,
@@ -308,6 +313,37 @@ class _Run:
             session_id=session.sid,
         )
 
+    def _record_sent(self, messages: list[Message], window: engine.ContextWindow) -> None:
+        """Keep with the reply exactly which messages its requests sent (the reply inspector): the first
+        request's seqs in Reply.sent_seqs as the reply starts, a tool round's in usage["round_seqs"].
+        Messages do not change, except the system prompt (edited in place): its text as sent is kept."""
+        seqs = [m.seq for m in messages]
+        if self.rounds == 0:  # the first request (again, when a cut connection retried it)
+            self.reply.sent_seqs = seqs
+            self.inspect = {"budget": window.max_tokens, "estimated_prompt_tokens": window.total_tokens}
+            if messages and messages[0].role == Role.SYSTEM:
+                self.inspect["system_prompt"] = {"seq": messages[0].seq, "content": messages[0].content}
+            Reply.objects.filter(pk=self.reply.pk, status=Reply.Status.RUNNING).update(
+                sent_seqs=seqs, usage=self.inspect
+            )
+        else:
+            rounds = self.inspect.setdefault("round_seqs", [])
+            del rounds[self.rounds - 1 :]  # a retried request replaces its own entry
+            rounds.append(seqs)
+
+    def _inspector_usage(self) -> dict:
+        """Reply.usage at the end: the first request's budget and estimate, later rounds' seqs, the
+        provider's reported usage, the tool rounds and the timings."""
+        usage = dict(self.inspect)
+        usage.update(
+            provider=dict(self.usage),
+            tool_rounds=self.rounds,
+            latency_ms=self._elapsed_ms(),
+        )
+        if self.first_text_ms is not None:
+            usage["first_text_ms"] = self.first_text_ms
+        return usage
+
     def _check_turn(self, session: ConversationSession) -> None:
         if (
             session.turn_count != self.reply.turn_number
@@ -318,6 +354,7 @@ class _Run:
     def _progress(self) -> None:
         if self.first_text_ms is None:
             self.first_text_ms = self._elapsed_ms()
+            self.first_text_at = timezone.now()
         self.lease.text = self.text
         now = time.monotonic()
         if now - self._last_save >= settings.CONVO_REPLY_SAVE_INTERVAL or not self.lease.fresh():
@@ -412,9 +449,14 @@ class _Run:
         reply.message_seq = seq
         reply.tool_rounds = self.rounds
         reply.finished_at = timezone.now()
+        reply.usage = self._inspector_usage()
+        reply.first_token_at = self.first_text_at
         reply.save(
-            update_fields=["status", "text", "finish_reason", "error", "message_seq", "tool_rounds", "finished_at"]
-        )
+            update_fields=[
+                "status", "text", "finish_reason", "error", "message_seq", "tool_rounds", "finished_at",
+                "usage", "first_token_at",
+            ]
+        )  # fmt: skip
 
     def _store_answer(self, reply: Reply, finish: str) -> int:
         text = _clean(self.text, settings.CONVO_MAX_CONTENT_CHARS)
@@ -502,6 +544,8 @@ class _Run:
                 error=error,
                 tool_rounds=self.rounds,
                 finished_at=timezone.now(),
+                usage=self._inspector_usage(),
+                first_token_at=self.first_text_at,
             )
         )
         if updated:

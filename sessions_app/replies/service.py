@@ -139,6 +139,12 @@ def latest_reply(session: ConversationSession | engine.SessionRef) -> Reply | No
     return Reply.objects.filter(session_id=key).order_by("-started_at", "-pk").first()
 
 
+@engine.storage_errors
+def reply_for_answer(session: ConversationSession, seq: int) -> Reply | None:
+    """The reply that stored the assistant message ``seq`` (the reply inspector's subject), if any."""
+    return Reply.objects.filter(session_id=session.pk, message_seq=seq).order_by("-started_at", "-pk").first()
+
+
 def _key(session: ConversationSession | engine.SessionRef) -> uuid.UUID:
     """A session's key; an id alone is looked up for any owner (operators and tests)."""
     if isinstance(session, ConversationSession):

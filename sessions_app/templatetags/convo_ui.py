@@ -6,7 +6,14 @@ from django import template
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.safestring import mark_safe
 
-from sessions_app.rendering import escape_text, fingerprint, markdown_deferred, markdown_html, panels_version
+from sessions_app.rendering import (
+    escape_text,
+    fingerprint,
+    markdown_deferred,
+    markdown_html,
+    markdown_live_html,
+    panels_version,
+)
 
 register = template.Library()
 
@@ -59,10 +66,50 @@ def version(session) -> str:
     return panels_version(session)
 
 
+# Bumped when the message partial's markup changes, so no cached fragment of the old markup is served.
+MESSAGE_MARKUP_VERSION = 2
+
+
+@register.filter
+def markdown_live(text: str):
+    """A reply's text while it streams, as Markdown (unclosed fences and tables included); not cached."""
+    return markdown_live_html(text or "")
+
+
+TOOL_ARGUMENTS_SHORT = 40
+
+
+def _arguments_value(arguments):
+    """A tool call's arguments (JSON text as the model sent it) as a value; the text itself when not JSON."""
+    try:
+        return json.loads(arguments)
+    except (TypeError, ValueError):
+        return arguments
+
+
+@register.filter
+def tool_arguments_short(arguments) -> str:
+    """A tool call's arguments on one short line: ``12*7`` for ``{"expression": "12*7"}``."""
+    value = _arguments_value(arguments)
+    if isinstance(value, dict) and len(value) == 1:
+        value = next(iter(value.values()))
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = " ".join(text.split())
+    return text if len(text) <= TOOL_ARGUMENTS_SHORT else text[: TOOL_ARGUMENTS_SHORT - 1] + "…"
+
+
+@register.filter
+def tool_arguments_pretty(arguments):
+    """A tool call's arguments for its expanded chip: indented JSON (escaped for a ``<pre>``)."""
+    value = _arguments_value(arguments)
+    return pretty_json(value) if not isinstance(value, str) else value
+
+
 @register.filter
 def message_key(message) -> str:
     """The fragment-cache key of a rendered message: everything its partial shows."""
     return fingerprint(
+        MESSAGE_MARKUP_VERSION, sorted((message.metadata or {}).items()),
         message.session_id, message.pk, message.seq, message.role, message.content, message.name,
         message.tool_call_id, message.created_at, message.tokens, message.turn_number,
         markdown_deferred(message.content),
@@ -73,7 +120,7 @@ def message_key(message) -> str:
 def turn_key(turn) -> str:
     """The fragment-cache key of a rendered turn (its messages, tool calls, times and metadata)."""
     return fingerprint(
-        turn.session_id, turn.pk, turn.number, turn.user_message_id, turn.user_message.content,
+        MESSAGE_MARKUP_VERSION, turn.session_id, turn.pk, turn.number, turn.user_message_id, turn.user_message.content,
         turn.assistant_response_id, turn.assistant_response.content if turn.assistant_response else None,
         turn.started_at, turn.completed_at, sorted(turn.metadata.items()),
         [(c.pk, c.content, c.name, c.tool_call_id) for c in getattr(turn, "tool_calls", [])],

@@ -81,7 +81,7 @@
 
   function byId(id) { return document.getElementById(id); }
   function seqOf(el) { return parseInt(el.getAttribute("data-seq"), 10); }
-  function pane() { return byId("messages"); }
+  function pane() { return byId("scroller") || byId("messages"); } // the scrolling box of the message list
   function lastSeq() {
     var b = byId("list-bounds");
     return b ? parseInt(b.getAttribute("data-last-seq"), 10) || 0 : 0;
@@ -133,8 +133,6 @@
     var stick = pane() && nearBottom(pane());
     current.querySelector(".stream-text").innerHTML = incoming.querySelector(".stream-text").innerHTML;
     current.querySelector(".typing").textContent = incoming.querySelector(".typing").textContent;
-    var body = current.querySelector(".msg-body");
-    if (body) body.scrollTop = body.scrollHeight; // a long reply scrolls inside its box, newest words in view
     if (stick) scrollToEnd();
     return true;
   }
@@ -315,8 +313,6 @@
   });
 
   document.addEventListener("DOMContentLoaded", function () {
-    var toggle = byId("sidebar-toggle");
-    if (toggle && window.matchMedia("(max-width: 1100px)").matches) toggle.open = false;
     afterReplyUpdate();
     scrollToEnd();
     var box = document.querySelector("#composer textarea[name=content]");

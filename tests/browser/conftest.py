@@ -187,3 +187,23 @@ def script(func, *args, **kwargs):
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(run).result(timeout=30)
+
+
+def wait_until(page, js, tries=200):
+    """Poll a JavaScript condition through evaluate (the CSP refuses wait_for_function's eval)."""
+    for _ in range(tries):
+        if page.evaluate(js):
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(f"never true: {js}")
+
+
+def render_page(page, server, template):
+    """Show a template as production renders it (e.g. the error pages, which the DEBUG test servers
+    replace by Django's) on the server's origin, so its stylesheets and scripts load."""
+    from django.template.loader import render_to_string
+
+    html = render_to_string(template)
+    url = f"{server.url}/__rendered__/{template}"
+    page.route(url, lambda route: route.fulfill(status=200, content_type="text/html; charset=utf-8", body=html))
+    page.goto(url)

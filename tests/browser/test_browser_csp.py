@@ -5,6 +5,7 @@ import pytest
 from playwright.sync_api import expect
 
 from .conftest import script
+from .test_browser_chat import send
 
 LIVE = "#live-status[data-state=live]"
 
@@ -58,9 +59,7 @@ def test_chat_page_runs_under_the_policy(context, page, server, staff, login, ma
     other = context.new_page()
     other.goto(f"{server.url}/c/csp-1/")
     expect(other.locator(LIVE)).to_be_visible()
-    other.select_option("#composer select[name=role]", "assistant")  # no reply to wait for
-    other.locator("#composer textarea[name=content]").fill("pushed over the **websocket**")
-    other.locator("#composer textarea[name=content]").press("Enter")
+    send(other, "pushed over the **websocket**", role="assistant")  # no reply to wait for
     expect(page.locator("#message-list > li.role-assistant strong")).to_have_text("websocket")
     assert violations(other) == []
     for path in ("/", "/settings/api-keys/", "/accounts/signup/"):

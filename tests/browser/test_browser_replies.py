@@ -86,14 +86,14 @@ def test_stop_stores_the_partial_reply(context, slow_server, alice, login, make_
     b.set_viewport_size({"width": 390, "height": 844})
     open_chat(b, slow_server, "chatty")
     expect(b.locator(f"{STREAM} .stream-text")).to_contain_text("I am the built-in")
-    expect(b.locator(STREAM).get_by_role("button", name="Stop")).to_be_visible()
+    expect(b.locator("#composer").get_by_role("button", name="Stop")).to_be_visible()  # Send became Stop
     shot(b, "reply-streaming-phone")
     # A second message while it runs is refused inline, and nothing is stored.
     send(b, "are you there?")
     expect(b.locator("#composer .form-error[role=alert]")).to_contain_text("still replying")
     expect(b.locator("#composer textarea[name=content]")).to_have_value("are you there?")
 
-    stop = a.locator(STREAM).get_by_role("button", name="Stop")
+    stop = a.locator("#composer").get_by_role("button", name="Stop")
     stop.focus()
     a.keyboard.press("Enter")
     for p in (a, b):
@@ -115,7 +115,7 @@ def test_stop_stores_the_partial_reply(context, slow_server, alice, login, make_
     a.get_by_role("button", name="Regenerate").focus()
     a.keyboard.press("Enter")
     expect(a.locator(f"{STREAM} .stream-text")).to_contain_text("I am the built-in")
-    a.locator(STREAM).get_by_role("button", name="Stop").click()
+    a.locator("#composer").get_by_role("button", name="Stop").click()
     expect(a.locator("#message-list > li.role-assistant")).to_have_count(2)
     expect(a.locator("#message-list > li.role-assistant").last).to_contain_text("regenerated")
     expect(a.locator(LIVE)).to_be_visible()

@@ -46,6 +46,7 @@ def test_export_then_import_round_trip(page, server, alice, login, shot, tmp_pat
     doc = json.loads(exported.read_text())
     assert doc["format"] == "convo.export/1" and doc["title"] == "Lisbon trip"
 
+    page.locator("#account-menu summary").click()  # the account menu holds the app's other pages
     page.get_by_role("link", name="Import / export").click()
     expect(page).to_have_url(re.compile(r"/import/$"))
     page.set_input_files("input[name=file]", str(exported))
