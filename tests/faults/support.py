@@ -31,9 +31,8 @@ from .conftest import FAULT_RESYNC_SECONDS, Server
 MESSAGE = re.compile(r'<li id="msg-(\d+)" class="msg[^"]*" data-seq="(\d+)"[^>]*>(.*?)</li>', re.S)
 BOUNDS = re.compile(r'<div id="list-bounds"[^>]*data-last-seq="(\d+)"')
 PANE = re.compile(r'<section id="messages"[^>]*hx-swap-oob="true"')
-STREAM = re.compile(r'<div id="reply-stream"[^>]*>(.*?)</div>\s*(?=<|$)', re.S)
 STREAMING = re.compile(r'class="msg role-assistant streaming" data-reply="(\d+)"')
-STREAM_TEXT = re.compile(r'<p class="stream-text">(.*?)</p>', re.S)
+STREAM_TEXT = re.compile(r'class="[^"]*\bstream-text\b[^"]*">(.*?)</div>', re.S)
 FRAME_LIMIT = 256 * 1024  # the issue's bound for one pushed frame (daphne closes at 1 MiB)
 
 
