@@ -21,6 +21,16 @@ from .test_consumers import HOST, ORIGIN, cookie_for
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
+@pytest.fixture(autouse=True)
+def _reopen_replies():
+    """A drain calls the replies' shutdown, which closes this process for new replies: open it again
+    for the tests that follow."""
+    from sessions_app.replies import workers
+
+    yield
+    workers._closing.clear()
+
+
 def test_every_middleware_runs_on_the_event_loop():
     """A sync-only middleware under ASGI holds an executor thread that waits on the loop for the rest
     of the request (async_to_sync): when daphne stops the loop, that thread waits forever and the
@@ -143,10 +153,7 @@ def test_the_drain_hands_the_running_replies_over(make_session, scripted, sent, 
     _, reply = replies.append_and_reply("s", "hi")
     wait_for(lambda: len(sent.replies(reply.pk)) >= 2, what="some deltas")
     stopped = []
-    try:
-        asyncio.run(shutdown.Drain().shutdown(stop=lambda: stopped.append(dict(workers._local))))
-    finally:
-        workers._closing.clear()  # this test process keeps starting replies
+    asyncio.run(shutdown.Drain().shutdown(stop=lambda: stopped.append(dict(workers._local))))
     assert stopped == [{}]  # no reply thread left when the server stops
     row = Reply.objects.get(pk=reply.pk)
     assert (row.status, row.finish_reason) == ("interrupted", "interrupted")
