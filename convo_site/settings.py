@@ -294,7 +294,20 @@ CONVO_PERSIST_SYSTEM_PROMPT = env_bool("CONVO_PERSIST_SYSTEM_PROMPT", True)
 CONVO_SIGNUP_ENABLED = env_bool("CONVO_SIGNUP_ENABLED", True)
 # How many of the newest messages the chat page renders (older ones load on demand, in pages this size).
 CONVO_CHAT_PAGE_SIZE = env_int("CONVO_CHAT_PAGE_SIZE", 50)
+# Default timeout of conversations created in the chat UI (issue 11): 30 days; "none" = never expire.
+# The engine's and the API's default stays CONVO_TIMEOUT_SECONDS (the spec's 3600 s).
+CONVO_CHAT_TIMEOUT_SECONDS = env_int("CONVO_CHAT_TIMEOUT_SECONDS", 30 * 24 * 3600)
+# Titles: "first" (the default) takes the first user message; "model" (with the openai responder)
+# then asks the model for a short title after the first reply.
+CONVO_AUTO_TITLE = os.environ.get("CONVO_AUTO_TITLE", "").strip().lower() or "first"
+if CONVO_AUTO_TITLE not in {"first", "model"}:
+    raise RuntimeError('CONVO_AUTO_TITLE must be "first" or "model"')
+# How many conversations the sidebar shows at first (the rest load as it scrolls).
+CONVO_SIDEBAR_PAGE_SIZE = env_int("CONVO_SIDEBAR_PAGE_SIZE", 30)
 # Rendered messages and turns are cached per process (their cache keys digest everything they show).
+# The "library" cache holds each user's sidebar version and rendered sidebar: shared through Redis when
+# REDIS_URL is set (every process sees a change), per process otherwise (one process, as the in-memory
+# channel layer).
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     "template_fragments": {
@@ -302,6 +315,17 @@ CACHES = {
         "LOCATION": "convo-fragments",
         "OPTIONS": {"MAX_ENTRIES": 20000},
     },
+    "library": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ.get("REDIS_URL", ""),
+            # A Redis that stopped answering fails a bump or a read at once (the page renders without
+            # the cache) rather than holding a request for the operating system's TCP timeout.
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+        if os.environ.get("REDIS_URL", "")
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "convo-library"}
+    ),
 }
 
 # Channel layer: Redis when REDIS_URL is set (several daphne processes share it), else in-memory.

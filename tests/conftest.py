@@ -41,6 +41,24 @@ def _fresh_throttles():
     throttle.reset()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_library_cache():
+    """The library cache (sidebar versions and fragments, by user id) starts empty in every test: user
+    ids come back (a rolled-back test's on SQLite, a new test database's on PostgreSQL), their cached
+    sidebars must not. On Redis only the library's keys go (the channel layer shares the database)."""
+    from django.core.cache import caches
+    from django.core.cache.backends.locmem import LocMemCache
+
+    cache = caches["library"]
+    if isinstance(cache, LocMemCache):
+        cache.clear()
+    else:
+        client = cache._cache.get_client(write=True)
+        keys = list(client.scan_iter(match="*convo:library:*"))
+        if keys:
+            client.delete(*keys)
+
+
 @pytest.fixture
 def now():
     """A fixed 'now' (mid-second, to exercise the whole-second expiry rule)."""

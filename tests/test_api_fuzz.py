@@ -82,6 +82,11 @@ def body_for(model: str):
             | any_json,
         },
         "VariableIn": {"value": texts},
+        "SessionPatchIn": {
+            "title": st.none() | texts,
+            "pinned": st.none() | st.booleans() | any_json,
+            "archived": st.none() | st.booleans() | any_json,
+        },
         "SessionFieldsIn": None,
         "DataIn": {"value": any_json},
     }
@@ -112,6 +117,7 @@ OPERATIONS = [
     ("PUT", "/sessions/{id}", "SessionFieldsIn"),
     ("GET", "/sessions", None),
     ("GET", "/sessions/{id}", None),
+    ("PATCH", "/sessions/{id}", "SessionPatchIn"),
     ("DELETE", "/sessions/{id}", None),
     ("POST", "/sessions/{id}/clear", None),
     ("POST", "/sessions/{id}/messages", "MessageIn"),
@@ -143,7 +149,7 @@ query_values = st.integers(min_value=-5, max_value=600).map(str) | st.sampled_fr
 )
 QUERY = {
     "/sessions": ["offset", "limit"],
-    "/sessions/{id}/messages": ["after", "limit"],
+    "/sessions/{id}/messages": ["after", "limit", "history"],
     "/sessions/{id}/turns": ["after", "limit"],
     "/sessions/{id}/context": ["max_tokens"],
     "/search": ["q", "limit", "cursor"],

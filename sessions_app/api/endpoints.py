@@ -39,6 +39,7 @@ from .schemas import (
     SessionFieldsIn,
     SessionOut,
     SessionPageOut,
+    SessionPatchIn,
     StateOut,
     TurnOut,
     TurnPageOut,
@@ -184,6 +185,28 @@ def get_session(request: HttpRequest, id: str):
     return session_out(_session(request, id), _now())
 
 
+@endpoint(
+    "PATCH",
+    "/sessions/{id}",
+    {200: SessionOut},
+    raises=(*LOOKUP, engine.SessionValidationError),
+    tags=["sessions"],
+)
+def patch_session(request: HttpRequest, id: str, payload: SessionPatchIn):
+    """Rename, pin or archive the conversation (expired or not). None of these change what the model
+    sees, nor count as activity (``updated_at`` and the expiry stay)."""
+    _check_id(id)
+    fields = payload.model_fields_set
+    title = payload.title if "title" in fields and payload.title is not None else None
+    if "title" in fields and payload.title is None:
+        raise engine.SessionValidationError("title must be a string (empty for none)", field="title")
+    kwargs: dict[str, Any] = {"pinned": payload.pinned, "archived": payload.archived}
+    if title is not None:
+        kwargs["title"] = title
+    session = engine.session_set_library(id, owner=_user(request), **kwargs)
+    return session_out(session, _now())
+
+
 @endpoint("DELETE", "/sessions/{id}", {204: None}, raises=LOOKUP, tags=["sessions"])
 def delete_session(request: HttpRequest, id: str):
     _check_id(id)
@@ -278,14 +301,19 @@ def list_messages(
     id: str,
     after: int = Query(0, ge=0, le=MAX_SEQ, description="Return messages with a sequence number above this."),
     limit: int = Query(100, ge=1, le=PAGE_LIMIT_MAX),
+    history: bool = Query(
+        False,
+        description="true: the conversation's whole history, including messages that left the session's "
+        "list (max_messages) and are no longer sent to the model; default: the list.",
+    ),
 ):
-    """The session's message list, in order, from ``after`` on."""
+    """The session's message list (or, ``?history=true``, its whole history), in order, from ``after`` on."""
     session = _session(request, id)
-    page = engine.messages_page(session, after=after, limit=limit)
+    page = engine.messages_page(session, after=after, limit=limit, history=history)
     more = len(page) == limit and page[-1].seq < session.last_seq
     return {
         "items": [message_out(m) for m in page],
-        "count": session.message_count,
+        "count": engine.history_count(session) if history else session.message_count,
         "after": after,
         "limit": limit,
         "next_after": page[-1].seq if more else None,

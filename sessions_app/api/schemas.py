@@ -87,6 +87,11 @@ class StateOut(Schema):
 
 class SessionOut(Schema):
     id: str
+    title: str = Field(
+        description="The conversation's title (from its first user message unless renamed; empty: none)."
+    )
+    pinned: bool
+    archived: bool
     system_prompt: str | None
     config: ConfigOut
     state: StateOut
@@ -102,6 +107,9 @@ class SessionOut(Schema):
 
 class SessionSummaryOut(Schema):
     id: str
+    title: str
+    pinned: bool
+    archived: bool
     created_at: dt.datetime
     updated_at: dt.datetime
     expires_at: dt.datetime | None
@@ -116,6 +124,16 @@ class SessionPageOut(Schema):
     offset: int
     limit: int
     next_offset: int | None = Field(description="The offset of the next page; null on the last page.")
+
+
+class SessionPatchIn(StrictIn):
+    """What a person keeps of a conversation (none of it changes what the model sees); omitted fields stay."""
+
+    title: str | None = Field(
+        default=None, description=f"One line, at most {engine.TITLE_MAX_CHARS} characters; empty: untitled."
+    )
+    pinned: bool | None = None
+    archived: bool | None = None
 
 
 class ImportedOut(Schema):
@@ -134,6 +152,9 @@ class ImportOut(Schema):
 def session_out(session: ConversationSession, now: dt.datetime) -> dict[str, Any]:
     return {
         "id": session.id,
+        "title": session.title,
+        "pinned": session.pinned,
+        "archived": session.archived,
         "system_prompt": session.system_prompt,
         "config": {
             "max_messages": session.max_messages,
@@ -156,6 +177,9 @@ def session_out(session: ConversationSession, now: dt.datetime) -> dict[str, Any
 def session_summary_out(session: ConversationSession, now: dt.datetime) -> dict[str, Any]:
     return {
         "id": session.id,
+        "title": session.title,
+        "pinned": session.pinned,
+        "archived": session.archived,
         "created_at": session.created_at,
         "updated_at": session.updated_at,
         "expires_at": session.expires_at,
@@ -265,7 +289,9 @@ class MessageAppendOut(MessageOut):
 
 class MessagePageOut(Schema):
     items: list[MessageOut]
-    count: int = Field(description="How many messages the session's list holds in all.")
+    count: int = Field(
+        description="How many messages the session's list holds in all (with ?history=true: the whole history)."
+    )
     after: int
     limit: int
     next_after: int | None = Field(description="Pass as ?after= for the next page; null on the last page.")

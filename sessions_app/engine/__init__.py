@@ -14,6 +14,7 @@ The one home for the rules: views, the API, websocket consumers, the admin and m
 - ``messages``: ``message_append`` (under the row lock, or through ``pg_append``), turn metadata.
 - ``context``: the message list and its pages, the context window, turns.
 - ``state``: string variables and typed JSON data.
+- ``library``: titles, pin and archive (what a person keeps; nothing the model sees), the sidebar's pages.
 
 Writes run in a transaction holding the session's row lock (SELECT ... FOR UPDATE), or, for an append
 on PostgreSQL, in one conditional statement; that is what keeps sequence and turn numbers gap-free and
@@ -32,6 +33,9 @@ from .context import (
     current_turn,
     get_context,
     get_turn,
+    has_unlisted_history,
+    history_count,
+    in_list,
     last_turn,
     listed_messages,
     messages_all,
@@ -58,6 +62,7 @@ from .errors import (
     StorageError,
     storage_errors,
 )
+from .library import session_set_library, sidebar_page
 from .messages import message_append, message_append_obj, turn_set_metadata
 from .purge import PurgeResult, count_expired, expired_sessions, purge_expired, purge_sessions, sessions_deleted
 from .sessions import (
@@ -92,12 +97,14 @@ from .state import (
 from .values import (
     MAX_INT,
     SESSION_ID_RE,
+    TITLE_MAX_CHARS,
     ChatMessage,
     SessionConfig,
     age,
     check_content,
     check_metadata,
     check_name,
+    check_title,
     estimate_tokens,
     expiry_time,
     is_expired,
@@ -105,6 +112,7 @@ from .values import (
     new_session_id,
     parse_frame,
     parse_json,
+    title_from,
     validate_session_id,
 )
 
@@ -129,11 +137,13 @@ __all__ = [
     "SessionRef",
     "SessionValidationError",
     "StorageError",
+    "TITLE_MAX_CHARS",
     "TurnView",
     "age",
     "check_content",
     "check_metadata",
     "check_name",
+    "check_title",
     "context_window",
     "count_expired",
     "current_turn",
@@ -143,6 +153,9 @@ __all__ = [
     "find_session",
     "get_context",
     "get_turn",
+    "has_unlisted_history",
+    "history_count",
+    "in_list",
     "is_expired",
     "last_turn",
     "listed_messages",
@@ -170,9 +183,11 @@ __all__ = [
     "session_get_or_create",
     "session_list",
     "session_list_for_user",
+    "session_set_library",
     "session_update",
     "sessions_deleted",
     "sessions_page_for_user",
+    "sidebar_page",
     "state_clear",
     "state_get",
     "state_get_data",
@@ -182,6 +197,7 @@ __all__ = [
     "state_set",
     "state_set_data",
     "storage_errors",
+    "title_from",
     "total_tokens",
     "turn_set_metadata",
     "turn_metadata",

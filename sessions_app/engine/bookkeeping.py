@@ -7,9 +7,12 @@ config change (``sessions.session_update``) apply these functions, so each rule 
 from __future__ import annotations
 
 from ..models import ConversationSession, Message, Role
+from .values import title_from
 
-# The session columns an append or a clear changes.
-BOOKKEEPING_FIELDS = ["last_seq", "low_seq", "head_seq", "turn_count", "total_tokens", "updated_at", "expires_at"]
+# The session columns an append or a clear changes (an append may also give an untitled session its title).
+BOOKKEEPING_FIELDS = [
+    "last_seq", "low_seq", "head_seq", "turn_count", "total_tokens", "updated_at", "expires_at", "title",
+]  # fmt: skip
 
 
 def append_bookkeeping(session: ConversationSession, new: Message) -> None:
@@ -25,6 +28,8 @@ def append_bookkeeping(session: ConversationSession, new: Message) -> None:
         new.turn_number = None
     session.last_seq = new.seq
     session.total_tokens += new.tokens
+    if new.role == Role.USER and not session.title:
+        session.title = title_from(new.content)  # the library's title: the first user message's
     if was_empty and new.role == Role.SYSTEM:
         # The first message of the list is a system message: it is pinned from now on.
         session.head_seq, session.low_seq = new.seq, new.seq + 1

@@ -76,14 +76,17 @@ def purge_sessions(keys: Iterable[uuid.UUID], *, now: dt.datetime | None = None)
     now = now or timezone.now()
     result = PurgeResult()
     with transaction.atomic():
-        ids = list(
+        rows = list(
             ConversationSession.objects.select_for_update(skip_locked=True)
             .filter(pk__in=list(keys), expires_at__lte=now)
-            .values_list("pk", flat=True)
+            .values_list("pk", "owner_id")
         )
+        ids = [pk for pk, _ in rows]
         if ids:
             result.messages, result.sessions = delete_rows(ids)
             events.emit_many(ids, events.DELETED)
+            for owner_id in {owner_id for _, owner_id in rows}:
+                events.library_changed(owner_id)
     return result
 
 

@@ -130,7 +130,9 @@ def session_create(
         with transaction.atomic():
             if owned_sessions(owner).filter(sid=session_id).exists():
                 raise SessionAlreadyExists(session_id)
-            return _insert_session(session_id, owner, system_prompt, metadata, config, now)
+            session = _insert_session(session_id, owner, system_prompt, metadata, config, now)
+            events.library_changed(session.owner_id)
+            return session
     except IntegrityError:
         raise SessionAlreadyExists(session_id) from None
 
@@ -221,6 +223,7 @@ def session_get_or_create(
                     events.emit(existing.pk, events.DELETED)
                 session = _insert_session(session_id, new_owner, system_prompt, metadata, config, now)
                 events.emit(session.pk, events.CONFIG)
+                events.library_changed(session.owner_id)
                 return session, True
         except IntegrityError:
             # Another process created it between our look and our insert: look again.
@@ -276,6 +279,7 @@ def session_update(
         touch(session, now)
         session.save()
         events.emit(session.pk, events.CONFIG)
+        events.library_changed(session.owner_id)
     return session
 
 
@@ -292,6 +296,7 @@ def session_delete(session_id: SessionRef, *, owner: Owner = ANY_OWNER) -> None:
             raise SessionNotFound(str(session_id))
         delete_rows([session.pk])
         events.emit(session.pk, events.DELETED)
+        events.library_changed(session.owner_id)
 
 
 @storage_errors
@@ -346,4 +351,5 @@ def session_clear_messages(
         touch(session, now)
         session.save(update_fields=BOOKKEEPING_FIELDS)
         events.emit(session.pk, events.CLEARED)
+        events.library_changed(session.owner_id)
     return session

@@ -38,7 +38,7 @@ from django.utils import timezone
 from sessions_app import engine, events
 from sessions_app.models import ConversationSession, Message, Reply, Role
 
-from . import dbconn, tools
+from . import dbconn, titles, tools
 from .responders import (
     CancelHandle,
     ContextInfo,
@@ -231,6 +231,11 @@ class _Run:
             logger.error("Reply %s failed: %s", self.reply.pk, redact(traceback.format_exc()))
             return self._end_error("The reply failed because of an internal error.")
         self._end_done(finish)
+        if titles.wanted(self.reply, self.responder):
+            try:
+                titles.title_from_model(self.reply, self.responder, self.text)
+            except Exception:  # the reply is stored: a title failure must not touch it
+                logger.error("Title of reply %s failed: %s", self.reply.pk, redact(traceback.format_exc()))
 
     def _db(self, action: Callable[[], T]) -> T:
         """Run a database call, again on a fresh connection after a cut (bounded; see dbconn.retry).
