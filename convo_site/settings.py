@@ -130,7 +130,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "whitenoise.runserver_nostatic",
+    "servestatic.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
     "django_htmx",
@@ -146,7 +146,8 @@ MIDDLEWARE = [
     # First: a NUL in the URL or a cookie is refused before anything can reach the database with it.
     "sessions_app.request_guard.NulRequestMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Static files, served on the event loop (ServeStatic is ASGI-native: no thread waits on the loop).
+    "servestatic.middleware.ServeStaticMiddleware",
     # django-csp plus the per-request parts: the page's websocket origin, inline styles for the admin only.
     "sessions_app.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -247,9 +248,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# collectstatic (run by `make run`) stores each file under a name with a hash of its content, plus
+# compressed copies; pages link the hashed names, which ServeStatic serves as cacheable forever
+# ("immutable"). In debug mode the plain names are linked and found in the source directories.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "staticfiles": {"BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"},
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -398,6 +402,11 @@ CONVO_SIGNUP_PER_HOUR = env_int("CONVO_SIGNUP_PER_HOUR", 10)
 CONVO_API_RATE_LIMIT = env_int("CONVO_API_RATE_LIMIT", 600)
 # Assistant replies one user may have running at once, over all their conversations; past it: 409.
 CONVO_MAX_CONCURRENT_REPLIES = env_int("CONVO_MAX_CONCURRENT_REPLIES", 3)
+
+
+# Shutdown (SIGTERM, convo_site/shutdown.py): seconds a serving process keeps the requests and replies
+# in flight going while it refuses new ones (503) before it stops; it exits at most 3.5 s later.
+CONVO_SHUTDOWN_GRACE_SECONDS = env_float("CONVO_SHUTDOWN_GRACE_SECONDS", 5.0)
 
 
 # Convo: assistant replies (sessions_app.replies). CONVO_RESPONDER: "builtin" (offline, no model) or

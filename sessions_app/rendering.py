@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import nh3
+from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.core.cache import caches
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.utils.decorators import sync_and_async_middleware
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
@@ -281,8 +283,17 @@ def render_budget(milliseconds: int | None = None) -> Iterator[RenderBudget]:
         _budget.reset(token)
 
 
+@sync_and_async_middleware
 def render_budget_middleware(get_response):
-    """Every request renders its Markdown within one budget (see render_budget)."""
+    """Every request renders its Markdown within one budget (see render_budget). Under ASGI it runs
+    on the event loop (the budget reaches the view's thread with the context)."""
+    if iscoroutinefunction(get_response):
+
+        async def amiddleware(request):
+            with render_budget():
+                return await get_response(request)
+
+        return amiddleware
 
     def middleware(request):
         with render_budget():

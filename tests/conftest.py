@@ -11,6 +11,12 @@ from .replies_faults_support import ScriptedResponder, Sent
 from .replies_support import API_KEY, drain_replies
 
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+# Tests render pages with debug off and without collectstatic: plain static names here (the manifest
+# storage's hashed names need collectstatic, which tests/faults runs for its servers).
+settings.STORAGES = {
+    **settings.STORAGES,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 ON_REDIS = bool(os.environ.get("REDIS_URL"))
 
 
