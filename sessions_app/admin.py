@@ -105,6 +105,7 @@ class ConversationSessionAdmin(admin.ModelAdmin):
         ("Library", {"fields": ["pinned", "archived"]}),
         ("Config", {"fields": ["max_messages", "max_tokens", "timeout_seconds", "persist_system_prompt"]}),
         ("Content", {"fields": ["system_prompt", "state_json", "metadata_json"]}),
+        ("Lineage", {"fields": ["lineage", "parent", "parent_seq"]}),
         (
             "Messages and turns",
             {"fields": ["messages_in_list", "turn_count", "total_tokens", "message_list", "turn_timeline"]},

@@ -619,6 +619,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         elif kind == events.MESSAGE and isinstance(seq, int):
             await self._new_messages(seq)
             self._schedule_panels(seq=seq)
+        elif kind == events.VERSIONS and isinstance(event.get("turn"), int):
+            await self._versions(t0, event["turn"])
         else:
             self._schedule_panels(since=t0)
 
@@ -853,8 +855,20 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if len(missing) > CATCHUP_MAX:
             head = _pane_parts(session)
         else:
+            rendering.with_versions(session, missing)  # once for all of them (a few queries), not per frame
             head = tuple(rendering.render_messages_oob([message], session) for message in missing)
         return (*head, rendering.render_bounds_oob(session))
+
+    async def _versions(self, t0: float, turn: int) -> None:
+        """Another page chose which answer of ``turn`` is shown: its answers again, each replacing its element."""
+        session = await self._snapshot(since=t0)
+        if session is None:
+            return
+        html = await self._render(
+            ("versions", *self._version(session), turn), lambda: rendering.render_versions_oob(session, {turn})
+        )
+        if html:
+            await self.send(text_data=html)
 
     async def _refresh(self, t0: float, *, after: int | None) -> None:
         """Messages (after ``after``, or the whole list again when None) and every panel, at once."""

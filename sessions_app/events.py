@@ -35,6 +35,7 @@ STATE = "state"
 CONFIG = "config"  # config, system prompt or metadata edited
 CLEARED = "cleared"
 DELETED = "deleted"
+VERSIONS = "versions"  # the answer a turn shows changed (data: turn): pages show that turn's answers again
 # An assistant reply in progress (issue 5): data state=started|delta|done|stopped|error, text=the
 # text so far. Not a database write: sent at once, and a page that misses one loses nothing (the
 # next carries the whole text, and the stored assistant message arrives as a MESSAGE event).

@@ -454,7 +454,56 @@ def earlier_messages(session: ConversationSession, before: int | None) -> tuple[
     size = page_size()
     page = engine.messages_page(session, before=before, limit=size + 1, newest=True, history=True)
     has_more = len(page) > size
-    return page[-size:] if has_more else page, has_more
+    page = page[-size:] if has_more else page
+    return with_versions(session, page), has_more
+
+
+# ---------------------------------------------------------------------------------------------
+# Lineage: versions on messages, the lineage line in the header (partials in _lineage_*.html).
+
+
+def with_versions(session: ConversationSession, messages: list[Message]) -> list[Message]:
+    """Mark each message with the versions its partial shows: a user message's edits
+    (``edit_versions``), the shown response of a turn answered more than once (``response_versions``),
+    and ``version_hidden`` on the other responses and their replies' tool messages."""
+    turns = {m.turn_number for m in messages if m.role in (Role.ASSISTANT, Role.TOOL) and m.turn_number}
+    versions = engine.response_versions(session, turns) if turns else {}
+    users = [m.seq for m in messages if m.role == Role.USER]
+    edits = engine.edit_versions_of(session, users) if users else {}
+    for m in messages:
+        shown = versions.get(m.turn_number) if m.role in (Role.ASSISTANT, Role.TOOL) else None
+        m.version_hidden = shown is not None and m.seq in shown.others
+        m.response_versions = shown if shown is not None and m.seq == shown.chosen else None
+        m.edit_versions = edits.get(m.seq) if m.role == Role.USER else None
+    return messages
+
+
+def render_versions_oob(session: ConversationSession, turns: set[int], *, skip: set[int] = frozenset()) -> str:
+    """The messages of the given turns' versions again (shown or hidden as now chosen), each
+    replacing its element on the page by id; ``skip``: seqs the caller renders itself."""
+    versions = engine.response_versions(session, turns)
+    seqs = set().union(*([*v.seqs, *v.others] for v in versions.values())) - skip if versions else set()
+    if not seqs:
+        return ""
+    messages = with_versions(session, list(Message.objects.filter(session=session, seq__in=seqs).order_by("seq")))
+    return "".join(render_partial("message", {"message": m, "session": session, "msg_oob": True}) for m in messages)
+
+
+@dataclass
+class LineageView:
+    """What the header says about where a conversation came from and what was made from it."""
+
+    lineage: str
+    parent: ConversationSession | None
+    parent_seq: int | None
+    children: list[ConversationSession]
+
+
+def lineage_view(session: ConversationSession) -> LineageView:
+    parent = None
+    if session.parent_id is not None:
+        parent = ConversationSession.objects.filter(pk=session.parent_id).first()
+    return LineageView(session.lineage, parent, session.parent_seq, engine.lineage_children(session))
 
 
 def history_context(session: ConversationSession, before: int | None = None) -> dict[str, Any]:
@@ -548,6 +597,7 @@ def panels_context(
         "session": session,
         "sdom": dom_id(session.id),
         "history_count": engine.history_count(session),
+        "lineage": lineage_view(session),
     }
     if with_context:
         ctx["context"] = context_view(session, budget)
@@ -595,7 +645,12 @@ def render_messages_oob(messages: list[Message], session: ConversationSession) -
     """New messages, to be placed into #message-list by sequence number (the page skips any it has)."""
     if not messages:
         return ""
-    return render_partial("messages-oob", {"messages": messages, "session": session})
+    if not all(hasattr(m, "version_hidden") for m in messages):  # not marked by the caller yet
+        messages = with_versions(session, messages)
+    html = render_partial("messages-oob", {"messages": messages, "session": session})
+    # A new response of a turn answered before: its earlier versions on the page hide behind it.
+    again = {m.response_versions.turn for m in messages if m.response_versions is not None}
+    return html + render_versions_oob(session, again, skip={m.seq for m in messages}) if again else html
 
 
 def render_panels_oob(session: ConversationSession, user: Any, *, budget: int | None = None, now=None) -> str:

@@ -35,7 +35,7 @@ from .forms import (
     VariableForm,
 )
 from .models import ApiKey, ConversationSession, Role
-from .web_errors import CONFLICT, EXPIRED_STATE, UNCONFIGURED_SEND, UNPROCESSABLE, engine_errors
+from .web_errors import CONFLICT, EXPIRED_STATE, UNCONFIGURED_SEND, UNPROCESSABLE, Refusal, engine_errors
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
@@ -202,10 +202,14 @@ def chat(request: HttpRequest, session_id: str) -> HttpResponse:
         return HttpResponse("at must be a sequence number", status=400, content_type="text/plain")
     half = rendering.page_size() // 2
     window = engine.messages_around(session, at, before=half, after=half)
+    messages = rendering.with_versions(session, window.messages)
+    for message in messages:
+        if message.seq == at:
+            message.version_hidden = False  # an earlier answer a search found shows, beside the chosen one
     return _chat_page(
         request,
         session,
-        messages=window.messages,
+        messages=messages,
         has_earlier=window.has_earlier,
         has_later=window.has_later,
         divider=rendering.divider(session, window.messages, newest=not window.has_later),
@@ -300,7 +304,10 @@ def _reply_actions(request: HttpRequest, session_id: str, *, notice: str = "", s
 def _start_reply(request: HttpRequest, session_id: str, *, regenerate: bool) -> HttpResponse:
     session = _owned(request, session_id)
     with engine_errors(notice=True, status=CONFLICT) as refusal:
-        replies.start_reply(session.id, owner=request.user, regenerate=regenerate)
+        reply = replies.start_reply(session.id, owner=request.user, regenerate=regenerate)
+        if regenerate:
+            # The chat shows one answer per turn: the one it is about to get, and only it is sent later.
+            engine.response_choose(session.pk, reply.turn_number, None, owner=request.user)
     return _reply_actions(request, session.id, notice=refusal.message, status=refusal.status)
 
 
@@ -621,6 +628,102 @@ def session_fresh(request: HttpRequest, session_id: str) -> HttpResponse:
 
 
 # ---------------------------------------------------------------------------------------------
+# Lineage: continue, branch, edit, and the versions of a regenerated answer.
+
+
+def _go_to(request: HttpRequest, url: str) -> HttpResponse:
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+def _seq_param(value: str | None) -> int | None:
+    try:
+        return int(value or "")
+    except ValueError:
+        return None
+
+
+@login_required
+@require_POST
+def session_continue(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Go on with a conversation (an expired one, usually) in a new one that carries its whole
+    history and state over, linked to it."""
+    session = _owned(request, session_id)
+    with engine_errors():
+        new = engine.session_continue(session.pk, owner=request.user)
+    return _go_to(request, _chat_url(new.id))
+
+
+@login_required
+@require_POST
+def session_branch(request: HttpRequest, session_id: str) -> HttpResponse:
+    """A new conversation with this one's messages up to and including ``at_seq``."""
+    session = _owned(request, session_id)
+    at_seq = _seq_param(request.POST.get("at_seq"))
+    if at_seq is None:
+        return HttpResponse("at_seq must be a message's sequence number.", status=400, content_type="text/plain")
+    try:
+        with engine_errors():
+            new = engine.session_branch(session.pk, at_seq, owner=request.user)
+    except engine.SessionValidationError as exc:
+        return HttpResponse(str(exc), status=UNPROCESSABLE, content_type="text/plain")
+    return _go_to(request, _chat_url(new.id))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def message_edit(request: HttpRequest, session_id: str, seq: int) -> HttpResponse:
+    """GET: the edit form of user message ``seq`` (its slot on the chat page, or a page of its own).
+    POST ``content``: a branch before that message gets the edited text and the assistant's reply."""
+    session = _owned(request, session_id)
+    message = session.messages.filter(seq=seq, role=Role.USER).first() if seq <= session.last_seq else None
+    if message is None:
+        raise Http404("No such user message.")
+    ctx = {
+        "session": session,
+        "seq": seq,
+        "content": message.content,
+        "errors": [],
+        "max_content_chars": settings.CONVO_MAX_CONTENT_CHARS,
+    }
+    if request.method == "GET":
+        if request.htmx:
+            return render(request, "sessions_app/_message_edit.html", ctx)
+        return render(request, "sessions_app/message_edit.html", ctx)
+    content = request.POST.get("content", "")
+    if not content.strip():
+        ctx.update(content=content, errors=["Write the edited message first."])
+        return render(request, "sessions_app/message_edit.html", ctx, status=UNPROCESSABLE)
+    try:
+        with engine_errors(notice=True, unconfigured=UNCONFIGURED_SEND) as refusal:
+            new, _, _ = replies.edit_and_reply(session.pk, seq, content, owner=request.user)
+    except engine.SessionValidationError as exc:  # the text (too long, NUL...): shown on the form
+        refusal = Refusal(str(exc), UNPROCESSABLE)
+    if refusal:
+        ctx.update(content=content, errors=[refusal.message])
+        return render(request, "sessions_app/message_edit.html", ctx, status=refusal.status)
+    return _go_to(request, _chat_url(new.id))
+
+
+@login_required
+@require_POST
+def response_choose(request: HttpRequest, session_id: str, turn: int) -> HttpResponse:
+    """Show (and from now on send) answer ``seq`` of ``turn``; the page gets the turn's answers again."""
+    session = _owned(request, session_id)
+    seq = _seq_param(request.POST.get("seq"))
+    if seq is None:
+        return HttpResponse("seq must be an answer's sequence number.", status=400, content_type="text/plain")
+    try:
+        with engine_errors(notice=True) as refusal:
+            engine.response_choose(session.pk, turn, seq, owner=request.user)
+    except engine.SessionValidationError as exc:
+        refusal = Refusal(str(exc), UNPROCESSABLE)
+    if refusal:
+        return HttpResponse(refusal.message, status=refusal.status, content_type="text/plain")
+    if not request.htmx:
+        return redirect(f"{_chat_url(session.id)}#msg-{seq}")
+    return HttpResponse(rendering.render_versions_oob(session, {turn}))
+
+
 # Search: the sidebar's box asks as the user types (htmx), a plain form submit gets the page.
 
 SEARCH_PAGE_SIZE = 20

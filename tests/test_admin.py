@@ -130,6 +130,15 @@ def test_non_staff_cannot_see_admin(client, user):
     assert response.status_code == 302
 
 
+def test_session_page_shows_its_lineage(staff):
+    branch = engine.session_branch("s1", 2)
+    response = staff.get(reverse("admin:sessions_app_conversationsession_change", args=[branch.pk]))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "Lineage" in body and "branch" in body
+    assert reverse("admin:sessions_app_conversationsession_change", args=[engine.session_get("s1").pk]) in body
+
+
 def test_titles_in_the_list_search_and_library_filters(staff, user):
     """Issue 11: the title is a column and searchable; pinned and archived filter the list."""
     engine.session_set_library("s4", owner=user, title="Quarterly budget review", pinned=True)

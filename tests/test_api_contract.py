@@ -30,6 +30,9 @@ SESSION_FIELDS = {
     "current_turn",
     "message_count",
     "total_tokens",
+    "parent",
+    "parent_seq",
+    "lineage",
 }
 
 

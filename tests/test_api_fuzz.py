@@ -66,6 +66,7 @@ def body_for(model: str):
             "respond": st.booleans() | any_json,
         },
         "ReplyIn": {"regenerate": st.booleans() | any_json},
+        "BranchIn": {"at_seq": st.integers(min_value=-2, max_value=6) | st.integers() | any_json},
         "SessionCreateIn": {
             "id": st.none() | session_ids | any_json,
             "system_prompt": st.none() | texts,
@@ -92,7 +93,12 @@ def body_for(model: str):
     }
     fields["SessionFieldsIn"] = {k: v for k, v in fields["SessionCreateIn"].items() if k != "id"}
     fields = fields[model]
-    required = {"MessageIn": ["role", "content"], "VariableIn": ["value"], "DataIn": ["value"]}.get(model, [])
+    required = {
+        "MessageIn": ["role", "content"],
+        "VariableIn": ["value"],
+        "DataIn": ["value"],
+        "BranchIn": ["at_seq"],
+    }.get(model, [])
     near = st.fixed_dictionaries(
         {k: fields[k] for k in required}, optional={k: v for k, v in fields.items() if k not in required}
     )
@@ -120,6 +126,7 @@ OPERATIONS = [
     ("PATCH", "/sessions/{id}", "SessionPatchIn"),
     ("DELETE", "/sessions/{id}", None),
     ("POST", "/sessions/{id}/clear", None),
+    ("POST", "/sessions/{id}/branch", "BranchIn"),
     ("POST", "/sessions/{id}/messages", "MessageIn"),
     ("POST", "/sessions/{id}/messages", "MessageIn"),
     ("POST", "/sessions/{id}/messages", "MessageIn"),

@@ -430,3 +430,17 @@ async def test_session_ids_with_colons_and_dots(layer, user):
     html = await hello(comm, 0)
     assert 'id="session-header"' in html and "team:alpha.v2" in html
     await comm.disconnect()
+
+
+async def test_a_chosen_answer_shows_on_every_open_page(layer, user, owned):
+    """Choosing which answer of a regenerated turn is shown (in one tab) shows it in the others too."""
+    for role, content in [("user", "hi"), ("assistant", "Hello."), ("assistant", "Hi there.")]:
+        await append("live-1", role, content)
+    comm, _ = await connect("live-1", user)
+    await hello(comm, 4)
+    await database_sync_to_async(engine.response_choose)("live-1", 1, 3)
+    html = "".join(await settle(comm))
+    assert sorted(msg_seqs(html)) == [3, 4]
+    assert re.search(r'<li id="msg-4"[^>]* hidden data-version-hidden hx-swap-oob="true">', html)
+    assert re.search(r'<li id="msg-3"[^>]*hx-swap-oob="true">', html) and "1 / 2" in html
+    await comm.disconnect()

@@ -112,6 +112,7 @@ VALID_API_BODIES = {
     "VariableIn": {"value": "v"},
     "DataIn": {"value": 1},
     "ReplyIn": {"regenerate": False},
+    "BranchIn": {"at_seq": 1},
     "SessionPatchIn": {"title": "t", "pinned": True},
 }
 

@@ -23,6 +23,7 @@ from .idempotency import IdempotencyKeyInvalid, IdempotencyKeyReused
 from .schemas import (
     MAX_INT,
     PAGE_LIMIT_MAX,
+    BranchIn,
     ContextOut,
     DataIn,
     DataOut,
@@ -221,6 +222,23 @@ def clear_session(request: HttpRequest, id: str):
     _check_id(id)
     session = engine.session_clear_messages(id, owner=_user(request))
     return session_out(session, _now())
+
+
+@endpoint(
+    "POST",
+    "/sessions/{id}/branch",
+    {201: SessionOut},
+    raises=(*LOOKUP, engine.SessionValidationError),
+    tags=["sessions"],
+)
+def branch_session(request: HttpRequest, id: str, payload: BranchIn):
+    """A new session with this one's messages up to and including ``at_seq`` (their seqs, turns and
+    metadata kept), its config and state; it records this one as its ``parent`` (lineage
+    ``branch``). An expired session can be branched; the branch is live. 422 when ``at_seq`` is not
+    the sequence number of one of its stored messages."""
+    _check_id(id)
+    session = engine.session_branch(id, payload.at_seq, owner=_user(request))
+    return Status(201, session_out(session, _now()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,6 +103,20 @@ class SessionOut(Schema):
     current_turn: int
     message_count: int
     total_tokens: int
+    parent: str | None = Field(
+        description="The id of the conversation this one was branched, edited or continued from; "
+        "null when there is none or it was deleted."
+    )
+    parent_seq: int | None = Field(description="The parent's sequence number this conversation was taken at.")
+    lineage: Literal["branch", "edit", "continue"] | None = Field(
+        description="How this conversation came from its parent (null: it did not)."
+    )
+
+
+class BranchIn(StrictIn):
+    at_seq: Annotated[int, Field(ge=1, le=2**63 - 1)] = Field(
+        description="The sequence number of the message the branch ends with (it has the messages up to it)."
+    )
 
 
 class SessionSummaryOut(Schema):
@@ -149,6 +163,12 @@ class ImportOut(Schema):
     count: int
 
 
+def _parent_id(session: ConversationSession) -> str | None:
+    if session.parent_id is None:
+        return None
+    return ConversationSession.objects.filter(pk=session.parent_id).values_list("sid", flat=True).first()
+
+
 def session_out(session: ConversationSession, now: dt.datetime) -> dict[str, Any]:
     return {
         "id": session.id,
@@ -171,6 +191,9 @@ def session_out(session: ConversationSession, now: dt.datetime) -> dict[str, Any
         "current_turn": session.turn_count,
         "message_count": session.message_count,
         "total_tokens": session.total_tokens,
+        "parent": _parent_id(session),
+        "parent_seq": session.parent_seq if session.lineage else None,
+        "lineage": session.lineage or None,
     }
 
 

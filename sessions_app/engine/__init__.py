@@ -14,6 +14,8 @@ The one home for the rules: views, the API, websocket consumers, the admin and m
 - ``messages``: ``message_append`` (under the row lock, or through ``pg_append``), turn metadata.
 - ``context``: the message list and its pages, the context window, turns.
 - ``state``: string variables and typed JSON data.
+- ``lineage``: branch / edit / continue (a conversation copied into a new one), edit versions, and
+  the versions of a regenerated turn's response (which one is shown and sent).
 - ``library``: titles, pin and archive (what a person keeps; nothing the model sees), the sidebar's pages.
 
 Writes run in a transaction holding the session's row lock (SELECT ... FOR UPDATE), or, for an append
@@ -63,6 +65,21 @@ from .errors import (
     storage_errors,
 )
 from .library import session_set_library, sidebar_page
+from .lineage import (
+    CHOICE_KEY,
+    LINEAGES,
+    EditVersions,
+    ResponseVersions,
+    edit_versions,
+    edit_versions_of,
+    lineage_children,
+    response_choose,
+    response_versions,
+    session_branch,
+    session_continue,
+    session_edit_branch,
+    unchosen_responses,
+)
 from .messages import message_append, message_append_obj, turn_set_metadata
 from .purge import PurgeResult, count_expired, expired_sessions, purge_expired, purge_sessions, sessions_deleted
 from .sessions import (
@@ -118,15 +135,19 @@ from .values import (
 
 __all__ = [
     "ANY_OWNER",
+    "CHOICE_KEY",
+    "LINEAGES",
     "MAX_INT",
     "SESSION_ID_RE",
     "AnyOwner",
     "ChatMessage",
     "ContextWindow",
+    "EditVersions",
     "InputTooLarge",
     "MessagesAround",
     "Owner",
     "PurgeResult",
+    "ResponseVersions",
     "SerializationError",
     "SessionAlreadyExists",
     "SessionAmbiguous",
@@ -147,6 +168,8 @@ __all__ = [
     "context_window",
     "count_expired",
     "current_turn",
+    "edit_versions",
+    "edit_versions_of",
     "estimate_tokens",
     "expired_sessions",
     "expiry_time",
@@ -158,6 +181,7 @@ __all__ = [
     "in_list",
     "is_expired",
     "last_turn",
+    "lineage_children",
     "listed_messages",
     "lock_session",
     "lookup_session_id",
@@ -174,10 +198,15 @@ __all__ = [
     "parse_json",
     "purge_expired",
     "purge_sessions",
+    "response_choose",
+    "response_versions",
+    "session_branch",
     "session_clear_messages",
+    "session_continue",
     "session_count_for_user",
     "session_create",
     "session_delete",
+    "session_edit_branch",
     "session_get",
     "session_get_live",
     "session_get_or_create",
@@ -199,10 +228,11 @@ __all__ = [
     "storage_errors",
     "title_from",
     "total_tokens",
-    "turn_set_metadata",
     "turn_metadata",
+    "turn_set_metadata",
     "turn_user_messages",
     "turn_user_seq",
     "turns",
+    "unchosen_responses",
     "validate_session_id",
 ]

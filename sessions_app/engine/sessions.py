@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from .. import events
 from ..models import ConversationSession, Message, Role, Turn
-from .bookkeeping import BOOKKEEPING_FIELDS, enforce_limits
+from .bookkeeping import BOOKKEEPING_FIELDS, clear_bookkeeping, enforce_limits
 from .errors import SessionAlreadyExists, SessionAmbiguous, SessionExpired, SessionNotFound, storage_errors
 from .purge import db_key, delete_rows, delete_where
 from .values import (
@@ -344,10 +344,7 @@ def session_clear_messages(
             delete_where(Message, f"{session_column} = %s", [key])
         else:
             delete_where(Message, f"{session_column} = %s AND seq <> %s", [key, keep])
-        session.head_seq = keep
-        session.low_seq = session.last_seq + 1
-        session.turn_count = 0
-        session.total_tokens = Message.objects.get(session=session, seq=keep).tokens if keep else 0
+        clear_bookkeeping(session, (keep, Message.objects.get(session=session, seq=keep).tokens) if keep else None)
         touch(session, now)
         session.save(update_fields=BOOKKEEPING_FIELDS)
         events.emit(session.pk, events.CLEARED)

@@ -131,10 +131,16 @@ def reply_context_window(
 ) -> engine.ContextWindow:
     """The context window a reply sends: ``reply``'s, or the running reply's when there is one, else
     the plain window. The one function behind the reply's request, the context panel and the API's
-    context endpoint, so what they show is what is sent."""
+    context endpoint, so what they show is what is sent.
+
+    Left out before the budget is counted: a regenerated reply's earlier responses, and the
+    responses a stored choice did not pick (``engine.unchosen_responses``; none stored: the spec's
+    window)."""
     if reply is None:
         reply = Reply.objects.filter(session_id=session.pk, status=Reply.Status.RUNNING).first()
-    exclude = earlier_responses(reply) if reply is not None else ()
+    exclude = engine.unchosen_responses(session)
+    if reply is not None:
+        exclude.update(earlier_responses(reply))
     return engine.context_window(session, max_tokens, exclude_seqs=exclude)
 
 

@@ -116,6 +116,7 @@
       }
       if (next === list.firstElementChild && next) prepended = true;
       list.insertBefore(node, next);
+      htmx.process(node); // its buttons and links (Branch, Edit, versions) work like the page's own
     });
     var hint = document.querySelector(".empty-hint");
     if (hint && list.children.length) hint.remove();
