@@ -17,12 +17,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed
 
-# Debug off (friendly error pages; static files collected and served by WhiteNoise). Without
-# DJANGO_SECRET_KEY, a key is generated into .secret_key on first start.
+# Production serving: daphne, debug off (friendly error pages; static files collected under hashed
+# names and served by ServeStatic, cacheable forever). SIGTERM drains within CONVO_SHUTDOWN_GRACE_SECONDS.
+# Without DJANGO_SECRET_KEY, a key is generated into .secret_key on first start.
 run: venv
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	exec $(VENV)/bin/daphne -b $(HOST) -p $(PORT) convo_site.asgi:application
 
 # Development mode: Django's debug pages (they show settings: never on a reachable server).
 dev: venv

@@ -130,7 +130,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "whitenoise.runserver_nostatic",
+    "servestatic.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
     "django_htmx",
@@ -149,7 +149,8 @@ MIDDLEWARE = [
     # Compresses HTML and JSON (a chat page is ~70 KB of HTML). Django's version pads each response
     # with random bytes ("Heal The Breach") against BREACH, and CSRF tokens are masked per response.
     "django.middleware.gzip.GZipMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Static files, served on the event loop (ServeStatic is ASGI-native: no thread waits on the loop).
+    "servestatic.middleware.ServeStaticMiddleware",
     # django-csp plus the per-request parts: the page's websocket origin, inline styles for the admin only.
     "sessions_app.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -265,9 +266,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# collectstatic (run by `make run`) stores each file under a name with a hash of its content, plus
+# compressed copies; pages link the hashed names, which ServeStatic serves as cacheable forever
+# ("immutable"). In debug mode the plain names are linked and found in the source directories.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "staticfiles": {"BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"},
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -308,7 +312,20 @@ CONVO_PERSIST_SYSTEM_PROMPT = env_bool("CONVO_PERSIST_SYSTEM_PROMPT", True)
 CONVO_SIGNUP_ENABLED = env_bool("CONVO_SIGNUP_ENABLED", True)
 # How many of the newest messages the chat page renders (older ones load on demand, in pages this size).
 CONVO_CHAT_PAGE_SIZE = env_int("CONVO_CHAT_PAGE_SIZE", 50)
+# Default timeout of conversations created in the chat UI (issue 11): 30 days; "none" = never expire.
+# The engine's and the API's default stays CONVO_TIMEOUT_SECONDS (the spec's 3600 s).
+CONVO_CHAT_TIMEOUT_SECONDS = env_int("CONVO_CHAT_TIMEOUT_SECONDS", 30 * 24 * 3600)
+# Titles: "first" (the default) takes the first user message; "model" (with the openai responder)
+# then asks the model for a short title after the first reply.
+CONVO_AUTO_TITLE = os.environ.get("CONVO_AUTO_TITLE", "").strip().lower() or "first"
+if CONVO_AUTO_TITLE not in {"first", "model"}:
+    raise RuntimeError('CONVO_AUTO_TITLE must be "first" or "model"')
+# How many conversations the sidebar shows at first (the rest load as it scrolls).
+CONVO_SIDEBAR_PAGE_SIZE = env_int("CONVO_SIDEBAR_PAGE_SIZE", 30)
 # Rendered messages and turns are cached per process (their cache keys digest everything they show).
+# The "library" cache holds each user's sidebar version and rendered sidebar: shared through Redis when
+# REDIS_URL is set (every process sees a change), per process otherwise (one process, as the in-memory
+# channel layer).
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     "template_fragments": {
@@ -316,6 +333,17 @@ CACHES = {
         "LOCATION": "convo-fragments",
         "OPTIONS": {"MAX_ENTRIES": 20000},
     },
+    "library": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ.get("REDIS_URL", ""),
+            # A Redis that stopped answering fails a bump or a read at once (the page renders without
+            # the cache) rather than holding a request for the operating system's TCP timeout.
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+        if os.environ.get("REDIS_URL", "")
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "convo-library"}
+    ),
 }
 
 # Channel layer: Redis when REDIS_URL is set (several daphne processes share it), else in-memory.
@@ -392,6 +420,11 @@ CONVO_SIGNUP_PER_HOUR = env_int("CONVO_SIGNUP_PER_HOUR", 10)
 CONVO_API_RATE_LIMIT = env_int("CONVO_API_RATE_LIMIT", 600)
 # Assistant replies one user may have running at once, over all their conversations; past it: 409.
 CONVO_MAX_CONCURRENT_REPLIES = env_int("CONVO_MAX_CONCURRENT_REPLIES", 3)
+
+
+# Shutdown (SIGTERM, convo_site/shutdown.py): seconds a serving process keeps the requests and replies
+# in flight going while it refuses new ones (503) before it stops; it exits at most 3.5 s later.
+CONVO_SHUTDOWN_GRACE_SECONDS = env_float("CONVO_SHUTDOWN_GRACE_SECONDS", 5.0)
 
 
 # Convo: assistant replies (sessions_app.replies). CONVO_RESPONDER: "builtin" (offline, no model) or

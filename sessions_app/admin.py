@@ -81,7 +81,10 @@ def _pretty_json(value) -> str:
 class ConversationSessionAdmin(admin.ModelAdmin):
     list_display = [
         "sid",
+        "title",
         "owner",
+        "pinned",
+        "archived",
         "messages_in_list",
         "turn_count",
         "total_tokens",
@@ -90,17 +93,19 @@ class ConversationSessionAdmin(admin.ModelAdmin):
         "expires_at",
         "expired",
     ]
-    list_filter = [ExpiredFilter, "owner", "created_at"]
-    search_fields = ["sid", "owner__username", "messages__content"]
+    list_filter = [ExpiredFilter, "pinned", "archived", "owner", "created_at"]
+    search_fields = ["sid", "title", "owner__username", "messages__content"]
     list_select_related = ["owner"]
     date_hierarchy = "created_at"
     ordering = ["-updated_at"]
     actions = ["purge_expired_sessions", "clear_messages"]
     show_full_result_count = False
     fieldsets = [
-        (None, {"fields": ["sid", "owner", "key", "created_at", "updated_at", "expires_at", "expired"]}),
+        (None, {"fields": ["sid", "title", "owner", "key", "created_at", "updated_at", "expires_at", "expired"]}),
+        ("Library", {"fields": ["pinned", "archived"]}),
         ("Config", {"fields": ["max_messages", "max_tokens", "timeout_seconds", "persist_system_prompt"]}),
         ("Content", {"fields": ["system_prompt", "state_json", "metadata_json"]}),
+        ("Lineage", {"fields": ["lineage", "parent", "parent_seq"]}),
         (
             "Messages and turns",
             {"fields": ["messages_in_list", "turn_count", "total_tokens", "message_list", "turn_timeline"]},

@@ -75,6 +75,8 @@ logger = logging.getLogger(__name__)
 CATCHUP_MAX = 500
 # Panels are re-rendered at most this often (seconds) while changes keep coming.
 PANEL_DELAY = 0.5
+# The sidebar is pushed at most this often (seconds) while the user's conversations keep changing.
+LIBRARY_DELAY = 0.3
 CLOSE_GONE = 4404
 CLOSE_LOGGED_OUT = 4401
 CLOSE_POLICY = 1008  # the page sent more frames than CONVO_WS_FRAMES_PER_SECOND allows
@@ -391,6 +393,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
     _closing: bool = False
     _tokens: float | None = None  # the frame bucket (see _frame_allowed)
     _tokens_at: float = 0.0
+    _library_due: bool = False
+    _library_task: asyncio.Task | None = None
     channel_name: str | None = None
     _watch: _LayerWatch | None = None
     # The session's running reply as this socket last learnt it (a reply id as str, None: none runs),
@@ -469,6 +473,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self.websocket_receive(message)
         elif message.get("type") == "user.revoked":
             await self.user_revoked(message)
+        elif message.get("type") == events.LIBRARY:
+            await self.library_changed(message)
         elif message.get("type") == "layer.back":
             await self._layer_back()
         elif not self._revoked or message.get("type") == "websocket.disconnect":
@@ -513,6 +519,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self._panels_task is not None:
             self._panels_task.cancel()
+        if self._library_task is not None:
+            self._library_task.cancel()
         if self._watch is not None:
             self._watch.discard(self)
         await self._leave()
@@ -611,6 +619,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         elif kind == events.MESSAGE and isinstance(seq, int):
             await self._new_messages(seq)
             self._schedule_panels(seq=seq)
+        elif kind == events.VERSIONS and isinstance(event.get("turn"), int):
+            await self._versions(t0, event["turn"])
         else:
             self._schedule_panels(since=t0)
 
@@ -667,6 +677,34 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await self._push([html])
 
     # -----------------------------------------------------------------------------------------
+    # The library (issue 11): the user's conversations changed, in this tab or another (created,
+    # renamed, pinned, archived, deleted, or moved up by activity): the page gets the sidebar's new
+    # first page, once for a burst of changes (LIBRARY_DELAY), rendered once per change for all of the
+    # user's pages (rendering.sidebar_html caches it under the user's library version).
+
+    async def library_changed(self, event: dict[str, Any]) -> None:
+        if self._revoked or self._gone or self.last_seq is None:
+            return  # no hello yet: the page was rendered with a current sidebar
+        self._library_due = True
+        if self._library_task is None:
+            self._library_task = asyncio.ensure_future(self._library_later())
+
+    async def _library_later(self) -> None:
+        try:
+            while self._library_due and not self._gone and not self._revoked:
+                await asyncio.sleep(LIBRARY_DELAY)
+                self._library_due = False
+                html = await database_sync_to_async(self._sidebar_html)()
+                if not self._gone and not self._revoked:
+                    await self.send(text_data=html)
+        except Exception:
+            logger.exception("Could not push the sidebar of user %s", self.user.pk)
+        finally:
+            self._library_task = None
+
+    def _sidebar_html(self) -> str:
+        tz = rendering.viewer_timezone(self.scope.get("cookies"))
+        return rendering.sidebar_html(self.user, tz=tz, oob=True)
 
     async def user_revoked(self, event: dict[str, Any]) -> None:
         """The user logged out (this browser's login, or every one), changed the password or was deactivated."""
@@ -786,7 +824,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         return html
 
     def _version(self, session: ConversationSession) -> tuple:
-        return (session.pk, session.last_seq, session.low_seq, session.head_seq, session.updated_at)
+        return (session.pk, session.last_seq, session.low_seq, session.head_seq, session.updated_at, session.title)
 
     async def _new_messages(self, seq: int) -> None:
         """Push exactly the listed messages after the page's last one, up to the snapshot's newest."""
@@ -811,12 +849,26 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if after > session.last_seq:
             # The page is ahead of the database (the session was replaced): start it over.
             return (*_pane_parts(session), rendering.render_bounds_oob(session))
-        missing = engine.messages_page(session, after=after, before=session.last_seq + 1, limit=CATCHUP_MAX + 1)
+        missing = engine.messages_page(
+            session, after=after, before=session.last_seq + 1, limit=CATCHUP_MAX + 1, history=True
+        )
         if len(missing) > CATCHUP_MAX:
             head = _pane_parts(session)
         else:
+            rendering.with_versions(session, missing)  # once for all of them (a few queries), not per frame
             head = tuple(rendering.render_messages_oob([message], session) for message in missing)
         return (*head, rendering.render_bounds_oob(session))
+
+    async def _versions(self, t0: float, turn: int) -> None:
+        """Another page chose which answer of ``turn`` is shown: its answers again, each replacing its element."""
+        session = await self._snapshot(since=t0)
+        if session is None:
+            return
+        html = await self._render(
+            ("versions", *self._version(session), turn), lambda: rendering.render_versions_oob(session, {turn})
+        )
+        if html:
+            await self.send(text_data=html)
 
     async def _refresh(self, t0: float, *, after: int | None) -> None:
         """Messages (after ``after``, or the whole list again when None) and every panel, at once."""

@@ -35,6 +35,7 @@ STATE = "state"
 CONFIG = "config"  # config, system prompt or metadata edited
 CLEARED = "cleared"
 DELETED = "deleted"
+VERSIONS = "versions"  # the answer a turn shows changed (data: turn): pages show that turn's answers again
 # An assistant reply in progress (issue 5): data state=started|delta|done|stopped|error, text=the
 # text so far. Not a database write: sent at once, and a page that misses one loses nothing (the
 # next carries the whole text, and the stored assistant message arrives as a MESSAGE event).
@@ -83,6 +84,91 @@ def user_revoked(user_pk: Any, reason: str, *, login: str | None = None) -> None
     They cannot resubscribe: their new handshake is no longer authenticated."""
     event = {"type": "user.revoked", "reason": reason, **({"login": login} if login else {})}
     after_commit(partial(_send, [(user_group(user_pk), event)]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The library (issue 11): each user's sidebar. A change that shows there (a conversation created,
+# renamed, pinned, archived, deleted, or moved up by activity) bumps the user's library version once
+# the transaction commits (the rendered sidebar is cached under it) and tells the user's open pages,
+# which fetch the new sidebar. The version lives in the "library" cache (Redis when configured, so
+# every process sees it).
+
+LIBRARY_CACHE = "library"
+LIBRARY = "library.changed"
+
+
+def library_version_key(user_pk: Any) -> str:
+    return f"convo:library:v:{user_pk}"
+
+
+def library_version(user_pk: Any) -> int:
+    """The user's library version: it grows with every change of their sidebar. It starts from the clock
+    (in nanoseconds), so a version made again after its key was evicted never meets an old one."""
+    from django.core.cache import caches
+
+    cache = caches[LIBRARY_CACHE]
+    key = library_version_key(user_pk)
+    version = cache.get(key)
+    if version is None:
+        cache.add(key, time.time_ns(), None)
+        version = cache.get(key) or time.time_ns()
+    return int(version)
+
+
+def bump_library_version(user_pk: Any) -> None:
+    from django.core.cache import caches
+
+    cache = caches[LIBRARY_CACHE]
+    key = library_version_key(user_pk)
+    try:
+        redis_client = getattr(getattr(cache, "_cache", None), "get_client", None)
+        if redis_client is not None:
+            # One round trip: start the version from the clock if it is not there, then add one.
+            raw = cache.make_and_validate_key(key)
+            with redis_client(raw, write=True).pipeline(transaction=False) as pipe:
+                pipe.set(raw, time.time_ns(), nx=True)
+                pipe.incr(raw)
+                pipe.execute()
+            return
+        try:
+            cache.incr(key)
+        except ValueError:  # not there yet (or evicted): any new value invalidates what was cached
+            if not cache.add(key, time.time_ns(), None):
+                cache.incr(key)
+    except Exception as exc:  # a cache failure must never undo or fail a committed write
+        # The library cache is the channel layer's Redis: one warning per outage (the sidebar is stale
+        # until the next change once it is back).
+        layer_health.failed(exc, "bumping a library version")
+
+
+def library_changed(user_pk: Any, *, activity: bool = False) -> None:
+    """After the commit: bump the user's library version and tell the user's open pages. Sessions
+    without an owner have no sidebar.
+
+    ``activity``: an append (the conversation moves up the sidebar). With a network channel layer its
+    bump is left to this process's sender thread, once per user for a batch of appends, so the hot
+    path pays no cache round trip; every other change bumps in the writer, so that the request's own
+    answer (and the next page) already shows it.
+    """
+    if user_pk is None:
+        return
+    transaction.on_commit(partial(_library_commit, user_pk, activity))
+
+
+def _library_commit(user_pk: Any, activity: bool = False) -> None:
+    layer = get_channel_layer()
+    deferred = activity and layer is not None and not isinstance(layer, InMemoryChannelLayer)
+    if not deferred:
+        bump_library_version(user_pk)
+    # Deferred: the sender thread bumps the version just before it sends the notice (_bump_libraries).
+    _send([(user_group(user_pk), {"type": LIBRARY, "user": user_pk, **({"bump": True} if deferred else {})})])
+
+
+def _bump_libraries(events: list[tuple[str, dict[str, Any]]]) -> None:
+    """In the sender thread: the versions of the users whose conversations saw activity."""
+    for _, event in events:
+        if event.get("bump"):
+            bump_library_version(event["user"])
 
 
 class LayerHealth:
@@ -230,6 +316,7 @@ class _Sender:
                         events.set()  # a flush marker: everything queued before it was sent
                         continue
                     try:
+                        _bump_libraries(events)
                         await asyncio.wait_for(_send_all(layer, events), LAYER_TIMEOUT)
                     except Exception as exc:  # a push failure must never undo or fail a committed write
                         # Lost: pages find what it told them by their periodic resync (or on reconnect).
@@ -252,11 +339,13 @@ class _Sender:
 
 def _coalesce(batch: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     """The batch with each run of MESSAGE events of one session (nothing else of that session between
-    them) replaced by its newest event, at the place of the first; everything else as it was."""
+    them) replaced by its newest event, at the place of the first, and one library notice per user;
+    everything else as it was."""
     if len(batch) < 2:
         return batch
     out: list[tuple[Any, Any]] = []
     last: dict[tuple[int, str], tuple[int, int]] = {}  # (layer, group) -> where its latest event is
+    told: set[tuple[int, str]] = set()  # users already told (and their version bumped) in this batch
     for layer, events in batch:
         if layer is None:
             out.append((layer, events))
@@ -264,6 +353,13 @@ def _coalesce(batch: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
         kept = []
         for item in events:  # (group, event): a session's group is named by its key
             key = (id(layer), item[0])
+            if item[1].get("type") == LIBRARY:
+                # Every change in the batch committed before the batch is sent: one notice (and bump)
+                # per user covers them all.
+                if key not in told:
+                    told.add(key)
+                    kept.append(item)
+                continue
             at = last.get(key)
             if item[1].get("kind") == MESSAGE and at is not None:
                 where, index = at

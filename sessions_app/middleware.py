@@ -47,7 +47,7 @@ class PrivateCacheMiddleware(MiddlewareMixin):
     """``Cache-Control: private, no-store`` on every API response and on every response to a signed-in
     user: what they show is theirs alone, and must not stay in a shared or on-disk cache.
 
-    Whatever else a view put in Cache-Control stays; static files never get here (WhiteNoise answers
+    Whatever else a view put in Cache-Control stays; static files never get here (ServeStatic answers
     them first)."""
 
     def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:

@@ -7,11 +7,13 @@ byte for byte what a reload would show.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import hashlib
 import re
 import threading
 import time
-import uuid
+import zoneinfo
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,11 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import nh3
+from asgiref.sync import iscoroutinefunction
 from django.conf import settings
-from django.db.models import OuterRef, Subquery
-from django.db.models.functions import Substr
+from django.core.cache import caches
 from django.template.loader import render_to_string
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.utils.decorators import sync_and_async_middleware
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
@@ -34,7 +38,7 @@ from pygments.lexers import get_lexer_by_name
 from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
 
-from . import engine, replies
+from . import engine, events, replies
 from .forms import EditSessionForm
 from .models import ConversationSession, Message, Role
 
@@ -279,8 +283,17 @@ def render_budget(milliseconds: int | None = None) -> Iterator[RenderBudget]:
         _budget.reset(token)
 
 
+@sync_and_async_middleware
 def render_budget_middleware(get_response):
-    """Every request renders its Markdown within one budget (see render_budget)."""
+    """Every request renders its Markdown within one budget (see render_budget). Under ASGI it runs
+    on the event loop (the budget reaches the view's thread with the context)."""
+    if iscoroutinefunction(get_response):
+
+        async def amiddleware(request):
+            with render_budget():
+                return await get_response(request)
+
+        return amiddleware
 
     def middleware(request):
         with render_budget():
@@ -314,10 +327,10 @@ PARTIALS: dict[str, str] = {
             "session-header", "expired-banner", "list-bounds", "messages", "load-earlier", "message",
             "reply-stream", "reply-actions", "composer", "timeline", "earlier-turns", "turn", "state-panel",
             "settings-panel", "context-panel", "messages-oob", "earlier-page", "earlier-turns-page",
-            "session-gone",
+            "session-gone", "session-title", "list-divider",
         )
     },
-    **{name: f"{SIDEBAR}#{name}" for name in ("sidebar", "sidebar-new-form", "sidebar-item")},
+    **{name: f"{SIDEBAR}#{name}" for name in ("sidebar", "sidebar-new-form", "sidebar-sections", "sidebar-page")},
 }  # fmt: skip
 
 TIMELINE_TURNS = 20  # the timeline shows the newest turns; earlier ones load on demand
@@ -325,7 +338,16 @@ CONTEXT_ROWS = 50  # the context panel lists the newest rows of the window; the 
 
 
 # ---------------------------------------------------------------------------------------------
-# Sidebar.
+# Sidebar (the library, issue 11; its cost, issue 13).
+#
+# The first page of a user's sidebar is one query (engine.sidebar_page: only the columns it shows)
+# and a template loop; the rest loads as it scrolls into view. Chat pages take the rendered first
+# page from the "library" cache, under the user's library version (events.library_version, bumped
+# after every change of that user's conversations), the viewer's time zone and the day, so a cached
+# sidebar is never stale, and an entry's expiry (its badge) bounds how long it is kept.
+
+SIDEBAR_CACHE_SECONDS = 3600
+TZ_COOKIE = "convo_tz"
 
 
 @dataclass
@@ -334,36 +356,92 @@ class SidebarEntry:
     title: str
     dom_id: str
     expired: bool
+    section: str
 
     @property
     def id(self) -> str:
         return self.session.id
 
 
-SIDEBAR_LIMIT = 200
+def viewer_timezone(cookies: Any) -> zoneinfo.ZoneInfo | dt.tzinfo:
+    """The viewer's time zone (the page's script stores it in a cookie), else the server's."""
+    name = (cookies or {}).get(TZ_COOKIE, "")
+    if name and len(name) <= 64:
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass
+    return timezone.get_default_timezone()
 
 
-def sidebar_entries(user: Any, *, only: uuid.UUID | None = None, now=None) -> list[SidebarEntry]:
-    """The user's conversations, most recent activity first, each titled by its first user message.
+def _section(session: ConversationSession, today: dt.date, tz: Any) -> str:
+    if session.pinned:
+        return "Pinned"
+    day = session.updated_at.astimezone(tz).date()
+    if day >= today:
+        return "Today"
+    if day == today - dt.timedelta(days=1):
+        return "Yesterday"
+    if day >= today - dt.timedelta(days=7):
+        return "Previous 7 days"
+    return "Older"
 
-    One query whatever the number of sessions: the title is turn 1's user message (the first user
-    message: every user message opens a turn, and turns outlive max_messages), a correlated subquery
-    on the partial index of user messages by turn; ``only`` (a key) restricts it to one session, for a live update.
+
+def sidebar_sections(
+    user: Any, *, archived: bool = False, offset: int = 0, after_section: str = "", tz: Any = None, now=None
+) -> dict[str, Any]:
+    """One page of the sidebar, grouped: Pinned, Today, Yesterday, Previous 7 days, Older (in ``tz``).
+
+    ``after_section``: the section the previous page ended in (its heading is not repeated).
     """
     now = now or timezone.now()
-    first_user = engine.turn_user_messages(OuterRef("pk"), 1).values("content")[:1]
-    qs = (
-        ConversationSession.objects.filter(owner=user)
-        .annotate(first_user_message=Substr(Subquery(first_user), 1, 80))
-        .order_by("-updated_at", "sid")
-    )
-    if only is not None:
-        qs = qs.filter(pk=only)
-    entries = []
-    for session in qs[:SIDEBAR_LIMIT]:
-        title = " ".join((session.first_user_message or "").split()) or session.id
-        entries.append(SidebarEntry(session, title, dom_id(session.id), session.is_expired(now)))
-    return entries
+    tz = tz or timezone.get_default_timezone()
+    size = settings.CONVO_SIDEBAR_PAGE_SIZE
+    rows, more = engine.sidebar_page(user, archived=archived, offset=offset, limit=size)
+    today = now.astimezone(tz).date()
+    sections: list[dict[str, Any]] = []
+    for session in rows:
+        label = "Archived" if archived else _section(session, today, tz)
+        entry = SidebarEntry(session, session.title or session.sid, dom_id(session.sid), session.is_expired(now), label)
+        if not sections or sections[-1]["label"] != label:
+            sections.append({"label": label, "heading": bool(sections) or label != after_section, "entries": []})
+        sections[-1]["entries"].append(entry)
+    return {
+        "sections": sections,
+        "archived": archived,
+        "more": more,
+        "next_offset": offset + size,
+        "last_section": sections[-1]["label"] if sections else after_section,
+        "first_page": offset == 0,
+        "soonest_expiry": min((s.expires_at for s in rows if s.expires_at and s.expires_at > now), default=None),
+    }
+
+
+def sidebar_html(user: Any, *, tz: Any = None, now=None, oob: bool = False) -> SafeString:
+    """The first page of the user's sidebar (#sidebar-sections), from the library cache when the
+    user's conversations did not change since it was rendered."""
+    now = now or timezone.now()
+    tz = tz or timezone.get_default_timezone()
+    cache = caches[events.LIBRARY_CACHE]
+    try:
+        version = events.library_version(user.pk)
+        key = f"convo:library:html:{user.pk}:{version}:{tz}:{now.astimezone(tz).date()}"
+        html = cache.get(key)
+    except Exception as exc:  # the cache (Redis) is away: render it, uncached
+        events.layer_health.failed(exc, "reading the sidebar cache")
+        version, key, html = 0, None, None
+    if html is None:
+        ctx = sidebar_sections(user, tz=tz, now=now)
+        html = render_partial("sidebar-sections", {**ctx, "version": version})
+        seconds = SIDEBAR_CACHE_SECONDS
+        if ctx["soonest_expiry"] is not None:  # an "expired" badge appears then: keep it no longer
+            seconds = max(1, min(seconds, int((ctx["soonest_expiry"] - now).total_seconds()) + 1))
+        if key is not None:
+            with contextlib.suppress(Exception):  # (the read above just worked; a failure here costs nothing)
+                cache.set(key, html, seconds)
+    if oob:
+        html = html.replace('id="sidebar-sections"', 'id="sidebar-sections" hx-swap-oob="true"', 1)
+    return mark_safe(html)  # noqa: S308 - rendered by the template engine (autoescaped)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,11 +449,94 @@ def sidebar_entries(user: Any, *, only: uuid.UUID | None = None, now=None) -> li
 
 
 def earlier_messages(session: ConversationSession, before: int | None) -> tuple[list[Message], bool]:
-    """The newest page of listed messages before ``before`` (all: None), and whether older ones exist."""
+    """The newest page of the conversation's history before ``before`` (all: None), the messages that
+    left the session's list included, and whether older ones exist."""
     size = page_size()
-    page = engine.messages_page(session, before=before, limit=size + 1, newest=True)
+    page = engine.messages_page(session, before=before, limit=size + 1, newest=True, history=True)
     has_more = len(page) > size
-    return page[-size:] if has_more else page, has_more
+    page = page[-size:] if has_more else page
+    return with_versions(session, page), has_more
+
+
+# ---------------------------------------------------------------------------------------------
+# Lineage: versions on messages, the lineage line in the header (partials in _lineage_*.html).
+
+
+def with_versions(session: ConversationSession, messages: list[Message]) -> list[Message]:
+    """Mark each message with the versions its partial shows: a user message's edits
+    (``edit_versions``), the shown response of a turn answered more than once (``response_versions``),
+    and ``version_hidden`` on the other responses and their replies' tool messages."""
+    turns = {m.turn_number for m in messages if m.role in (Role.ASSISTANT, Role.TOOL) and m.turn_number}
+    versions = engine.response_versions(session, turns) if turns else {}
+    users = [m.seq for m in messages if m.role == Role.USER]
+    edits = engine.edit_versions_of(session, users) if users else {}
+    for m in messages:
+        shown = versions.get(m.turn_number) if m.role in (Role.ASSISTANT, Role.TOOL) else None
+        m.version_hidden = shown is not None and m.seq in shown.others
+        m.response_versions = shown if shown is not None and m.seq == shown.chosen else None
+        m.edit_versions = edits.get(m.seq) if m.role == Role.USER else None
+    return messages
+
+
+def render_versions_oob(session: ConversationSession, turns: set[int], *, skip: set[int] = frozenset()) -> str:
+    """The messages of the given turns' versions again (shown or hidden as now chosen), each
+    replacing its element on the page by id; ``skip``: seqs the caller renders itself."""
+    versions = engine.response_versions(session, turns)
+    seqs = set().union(*([*v.seqs, *v.others] for v in versions.values())) - skip if versions else set()
+    if not seqs:
+        return ""
+    messages = with_versions(session, list(Message.objects.filter(session=session, seq__in=seqs).order_by("seq")))
+    return "".join(render_partial("message", {"message": m, "session": session, "msg_oob": True}) for m in messages)
+
+
+@dataclass
+class LineageView:
+    """What the header says about where a conversation came from and what was made from it."""
+
+    lineage: str
+    parent: ConversationSession | None
+    parent_seq: int | None
+    children: list[ConversationSession]
+
+
+def lineage_view(session: ConversationSession) -> LineageView:
+    parent = None
+    if session.parent_id is not None:
+        parent = ConversationSession.objects.filter(pk=session.parent_id).first()
+    return LineageView(session.lineage, parent, session.parent_seq, engine.lineage_children(session))
+
+
+def history_context(session: ConversationSession, before: int | None = None) -> dict[str, Any]:
+    """A page of the history (the newest before ``before``) and its divider (``divider``)."""
+    messages, has_earlier = earlier_messages(session, before)
+    return {
+        "messages": messages,
+        "has_earlier": has_earlier,
+        "divider": divider(session, messages, newest=before is None),
+    }
+
+
+def divider(session: ConversationSession, messages: list[Message], *, newest: bool) -> dict[str, Any]:
+    """Where the page's divider goes: before the first listed message (``low_seq``) when the page has it
+    and older messages left the list; at the end of the newest page when every message after the
+    pinned one left it, or of a page that holds only older ones; else hidden (its place is on another
+    page). The page's script moves it as the list changes (``#list-bounds``)."""
+    unlisted = engine.has_unlisted_history(session)
+    at = None
+    if unlisted and messages:
+        if any(m.seq == session.low_seq for m in messages):
+            at = session.low_seq
+        elif (newest and session.low_seq > session.last_seq) or messages[-1].seq < session.low_seq:
+            at = "end"
+    return {"unlisted": unlisted, "at": at, "low_seq": session.low_seq, "max": session.max_messages}
+
+
+def continue_url(session: ConversationSession) -> str | None:
+    """Where Continue posts (a live copy of an expired conversation), when this build has it."""
+    try:
+        return reverse("session-continue", args=[session.id])
+    except NoReverseMatch:
+        return None
 
 
 def timeline(session: ConversationSession, before: int | None = None) -> dict[str, Any]:
@@ -432,11 +593,17 @@ def panels_context(
     The chat page itself leaves the context panel out (``with_context=False``): it costs as much as
     the window is long, so the page loads it with a second request right after it opens.
     """
-    ctx: dict[str, Any] = {"session": session, "sdom": dom_id(session.id)}
+    ctx: dict[str, Any] = {
+        "session": session,
+        "sdom": dom_id(session.id),
+        "history_count": engine.history_count(session),
+        "lineage": lineage_view(session),
+    }
     if with_context:
         ctx["context"] = context_view(session, budget)
     ctx.update(timeline(session))
     ctx.update(status(session, now))
+    ctx["continue_url"] = continue_url(session)
     ctx["last_turn"] = last_turn(session, ctx["turns"])
     return ctx
 
@@ -458,7 +625,7 @@ def panels_version(session: ConversationSession, now=None) -> str:
         session.pk, session.last_seq, session.low_seq, session.head_seq, session.turn_count,
         session.total_tokens, session.updated_at, session.expires_at, session.is_expired(now),
         session.max_messages, session.max_tokens, session.timeout_seconds, session.persist_system_prompt,
-        session.system_prompt, session.metadata, session.variables, session.data,
+        session.system_prompt, session.metadata, session.variables, session.data, session.title,
     )  # fmt: skip
 
 
@@ -478,11 +645,17 @@ def render_messages_oob(messages: list[Message], session: ConversationSession) -
     """New messages, to be placed into #message-list by sequence number (the page skips any it has)."""
     if not messages:
         return ""
-    return render_partial("messages-oob", {"messages": messages, "session": session})
+    if not all(hasattr(m, "version_hidden") for m in messages):  # not marked by the caller yet
+        messages = with_versions(session, messages)
+    html = render_partial("messages-oob", {"messages": messages, "session": session})
+    # A new response of a turn answered before: its earlier versions on the page hide behind it.
+    again = {m.response_versions.turn for m in messages if m.response_versions is not None}
+    return html + render_versions_oob(session, again, skip={m.seq for m in messages}) if again else html
 
 
 def render_panels_oob(session: ConversationSession, user: Any, *, budget: int | None = None, now=None) -> str:
-    """Fresh header, timeline, state, context and sidebar row, each replacing its element by id."""
+    """Fresh header, expiry banner, timeline, state, context and reply actions, each replacing its element
+    by id (the sidebar follows the user's library events: consumers.library_changed)."""
     return "".join(render_panels_oob_parts(session, user, budget=budget, now=now))
 
 
@@ -500,9 +673,6 @@ def render_panels_oob_parts(
         render_partial("context-panel", ctx),
         render_partial("reply-actions", ctx),
     ]
-    entries = sidebar_entries(user, only=session.pk, now=ctx["now"])
-    if entries:
-        parts.append(render_partial("sidebar-item", {"entry": entries[0], "oob": True, "current_id": session.id}))
     return parts
 
 
@@ -517,10 +687,9 @@ def render_messages_pane_oob(
     """The whole message list again (after a clear, or when a page is too far behind to catch up):
     its newest page, or the oldest ``messages`` of that page (live pushes send the rest after it)."""
     if messages is None:
-        messages, has_earlier = earlier_messages(session, None)
-    return render_partial(
-        "messages", {"session": session, "messages": messages, "has_earlier": has_earlier, "oob": True}
-    )
+        return render_partial("messages", {"session": session, **history_context(session), "oob": True})
+    ctx = {"messages": messages, "has_earlier": has_earlier, "divider": divider(session, messages, newest=False)}
+    return render_partial("messages", {"session": session, **ctx, "oob": True})
 
 
 def render_settings_oob(session: ConversationSession) -> str:

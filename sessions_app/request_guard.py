@@ -14,16 +14,33 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import unquote_to_bytes
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 API_PREFIX = "/api/"
 
 
 class NulRequestMiddleware:
+    # Sync and async: under ASGI it runs on the event loop (a sync middleware would hold a thread that
+    # waits on the loop for the rest of the request, which blocks a server's shutdown).
+    sync_capable = True
+    async_capable = True
+
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest):
+        refused = self._check(request)
+        if iscoroutinefunction(self):
+            return self._acall(request, refused)
+        return refused or self.get_response(request)
+
+    async def _acall(self, request: HttpRequest, refused: HttpResponse | None) -> HttpResponse:
+        return refused or await self.get_response(request)
+
+    def _check(self, request: HttpRequest) -> HttpResponse | None:
         api = request.path.startswith(API_PREFIX)
         if not api and "\x00" in request.path:
             return self._refuse(request, 404, "not_found", "No such page: the URL contains a NUL character.")
@@ -32,7 +49,7 @@ class NulRequestMiddleware:
             return self._refuse(request, 400, "bad_request", "The query string contains a NUL character.")
         if "\x00" in request.META.get("HTTP_COOKIE", ""):
             return self._refuse(request, 400, "bad_request", "A cookie contains a NUL character.")
-        return self.get_response(request)
+        return None
 
     @staticmethod
     def _refuse(request: HttpRequest, status: int, code: str, detail: str) -> HttpResponse:

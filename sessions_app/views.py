@@ -7,6 +7,7 @@ Engine refusals become a 404, a form error or a notice in one place: ``web_error
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from django.conf import settings
@@ -16,6 +17,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -33,7 +35,7 @@ from .forms import (
     VariableForm,
 )
 from .models import ApiKey, ConversationSession, Role
-from .web_errors import CONFLICT, EXPIRED_STATE, UNCONFIGURED_SEND, UNPROCESSABLE, engine_errors
+from .web_errors import CONFLICT, EXPIRED_STATE, UNCONFIGURED_SEND, UNPROCESSABLE, Refusal, engine_errors
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
@@ -49,8 +51,22 @@ def _chat_url(session_id: str) -> str:
     return reverse("chat", args=[session_id])
 
 
+def chat_config() -> engine.SessionConfig:
+    """The config of a conversation created in the chat UI: the project's defaults, with the chat's own
+    timeout (CONVO_CHAT_TIMEOUT_SECONDS; the engine's and the API's default stays CONVO_TIMEOUT_SECONDS)."""
+    return dataclasses.replace(engine.SessionConfig.default(), timeout_seconds=settings.CONVO_CHAT_TIMEOUT_SECONDS)
+
+
 def _new_form(**kwargs: Any) -> NewSessionForm:
-    return NewSessionForm(initial=NewSessionForm.initial_from(engine.SessionConfig.default()), **kwargs)
+    return NewSessionForm(initial=NewSessionForm.initial_from(chat_config()), **kwargs)
+
+
+def _sidebar(request: HttpRequest, *, now=None, **extra: Any) -> dict[str, Any]:
+    """What the sidebar partial needs: the cached first page of the user's library, the new-chat form."""
+    tz = rendering.viewer_timezone(request.COOKIES)
+    ctx = {"sidebar_html": rendering.sidebar_html(request.user, tz=tz, now=now), "new_form": _new_form()}
+    ctx.update(extra)
+    return ctx
 
 
 def _composer_form() -> MessageForm:
@@ -61,19 +77,16 @@ def _composer_form() -> MessageForm:
 def _page_context(request: HttpRequest, session: ConversationSession, **extra: Any) -> dict[str, Any]:
     """Everything the chat page renders."""
     now = timezone.now()
-    messages, has_earlier = rendering.earlier_messages(session, None)
     ctx = rendering.panels_context(session, now=now, with_context=False)
+    ctx.update(rendering.history_context(session))
     ctx.update(rendering.reply_state(session, ctx["last_turn"]))
+    ctx.update(_sidebar(request, now=now))
     ctx.update(
         session=session,
-        messages=messages,
-        has_earlier=has_earlier,
         bounds=rendering.list_bounds(session),
-        entries=rendering.sidebar_entries(request.user, now=now),
         current_id=session.id,
         composer=_composer_form(),
         edit_form=EditSessionForm.for_session(session),
-        new_form=_new_form(),
         var_form=VariableForm(),
         data_form=DataForm(),
         budget_form=BudgetForm(initial={"budget": session.max_tokens}),
@@ -108,7 +121,7 @@ SIGNUP_THROTTLED = "Too many sign-up attempts from your address ({limit} an hour
 def home(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return render(request, "sessions_app/welcome.html", {"signup_enabled": settings.CONVO_SIGNUP_ENABLED})
-    ctx = {"entries": rendering.sidebar_entries(request.user), "new_form": _new_form(), "new_open": True}
+    ctx = _sidebar(request, entries=engine.session_count_for_user(request.user))
     # A chat page whose conversation was deleted (in another tab) comes here with ?gone=<its id>.
     gone = request.GET.get("gone", "")
     if gone and len(gone) <= settings.CONVO_MAX_NAME_CHARS:
@@ -149,6 +162,12 @@ def signup(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def session_new(request: HttpRequest) -> HttpResponse:
+    """Create a conversation: one click ("quick": the chat's defaults, a random id), or from the
+    settings form."""
+    if request.POST.get("quick"):
+        with engine_errors():
+            session = engine.session_create(owner=request.user, config=chat_config())
+        return redirect(_chat_url(session.id))
     form = NewSessionForm(request.POST)
     if form.is_valid():
         with engine_errors(form) as refusal:
@@ -163,7 +182,7 @@ def session_new(request: HttpRequest) -> HttpResponse:
             return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     if request.htmx:
         return _partial(request, "sidebar-new-form", {"new_form": form, "new_open": True}, status=UNPROCESSABLE)
-    ctx = {"entries": rendering.sidebar_entries(request.user), "new_form": form, "new_open": True}
+    ctx = _sidebar(request, new_form=form, new_open=True)
     return render(request, "sessions_app/home.html", ctx, status=UNPROCESSABLE)
 
 
@@ -183,12 +202,17 @@ def chat(request: HttpRequest, session_id: str) -> HttpResponse:
         return HttpResponse("at must be a sequence number", status=400, content_type="text/plain")
     half = rendering.page_size() // 2
     window = engine.messages_around(session, at, before=half, after=half)
+    messages = rendering.with_versions(session, window.messages)
+    for message in messages:
+        if message.seq == at:
+            message.version_hidden = False  # an earlier answer a search found shows, beside the chosen one
     return _chat_page(
         request,
         session,
-        messages=window.messages,
+        messages=messages,
         has_earlier=window.has_earlier,
         has_later=window.has_later,
+        divider=rendering.divider(session, window.messages, newest=not window.has_later),
         at_seq=at,
     )
 
@@ -202,11 +226,10 @@ def messages_earlier(request: HttpRequest, session_id: str) -> HttpResponse:
         before = int(request.GET.get("before", ""))
     except ValueError:
         return HttpResponse("before must be a sequence number", status=400, content_type="text/plain")
-    messages, has_earlier = rendering.earlier_messages(session, before)
-    ctx = {"session": session, "messages": messages, "has_earlier": has_earlier}
+    history = rendering.history_context(session, before)
     if not request.htmx:
-        return _chat_page(request, session, messages=messages, has_earlier=has_earlier)
-    return _partial(request, "earlier-page", ctx)
+        return _chat_page(request, session, **history)
+    return _partial(request, "earlier-page", {"session": session, **history})
 
 
 @login_required
@@ -281,7 +304,10 @@ def _reply_actions(request: HttpRequest, session_id: str, *, notice: str = "", s
 def _start_reply(request: HttpRequest, session_id: str, *, regenerate: bool) -> HttpResponse:
     session = _owned(request, session_id)
     with engine_errors(notice=True, status=CONFLICT) as refusal:
-        replies.start_reply(session.id, owner=request.user, regenerate=regenerate)
+        reply = replies.start_reply(session.id, owner=request.user, regenerate=regenerate)
+        if regenerate:
+            # The chat shows one answer per turn: the one it is about to get, and only it is sent later.
+            engine.response_choose(session.pk, reply.turn_number, None, owner=request.user)
     return _reply_actions(request, session.id, notice=refusal.message, status=refusal.status)
 
 
@@ -493,6 +519,96 @@ def session_delete(request: HttpRequest, session_id: str) -> HttpResponse:
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
+def _library_response(request: HttpRequest, session: ConversationSession) -> HttpResponse:
+    """After a library change: the sidebar's first page (htmx), or back where the form was (plain)."""
+    if not request.htmx:
+        return redirect(request.POST.get("next") or _chat_url(session.id))
+    tz = rendering.viewer_timezone(request.COOKIES)
+    return HttpResponse(rendering.sidebar_html(request.user, tz=tz))
+
+
+@login_required
+@require_POST
+def session_title(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Rename a conversation (from the sidebar, or the header: ``where=header`` answers with the header's title)."""
+    session = _owned(request, session_id)
+    title = request.POST.get("title", "")
+    error = ""
+    try:
+        session = engine.session_set_library(session.id, owner=request.user, title=title)
+    except engine.SessionValidationError as exc:
+        error = str(exc)
+    except engine.SessionNotFound:
+        raise Http404("No such conversation.") from None
+    if request.POST.get("where") == "header" or (error and not request.htmx):
+        if not request.htmx:
+            if error:
+                return _chat_page(request, session, title_error=error, status=UNPROCESSABLE)
+            return _after_write(request, session.id)
+        ctx = {"session": session, "title_error": error, "title_value": title if error else session.title}
+        return _partial(request, "session-title", ctx, status=UNPROCESSABLE if error else 200)
+    if error:  # (the sidebar's field has the limits: only a crafted request gets here) nothing is swapped
+        response = HttpResponse(error, status=UNPROCESSABLE, content_type="text/plain")
+        response["HX-Reswap"] = "none"
+        return response
+    return _library_response(request, session)
+
+
+def _flag(request: HttpRequest, name: str) -> bool | None:
+    value = request.POST.get(name, "")
+    return {"1": True, "true": True, "0": False, "false": False}.get(value.lower())
+
+
+@login_required
+@require_POST
+def session_pin(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Pin (``pinned=1``) or unpin (``pinned=0``) a conversation: pinned ones head the sidebar."""
+    session = _owned(request, session_id)
+    pinned = _flag(request, "pinned")
+    if pinned is None:
+        return HttpResponse("pinned must be 1 or 0", status=400, content_type="text/plain")
+    with engine_errors():
+        session = engine.session_set_library(session.id, owner=request.user, pinned=pinned)
+    return _library_response(request, session)
+
+
+@login_required
+@require_POST
+def session_archive(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Archive (``archived=1``) or unarchive (``archived=0``): archived ones leave the sidebar's list for
+    its Archived section, and stay whole."""
+    session = _owned(request, session_id)
+    archived = _flag(request, "archived")
+    if archived is None:
+        return HttpResponse("archived must be 1 or 0", status=400, content_type="text/plain")
+    with engine_errors():
+        session = engine.session_set_library(session.id, owner=request.user, archived=archived)
+    return _library_response(request, session)
+
+
+@login_required
+@require_GET
+def sidebar_page(request: HttpRequest) -> HttpResponse:
+    """A further page of the sidebar (``?offset=``, loaded as it scrolls into view), or the archive
+    (``?archived=1``)."""
+    try:
+        offset = int(request.GET.get("offset", "0"))
+    except ValueError:
+        offset = -1
+    if not 0 <= offset <= engine.MAX_INT:
+        return HttpResponse("offset must be a number of conversations", status=400, content_type="text/plain")
+    archived = request.GET.get("archived") == "1"
+    after = request.GET.get("after", "")[:32]
+    ctx = rendering.sidebar_sections(
+        request.user, archived=archived, offset=offset, after_section=after,
+        tz=rendering.viewer_timezone(request.COOKIES),
+    )  # fmt: skip
+    if request.htmx:
+        return _partial(request, "sidebar-page", ctx)
+    html = rendering.render_partial("sidebar-sections", ctx)
+    return render(request, "sessions_app/home.html", _sidebar(request, sidebar_html=mark_safe(html)))  # noqa: S308
+
+
 @login_required
 @require_POST
 def session_fresh(request: HttpRequest, session_id: str) -> HttpResponse:
@@ -512,6 +628,102 @@ def session_fresh(request: HttpRequest, session_id: str) -> HttpResponse:
 
 
 # ---------------------------------------------------------------------------------------------
+# Lineage: continue, branch, edit, and the versions of a regenerated answer.
+
+
+def _go_to(request: HttpRequest, url: str) -> HttpResponse:
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+def _seq_param(value: str | None) -> int | None:
+    try:
+        return int(value or "")
+    except ValueError:
+        return None
+
+
+@login_required
+@require_POST
+def session_continue(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Go on with a conversation (an expired one, usually) in a new one that carries its whole
+    history and state over, linked to it."""
+    session = _owned(request, session_id)
+    with engine_errors():
+        new = engine.session_continue(session.pk, owner=request.user)
+    return _go_to(request, _chat_url(new.id))
+
+
+@login_required
+@require_POST
+def session_branch(request: HttpRequest, session_id: str) -> HttpResponse:
+    """A new conversation with this one's messages up to and including ``at_seq``."""
+    session = _owned(request, session_id)
+    at_seq = _seq_param(request.POST.get("at_seq"))
+    if at_seq is None:
+        return HttpResponse("at_seq must be a message's sequence number.", status=400, content_type="text/plain")
+    try:
+        with engine_errors():
+            new = engine.session_branch(session.pk, at_seq, owner=request.user)
+    except engine.SessionValidationError as exc:
+        return HttpResponse(str(exc), status=UNPROCESSABLE, content_type="text/plain")
+    return _go_to(request, _chat_url(new.id))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def message_edit(request: HttpRequest, session_id: str, seq: int) -> HttpResponse:
+    """GET: the edit form of user message ``seq`` (its slot on the chat page, or a page of its own).
+    POST ``content``: a branch before that message gets the edited text and the assistant's reply."""
+    session = _owned(request, session_id)
+    message = session.messages.filter(seq=seq, role=Role.USER).first() if seq <= session.last_seq else None
+    if message is None:
+        raise Http404("No such user message.")
+    ctx = {
+        "session": session,
+        "seq": seq,
+        "content": message.content,
+        "errors": [],
+        "max_content_chars": settings.CONVO_MAX_CONTENT_CHARS,
+    }
+    if request.method == "GET":
+        if request.htmx:
+            return render(request, "sessions_app/_message_edit.html", ctx)
+        return render(request, "sessions_app/message_edit.html", ctx)
+    content = request.POST.get("content", "")
+    if not content.strip():
+        ctx.update(content=content, errors=["Write the edited message first."])
+        return render(request, "sessions_app/message_edit.html", ctx, status=UNPROCESSABLE)
+    try:
+        with engine_errors(notice=True, unconfigured=UNCONFIGURED_SEND) as refusal:
+            new, _, _ = replies.edit_and_reply(session.pk, seq, content, owner=request.user)
+    except engine.SessionValidationError as exc:  # the text (too long, NUL...): shown on the form
+        refusal = Refusal(str(exc), UNPROCESSABLE)
+    if refusal:
+        ctx.update(content=content, errors=[refusal.message])
+        return render(request, "sessions_app/message_edit.html", ctx, status=refusal.status)
+    return _go_to(request, _chat_url(new.id))
+
+
+@login_required
+@require_POST
+def response_choose(request: HttpRequest, session_id: str, turn: int) -> HttpResponse:
+    """Show (and from now on send) answer ``seq`` of ``turn``; the page gets the turn's answers again."""
+    session = _owned(request, session_id)
+    seq = _seq_param(request.POST.get("seq"))
+    if seq is None:
+        return HttpResponse("seq must be an answer's sequence number.", status=400, content_type="text/plain")
+    try:
+        with engine_errors(notice=True) as refusal:
+            engine.response_choose(session.pk, turn, seq, owner=request.user)
+    except engine.SessionValidationError as exc:
+        refusal = Refusal(str(exc), UNPROCESSABLE)
+    if refusal:
+        return HttpResponse(refusal.message, status=refusal.status, content_type="text/plain")
+    if not request.htmx:
+        return redirect(f"{_chat_url(session.id)}#msg-{seq}")
+    return HttpResponse(rendering.render_versions_oob(session, {turn}))
+
+
 # Search: the sidebar's box asks as the user types (htmx), a plain form submit gets the page.
 
 SEARCH_PAGE_SIZE = 20
@@ -536,7 +748,7 @@ def search(request: HttpRequest) -> HttpResponse:
     if request.htmx:
         partial = "search-hits" if cursor and not ctx["search_error"] else "search-results"
         return render(request, f"sessions_app/_search_results.html#{partial}", ctx, status=status)
-    ctx.update(entries=rendering.sidebar_entries(request.user), new_form=_new_form())
+    ctx.update(_sidebar(request))
     return render(request, "sessions_app/search.html", ctx, status=status)
 
 

@@ -11,6 +11,12 @@ from .replies_faults_support import ScriptedResponder, Sent
 from .replies_support import API_KEY, drain_replies
 
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+# Tests render pages with debug off and without collectstatic: plain static names here (the manifest
+# storage's hashed names need collectstatic, which tests/faults runs for its servers).
+settings.STORAGES = {
+    **settings.STORAGES,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 ON_REDIS = bool(os.environ.get("REDIS_URL"))
 
 
@@ -33,6 +39,24 @@ def _fast_passwords(settings):
 def _fresh_throttles():
     """Rate-limit counters (sign-up, API) start at zero in every test (on Redis they outlive the run)."""
     throttle.reset()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_library_cache():
+    """The library cache (sidebar versions and fragments, by user id) starts empty in every test: user
+    ids come back (a rolled-back test's on SQLite, a new test database's on PostgreSQL), their cached
+    sidebars must not. On Redis only the library's keys go (the channel layer shares the database)."""
+    from django.core.cache import caches
+    from django.core.cache.backends.locmem import LocMemCache
+
+    cache = caches["library"]
+    if isinstance(cache, LocMemCache):
+        cache.clear()
+    else:
+        client = cache._cache.get_client(write=True)
+        keys = list(client.scan_iter(match="*convo:library:*"))
+        if keys:
+            client.delete(*keys)
 
 
 @pytest.fixture

@@ -128,3 +128,27 @@ def test_non_staff_cannot_see_admin(client, user):
     client.force_login(user)
     response = client.get(reverse("admin:sessions_app_conversationsession_changelist"))
     assert response.status_code == 302
+
+
+def test_session_page_shows_its_lineage(staff):
+    branch = engine.session_branch("s1", 2)
+    response = staff.get(reverse("admin:sessions_app_conversationsession_change", args=[branch.pk]))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "Lineage" in body and "branch" in body
+    assert reverse("admin:sessions_app_conversationsession_change", args=[engine.session_get("s1").pk]) in body
+
+
+def test_titles_in_the_list_search_and_library_filters(staff, user):
+    """Issue 11: the title is a column and searchable; pinned and archived filter the list."""
+    engine.session_set_library("s4", owner=user, title="Quarterly budget review", pinned=True)
+    engine.session_set_library("s5", owner=user, archived=True)
+    url = reverse("admin:sessions_app_conversationsession_changelist")
+    body = staff.get(url).content.decode()
+    assert "Quarterly budget review" in body and "question number 1" in body  # titles from first messages
+    found = staff.get(url, {"q": "budget"}).content.decode()
+    assert ">s4<" in found and ">s1<" not in found
+    pinned = staff.get(url, {"pinned__exact": "1"}).content.decode()
+    assert ">s4<" in pinned and ">s1<" not in pinned
+    archived = staff.get(url, {"archived__exact": "1"}).content.decode()
+    assert ">s5<" in archived and ">s4<" not in archived

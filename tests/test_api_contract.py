@@ -16,6 +16,9 @@ pytestmark = pytest.mark.django_db
 MESSAGE_FIELDS = {"seq", "role", "content", "name", "tool_call_id", "metadata", "created_at", "tokens", "turn"}
 SESSION_FIELDS = {
     "id",
+    "title",
+    "pinned",
+    "archived",
     "system_prompt",
     "config",
     "state",
@@ -27,6 +30,9 @@ SESSION_FIELDS = {
     "current_turn",
     "message_count",
     "total_tokens",
+    "parent",
+    "parent_seq",
+    "lineage",
 }
 
 
@@ -233,6 +239,9 @@ def test_list_is_the_callers_sessions_most_recent_activity_first(api, other_api)
     assert body["count"] == 3 and body["next_offset"] is None
     assert set(body["items"][0]) == {
         "id",
+        "title",
+        "pinned",
+        "archived",
         "created_at",
         "updated_at",
         "expires_at",
@@ -832,9 +841,9 @@ def test_path_tricks_are_404_and_change_nothing(api, path):
 
 def test_wrong_method_is_405_in_the_error_shape(api):
     api.put("/sessions/s")
-    r = api.call("PATCH", "/sessions/s", {"system_prompt": "x"})
+    r = api.call("POST", "/sessions/s", {"system_prompt": "x"})
     assert_error(r, 405, "method_not_allowed")
-    assert set(r["Allow"].replace(" ", "").split(",")) == {"GET", "PUT", "DELETE"}
+    assert set(r["Allow"].replace(" ", "").split(",")) == {"GET", "PUT", "PATCH", "DELETE"}
 
 
 def test_browser_session_authenticates_with_csrf_on_unsafe_methods(user, client):

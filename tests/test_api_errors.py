@@ -29,7 +29,9 @@ DOCUMENTED = {
     ("PUT", "/sessions/{id}"): {200, 201, 400, 401, 403, 404, 413, 422},
     ("GET", "/sessions/{id}"): {200, 401, 404},
     ("DELETE", "/sessions/{id}"): {204, 401, 403, 404},
+    ("PATCH", "/sessions/{id}"): {200, 400, 401, 403, 404, 413, 422},  # issue 11: title, pinned, archived
     ("POST", "/sessions/{id}/clear"): {200, 401, 403, 404, 410},
+    ("POST", "/sessions/{id}/branch"): {201, 400, 401, 403, 404, 413, 422},
     ("POST", "/sessions/{id}/messages"): {201, 400, 401, 403, 404, 409, 410, 413, 422},
     ("GET", "/sessions/{id}/messages"): {200, 401, 404, 422},
     ("GET", "/sessions/{id}/context"): {200, 401, 404, 422},

@@ -66,6 +66,7 @@ def body_for(model: str):
             "respond": st.booleans() | any_json,
         },
         "ReplyIn": {"regenerate": st.booleans() | any_json},
+        "BranchIn": {"at_seq": st.integers(min_value=-2, max_value=6) | st.integers() | any_json},
         "SessionCreateIn": {
             "id": st.none() | session_ids | any_json,
             "system_prompt": st.none() | texts,
@@ -82,12 +83,22 @@ def body_for(model: str):
             | any_json,
         },
         "VariableIn": {"value": texts},
+        "SessionPatchIn": {
+            "title": st.none() | texts,
+            "pinned": st.none() | st.booleans() | any_json,
+            "archived": st.none() | st.booleans() | any_json,
+        },
         "SessionFieldsIn": None,
         "DataIn": {"value": any_json},
     }
     fields["SessionFieldsIn"] = {k: v for k, v in fields["SessionCreateIn"].items() if k != "id"}
     fields = fields[model]
-    required = {"MessageIn": ["role", "content"], "VariableIn": ["value"], "DataIn": ["value"]}.get(model, [])
+    required = {
+        "MessageIn": ["role", "content"],
+        "VariableIn": ["value"],
+        "DataIn": ["value"],
+        "BranchIn": ["at_seq"],
+    }.get(model, [])
     near = st.fixed_dictionaries(
         {k: fields[k] for k in required}, optional={k: v for k, v in fields.items() if k not in required}
     )
@@ -112,8 +123,10 @@ OPERATIONS = [
     ("PUT", "/sessions/{id}", "SessionFieldsIn"),
     ("GET", "/sessions", None),
     ("GET", "/sessions/{id}", None),
+    ("PATCH", "/sessions/{id}", "SessionPatchIn"),
     ("DELETE", "/sessions/{id}", None),
     ("POST", "/sessions/{id}/clear", None),
+    ("POST", "/sessions/{id}/branch", "BranchIn"),
     ("POST", "/sessions/{id}/messages", "MessageIn"),
     ("POST", "/sessions/{id}/messages", "MessageIn"),
     ("POST", "/sessions/{id}/messages", "MessageIn"),
@@ -143,7 +156,7 @@ query_values = st.integers(min_value=-5, max_value=600).map(str) | st.sampled_fr
 )
 QUERY = {
     "/sessions": ["offset", "limit"],
-    "/sessions/{id}/messages": ["after", "limit"],
+    "/sessions/{id}/messages": ["after", "limit", "history"],
     "/sessions/{id}/turns": ["after", "limit"],
     "/sessions/{id}/context": ["max_tokens"],
     "/search": ["q", "limit", "cursor"],

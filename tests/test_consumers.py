@@ -86,6 +86,14 @@ async def settle(comm, quiet=0.4):
     return frames
 
 
+async def receive_page_frame(comm, timeout=5):
+    """The next frame that is not the user's sidebar (library changes push it on its own, issue 11)."""
+    while True:
+        html = await comm.receive_from(timeout=timeout)
+        if 'id="sidebar-sections" hx-swap-oob' not in html[:200]:
+            return html
+
+
 def msg_seqs(html):
     return [int(s) for s in re.findall(r'<li id="msg-(\d+)"', html)]
 
@@ -137,8 +145,12 @@ async def test_append_is_pushed_after_commit(layer, user, owned):
     assert "<em>live</em>" in html
     assert 'hx-swap-oob="beforeend:#message-list"' in html
     assert 'data-last-seq="2"' in html
-    panels = await comm.receive_from(timeout=5)  # then the panels, once for a burst of changes
-    assert 'id="turn-1"' in panels and 'id="context-panel"' in panels and msg_seqs(panels) == []
+    # Then the panels, once for a burst of changes, and the user's sidebar (the conversation moved up).
+    frames = [await comm.receive_from(timeout=5) for _ in range(2)]
+    panels = next(frame for frame in frames if 'id="turn-1"' in frame)
+    assert 'id="context-panel"' in panels and msg_seqs(panels) == []
+    sidebar = next(frame for frame in frames if 'id="sidebar-sections" hx-swap-oob="true"' in frame)
+    assert "Hello *live*" in sidebar  # its title, from the first user message
     assert await comm.receive_nothing(timeout=0.4)
     await comm.disconnect()
 
@@ -224,10 +236,11 @@ async def test_clear_config_and_delete(layer, user, owned):
     await append("live-1", "user", "to be cleared")
     await settle(comm)
     await database_sync_to_async(engine.session_clear_messages)("live-1")
-    html = await comm.receive_from(timeout=5)
-    assert '<section id="messages"' in html and "to be cleared" not in html.split('id="timeline"')[0]
+    html = await receive_page_frame(comm)
+    messages = html[html.index('<section id="messages"') : html.index('id="session-header"')]
+    assert "to be cleared" not in messages  # (the title it gave the conversation stays)
     await database_sync_to_async(engine.session_update)("live-1", system_prompt="Be brief.")
-    html = await comm.receive_from(timeout=5)
+    html = await receive_page_frame(comm)
     assert "Be brief." in html
     settings_panel = html[html.index('<section id="settings-panel"') :]
     assert "Be brief.</textarea>" in settings_panel  # an open page cannot save the old prompt back
@@ -416,4 +429,18 @@ async def test_session_ids_with_colons_and_dots(layer, user):
     assert connected
     html = await hello(comm, 0)
     assert 'id="session-header"' in html and "team:alpha.v2" in html
+    await comm.disconnect()
+
+
+async def test_a_chosen_answer_shows_on_every_open_page(layer, user, owned):
+    """Choosing which answer of a regenerated turn is shown (in one tab) shows it in the others too."""
+    for role, content in [("user", "hi"), ("assistant", "Hello."), ("assistant", "Hi there.")]:
+        await append("live-1", role, content)
+    comm, _ = await connect("live-1", user)
+    await hello(comm, 4)
+    await database_sync_to_async(engine.response_choose)("live-1", 1, 3)
+    html = "".join(await settle(comm))
+    assert sorted(msg_seqs(html)) == [3, 4]
+    assert re.search(r'<li id="msg-4"[^>]* hidden data-version-hidden hx-swap-oob="true">', html)
+    assert re.search(r'<li id="msg-3"[^>]*hx-swap-oob="true">', html) and "1 / 2" in html
     await comm.disconnect()

@@ -112,6 +112,8 @@ VALID_API_BODIES = {
     "VariableIn": {"value": "v"},
     "DataIn": {"value": 1},
     "ReplyIn": {"regenerate": False},
+    "BranchIn": {"at_seq": 1},
+    "SessionPatchIn": {"title": "t", "pinned": True},
 }
 
 
@@ -352,7 +354,10 @@ def test_hostile_api_bodies_field_by_field_are_4xx_and_store_nothing(actors, use
 
 def _stored():
     session = ConversationSession.objects.filter(sid="mine").first()
-    return session and (session.last_seq, session.variables, session.data, session.system_prompt, session.metadata)
+    return session and (
+        session.last_seq, session.variables, session.data, session.system_prompt, session.metadata,
+        session.title, session.pinned, session.archived,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

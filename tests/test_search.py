@@ -207,6 +207,7 @@ def test_marker_lookalikes_in_the_text_stay_text(user, make_session):
     """The highlight markers are unguessable per request: text that imitates them is escaped text."""
     s = make_session("fake", owner=user)
     add(s.pk, "user", "budget \x02abc[ not a mark ]abc\x03 </mark><mark>")
+    titled(s, "")  # (the first user message titled it: only the message here)
     (hit,) = search(user, "budget").hits
     assert hit.snippet.count("<mark>") == hit.snippet.count("</mark>") == 1
     assert "&lt;/mark&gt;&lt;mark" in hit.snippet
@@ -219,7 +220,8 @@ def test_marker_lookalikes_in_the_text_stay_text(user, make_session):
 def test_index_follows_appends_edits_clears_deletes_and_purges(user, make_session, now):
     s = make_session("live", owner=user, timeout_seconds=60, at=now)
     add(s.pk, "user", "zephyr arrives", now=now)
-    assert found(search(user, "zephyr")) == [("live", 1)]
+    assert found(search(user, "zephyr")) == [("live", None), ("live", 1)]  # its title (the library's) too
+    titled(s, "")
 
     Message.objects.filter(session=s, seq=1).update(content="mistral arrives")
     assert found(search(user, "zephyr")) == []

@@ -21,6 +21,10 @@ def corpus(user, other_user):
         engine.message_append("trip", "user", text, owner=user)
     engine.session_create("trip", owner=other_user)
     engine.message_append("trip", "user", "my secret sleeping bag", owner=other_user)
+    # Untitled (the library titles a conversation from its first user message): these tests are about
+    # the message results; title results have tests of their own.
+    for owner in (user, other_user):
+        engine.session_set_library("trip", owner=owner, title="")
 
 
 def test_results_have_the_documented_fields(api, corpus):

@@ -23,6 +23,7 @@ from .idempotency import IdempotencyKeyInvalid, IdempotencyKeyReused
 from .schemas import (
     MAX_INT,
     PAGE_LIMIT_MAX,
+    BranchIn,
     ContextOut,
     DataIn,
     DataOut,
@@ -39,6 +40,7 @@ from .schemas import (
     SessionFieldsIn,
     SessionOut,
     SessionPageOut,
+    SessionPatchIn,
     StateOut,
     TurnOut,
     TurnPageOut,
@@ -197,6 +199,28 @@ def get_session(request: HttpRequest, id: str):
     return session_out(_session(request, id), _now())
 
 
+@endpoint(
+    "PATCH",
+    "/sessions/{id}",
+    {200: SessionOut},
+    raises=(*LOOKUP, engine.SessionValidationError),
+    tags=["sessions"],
+)
+def patch_session(request: HttpRequest, id: str, payload: SessionPatchIn):
+    """Rename, pin or archive the conversation (expired or not). None of these change what the model
+    sees, nor count as activity (``updated_at`` and the expiry stay)."""
+    _check_id(id)
+    fields = payload.model_fields_set
+    title = payload.title if "title" in fields and payload.title is not None else None
+    if "title" in fields and payload.title is None:
+        raise engine.SessionValidationError("title must be a string (empty for none)", field="title")
+    kwargs: dict[str, Any] = {"pinned": payload.pinned, "archived": payload.archived}
+    if title is not None:
+        kwargs["title"] = title
+    session = engine.session_set_library(id, owner=_user(request), **kwargs)
+    return session_out(session, _now())
+
+
 @endpoint("DELETE", "/sessions/{id}", {204: None}, raises=LOOKUP, tags=["sessions"])
 def delete_session(request: HttpRequest, id: str):
     _check_id(id)
@@ -211,6 +235,23 @@ def clear_session(request: HttpRequest, id: str):
     _check_id(id)
     session = engine.session_clear_messages(id, owner=_user(request))
     return session_out(session, _now())
+
+
+@endpoint(
+    "POST",
+    "/sessions/{id}/branch",
+    {201: SessionOut},
+    raises=(*LOOKUP, engine.SessionValidationError),
+    tags=["sessions"],
+)
+def branch_session(request: HttpRequest, id: str, payload: BranchIn):
+    """A new session with this one's messages up to and including ``at_seq`` (their seqs, turns and
+    metadata kept), its config and state; it records this one as its ``parent`` (lineage
+    ``branch``). An expired session can be branched; the branch is live. 422 when ``at_seq`` is not
+    the sequence number of one of its stored messages."""
+    _check_id(id)
+    session = engine.session_branch(id, payload.at_seq, owner=_user(request))
+    return Status(201, session_out(session, _now()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,12 +338,18 @@ def list_messages(
         description="asc: the page starts at the oldest message of the range, oldest first. desc: it starts "
         "at the newest, newest first (`?order=desc&limit=50` is the newest 50; follow with ?before=next_before).",
     ),
+    history: bool = Query(
+        False,
+        description="true: the conversation's whole history, including messages that left the session's "
+        "list (max_messages) and are no longer sent to the model; default: the list.",
+    ),
 ):
-    """The session's message list: a page of the range ``after`` < seq < ``before``, taken from its
-    start (``order=asc``) or its end (``order=desc``). One index range scan whatever the session's length."""
+    """The session's message list (or, ``?history=true``, its whole history): a page of the range
+    ``after`` < seq < ``before``, taken from its start (``order=asc``) or its end (``order=desc``). One
+    index range scan whatever the session's length."""
     session = _session(request, id)
     newest = order == "desc"
-    page = engine.messages_page(session, after=after, before=before, limit=limit + 1, newest=newest)
+    page = engine.messages_page(session, after=after, before=before, limit=limit + 1, newest=newest, history=history)
     more = len(page) > limit
     if newest:
         page = page[len(page) - limit :] if more else page
@@ -313,7 +360,7 @@ def list_messages(
         request,
         {
             "items": [message_out(m) for m in page],
-            "count": session.message_count,
+            "count": engine.history_count(session) if history else session.message_count,
             "after": after,
             "before": before,
             "limit": limit,

@@ -87,6 +87,11 @@ class StateOut(Schema):
 
 class SessionOut(Schema):
     id: str
+    title: str = Field(
+        description="The conversation's title (from its first user message unless renamed; empty: none)."
+    )
+    pinned: bool
+    archived: bool
     system_prompt: str | None
     config: ConfigOut
     state: StateOut
@@ -98,10 +103,27 @@ class SessionOut(Schema):
     current_turn: int
     message_count: int
     total_tokens: int
+    parent: str | None = Field(
+        description="The id of the conversation this one was branched, edited or continued from; "
+        "null when there is none or it was deleted."
+    )
+    parent_seq: int | None = Field(description="The parent's sequence number this conversation was taken at.")
+    lineage: Literal["branch", "edit", "continue"] | None = Field(
+        description="How this conversation came from its parent (null: it did not)."
+    )
+
+
+class BranchIn(StrictIn):
+    at_seq: Annotated[int, Field(ge=1, le=2**63 - 1)] = Field(
+        description="The sequence number of the message the branch ends with (it has the messages up to it)."
+    )
 
 
 class SessionSummaryOut(Schema):
     id: str
+    title: str
+    pinned: bool
+    archived: bool
     created_at: dt.datetime
     updated_at: dt.datetime
     expires_at: dt.datetime | None
@@ -118,6 +140,16 @@ class SessionPageOut(Schema):
     next_offset: int | None = Field(description="The offset of the next page; null on the last page.")
 
 
+class SessionPatchIn(StrictIn):
+    """What a person keeps of a conversation (none of it changes what the model sees); omitted fields stay."""
+
+    title: str | None = Field(
+        default=None, description=f"One line, at most {engine.TITLE_MAX_CHARS} characters; empty: untitled."
+    )
+    pinned: bool | None = None
+    archived: bool | None = None
+
+
 class ImportedOut(Schema):
     id: str = Field(description="The new conversation's id.")
     requested_id: str | None = Field(description="The id the file gave it, when that one was taken (or unusable).")
@@ -131,9 +163,18 @@ class ImportOut(Schema):
     count: int
 
 
+def _parent_id(session: ConversationSession) -> str | None:
+    if session.parent_id is None:
+        return None
+    return ConversationSession.objects.filter(pk=session.parent_id).values_list("sid", flat=True).first()
+
+
 def session_out(session: ConversationSession, now: dt.datetime) -> dict[str, Any]:
     return {
         "id": session.id,
+        "title": session.title,
+        "pinned": session.pinned,
+        "archived": session.archived,
         "system_prompt": session.system_prompt,
         "config": {
             "max_messages": session.max_messages,
@@ -150,12 +191,18 @@ def session_out(session: ConversationSession, now: dt.datetime) -> dict[str, Any
         "current_turn": session.turn_count,
         "message_count": session.message_count,
         "total_tokens": session.total_tokens,
+        "parent": _parent_id(session),
+        "parent_seq": session.parent_seq if session.lineage else None,
+        "lineage": session.lineage or None,
     }
 
 
 def session_summary_out(session: ConversationSession, now: dt.datetime) -> dict[str, Any]:
     return {
         "id": session.id,
+        "title": session.title,
+        "pinned": session.pinned,
+        "archived": session.archived,
         "created_at": session.created_at,
         "updated_at": session.updated_at,
         "expires_at": session.expires_at,
@@ -265,7 +312,9 @@ class MessageAppendOut(MessageOut):
 
 class MessagePageOut(Schema):
     items: list[MessageOut]
-    count: int = Field(description="How many messages the session's list holds in all.")
+    count: int = Field(
+        description="How many messages the session's list holds in all (with ?history=true: the whole history)."
+    )
     after: int
     before: int | None
     limit: int

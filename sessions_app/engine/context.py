@@ -56,11 +56,21 @@ def messages_with_seqs(session: ConversationSession, seqs: Iterable[int]) -> dic
 
 @storage_errors
 def messages_page(
-    session: ConversationSession, *, after: int = 0, before: int | None = None, limit: int = 50, newest: bool = False
+    session: ConversationSession,
+    *,
+    after: int = 0,
+    before: int | None = None,
+    limit: int = 50,
+    newest: bool = False,
+    history: bool = False,
 ) -> list[Message]:
     """A page of the message list in order: the first ``limit`` after ``after``, or (``newest``) the last
-    ``limit`` before ``before``. An index range scan whatever the session's length."""
-    qs = listed_messages(session).filter(seq__gt=after)
+    ``limit`` before ``before``. An index range scan whatever the session's length.
+
+    ``history``: a page of the conversation's whole history instead, the messages that left the list
+    (``max_messages``) included: every stored message (see ``models``: rows are kept)."""
+    base = Message.objects.filter(session=session).order_by("seq") if history else listed_messages(session)
+    qs = base.filter(seq__gt=after)
     if before is not None:
         qs = qs.filter(seq__lt=before)
     if newest:
@@ -68,6 +78,26 @@ def messages_page(
         page.reverse()
         return page
     return list(qs[:limit])
+
+
+def in_list(session: ConversationSession, seq: int) -> bool:
+    """Whether the message ``seq`` is in the session's list (the rest of the history is not sent)."""
+    return seq >= session.low_seq or seq == session.head_seq
+
+
+@storage_errors
+def history_count(session: ConversationSession) -> int:
+    """How many messages the conversation's history holds (the list's and those that left it)."""
+    return Message.objects.filter(session=session).count()
+
+
+@storage_errors
+def has_unlisted_history(session: ConversationSession) -> bool:
+    """Whether some stored messages are no longer in the session's list (they left it past max_messages)."""
+    qs = Message.objects.filter(session=session, seq__lt=session.low_seq)
+    if session.head_seq is not None:
+        qs = qs.exclude(seq=session.head_seq)
+    return qs.exists()
 
 
 @dataclass

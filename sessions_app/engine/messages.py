@@ -80,8 +80,10 @@ def message_append(
     connection = transaction.get_connection()
     # (Anything but an id or a key goes the ORM's way, which finds nothing.)
     on_postgresql = connection.vendor == "postgresql" and isinstance(session_id, str | uuid.UUID)
-    if on_postgresql and pg_append.append(connection, new, session_id, owner, now):
+    written = pg_append.append(connection, new, session_id, owner, now) if on_postgresql else None
+    if written is not None:
         events.emit(new.session_id, events.MESSAGE, seq=new.seq, turn=new.turn_number)
+        events.library_changed(written.owner_id, activity=True)  # the sidebar's order (maybe its title)
         return new
 
     with transaction.atomic():
@@ -93,6 +95,7 @@ def message_append(
         touch(session, now)
         session.save(update_fields=BOOKKEEPING_FIELDS)
         events.emit(session.pk, events.MESSAGE, seq=new.seq, turn=new.turn_number)
+        events.library_changed(session.owner_id, activity=True)
     return new
 
 
@@ -141,4 +144,5 @@ def turn_set_metadata(
         touch(session, now)
         session.save(update_fields=["updated_at", "expires_at"])
         events.emit(session.pk, events.MESSAGE, seq=session.last_seq, turn=number)
+        events.library_changed(session.owner_id)
     return row.metadata

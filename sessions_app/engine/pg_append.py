@@ -35,10 +35,13 @@ class _OverLimit(Exception):
     """The stored session is already over its limit: only the locking path reads enough rows for that."""
 
 
-def append(connection: Any, new: Message, session_id: SessionRef, owner: Owner, now: dt.datetime) -> bool:
+def append(
+    connection: Any, new: Message, session_id: SessionRef, owner: Owner, now: dt.datetime
+) -> ConversationSession | None:
     """Append ``new`` in one read and one write statement, trying APPEND_TRIES times.
 
-    Returns False when another writer got in between every time (or the session is in a state the
+    Returns the session's bookkeeping as written (an unsaved instance with the columns the append
+    read: key, id, owner, title and the bookkeeping), or None when another writer got in between every time (or the session is in a state the
     locking path must handle): the caller appends under the row lock then. Raises SessionNotFound /
     SessionExpired.
     """
@@ -47,11 +50,12 @@ def append(connection: Any, new: Message, session_id: SessionRef, owner: Owner, 
         # failure from breaking the caller's transaction, as the locking path's atomic() does.
         with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
             try:
-                if _append_once(connection, new, session_id, owner, now):
-                    return True
+                session = _append_once(connection, new, session_id, owner, now)
+                if session is not None:
+                    return session
             except _OverLimit:
-                return False
-    return False
+                return None
+    return None
 
 
 def _append_sql() -> dict[str, str]:
@@ -60,7 +64,8 @@ def _append_sql() -> dict[str, str]:
     # round trip (one row per message read, or one row of NULLs after the session's columns).
     read = f"""
         SELECT s.last_seq, s.low_seq, s.head_seq, s.turn_count, s.total_tokens, s.max_messages,
-               s.timeout_seconds, s.updated_at, s.expires_at, o.seq, o.role, o.tokens, s.key, s.sid
+               s.timeout_seconds, s.updated_at, s.expires_at, o.seq, o.role, o.tokens, s.key, s.sid,
+               s.owner_id, s.title
         FROM {s} s LEFT JOIN LATERAL (
             SELECT seq, role, tokens FROM {m}
             WHERE session_id = s.key AND seq >= s.low_seq ORDER BY seq LIMIT {OLDEST_ROWS}
@@ -72,7 +77,8 @@ def _append_sql() -> dict[str, str]:
     write = f"""
         WITH s AS (
             UPDATE {s} SET last_seq = %s, low_seq = %s, head_seq = %s::bigint, turn_count = %s, total_tokens = %s,
-                           updated_at = %s, expires_at = %s::timestamptz
+                           updated_at = %s, expires_at = %s::timestamptz,
+                           title = CASE WHEN title = '' THEN %s::text ELSE title END
             WHERE key = %s AND last_seq = %s AND low_seq = %s AND head_seq IS NOT DISTINCT FROM %s::bigint
               AND turn_count = %s AND total_tokens = %s AND max_messages = %s
               AND timeout_seconds IS NOT DISTINCT FROM %s::integer AND updated_at = %s
@@ -135,10 +141,12 @@ def _prepared_cursor(connection: Any) -> Any:
         return connection._prepare_cursor(cursor)
 
 
-def _append_once(connection: Any, new: Message, session_id: SessionRef, owner: Owner, now: dt.datetime) -> bool:
+def _append_once(
+    connection: Any, new: Message, session_id: SessionRef, owner: Owner, now: dt.datetime
+) -> ConversationSession | None:
     """Read the session's bookkeeping and oldest listed messages, apply the rules in memory, then write
     the session row and the message (its turn_number is what opens or completes a turn) in one statement that does nothing if the session row
-    changed since the read. Returns False in that case (the caller tries again)."""
+    changed since the read. Returns None in that case (the caller tries again), else the session."""
     if not _APPEND_SQL:
         _APPEND_SQL.update(_append_sql())
     sql = _APPEND_SQL
@@ -157,10 +165,12 @@ def _append_once(connection: Any, new: Message, session_id: SessionRef, owner: O
         if len({row[12] for row in rows}) > 1:
             raise SessionAmbiguous(str(session_id))  # an id for any owner, which several owners have
         last_seq, low_seq, head_seq, turn_count, total, max_messages, timeout, updated_at, expires_at = rows[0][:9]
-        key, sid = rows[0][12:14]
+        key, sid, owner_id, title = rows[0][12:16]
         session = ConversationSession(
             key=key,
             sid=sid,
+            owner_id=owner_id,
+            title=title,
             last_seq=last_seq,
             low_seq=low_seq,
             head_seq=head_seq,
@@ -186,7 +196,7 @@ def _append_once(connection: Any, new: Message, session_id: SessionRef, owner: O
 
         params = [
             session.last_seq, session.low_seq, session.head_seq, session.turn_count, session.total_tokens,
-            session.updated_at, session.expires_at,
+            session.updated_at, session.expires_at, session.title,
             key, last_seq, low_seq, head_seq, turn_count, total, max_messages, timeout, updated_at,
             new.seq, new.role.value, new.content, new.name, new.tool_call_id, json.dumps(new.metadata),
             new.created_at, new.tokens, new.turn_number,
@@ -194,9 +204,9 @@ def _append_once(connection: Any, new: Message, session_id: SessionRef, owner: O
         cursor.execute(sql["write"], params)
         row = cursor.fetchone()
     if row is None:
-        return False
+        return None
     new.session_id = key
     new.pk = row[0]
     new._state.adding = False
     new._state.db = connection.alias
-    return True
+    return session

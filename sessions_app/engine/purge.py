@@ -43,6 +43,14 @@ def delete_where(model: type[models.Model], where: str, params: list[Any]) -> in
         return cursor.rowcount
 
 
+def _unlink_children(in_ids: str, params: list[Any]) -> None:
+    connection = transaction.get_connection()
+    table = connection.ops.quote_name(ConversationSession._meta.db_table)
+    column = connection.ops.quote_name(ConversationSession._meta.get_field("parent").column)
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET {column} = NULL WHERE {column} {in_ids}", params)
+
+
 def delete_rows(keys: list[uuid.UUID]) -> tuple[int, int]:
     """Delete sessions (by key) with their replies, turns and messages, in four set-based statements.
 
@@ -55,6 +63,8 @@ def delete_rows(keys: list[uuid.UUID]) -> tuple[int, int]:
     for model in (Reply, Turn):
         delete_where(model, f"{model._meta.get_field('session').column} {in_ids}", params)
     messages = delete_where(Message, f"{Message._meta.get_field('session').column} {in_ids}", params)
+    # Their branches stay, without a parent (the foreign key's SET_NULL, which a plain DELETE skips).
+    _unlink_children(in_ids, params)
     sessions = delete_where(ConversationSession, f"{ConversationSession._meta.pk.column} {in_ids}", params)
     transaction.on_commit(partial(sessions_deleted.send, sender=ConversationSession, keys=list(keys)))
     return messages, sessions
@@ -76,14 +86,17 @@ def purge_sessions(keys: Iterable[uuid.UUID], *, now: dt.datetime | None = None)
     now = now or timezone.now()
     result = PurgeResult()
     with transaction.atomic():
-        ids = list(
+        rows = list(
             ConversationSession.objects.select_for_update(skip_locked=True)
             .filter(pk__in=list(keys), expires_at__lte=now)
-            .values_list("pk", flat=True)
+            .values_list("pk", "owner_id")
         )
+        ids = [pk for pk, _ in rows]
         if ids:
             result.messages, result.sessions = delete_rows(ids)
             events.emit_many(ids, events.DELETED)
+            for owner_id in {owner_id for _, owner_id in rows}:
+                events.library_changed(owner_id)
     return result
 
 

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from .. import events
 from ..models import ConversationSession, Message, Role, Turn
-from .bookkeeping import BOOKKEEPING_FIELDS, enforce_limits
+from .bookkeeping import BOOKKEEPING_FIELDS, clear_bookkeeping, enforce_limits
 from .errors import SessionAlreadyExists, SessionAmbiguous, SessionExpired, SessionNotFound, storage_errors
 from .purge import db_key, delete_rows, delete_where
 from .values import (
@@ -130,7 +130,9 @@ def session_create(
         with transaction.atomic():
             if owned_sessions(owner).filter(sid=session_id).exists():
                 raise SessionAlreadyExists(session_id)
-            return _insert_session(session_id, owner, system_prompt, metadata, config, now)
+            session = _insert_session(session_id, owner, system_prompt, metadata, config, now)
+            events.library_changed(session.owner_id)
+            return session
     except IntegrityError:
         raise SessionAlreadyExists(session_id) from None
 
@@ -221,6 +223,7 @@ def session_get_or_create(
                     events.emit(existing.pk, events.DELETED)
                 session = _insert_session(session_id, new_owner, system_prompt, metadata, config, now)
                 events.emit(session.pk, events.CONFIG)
+                events.library_changed(session.owner_id)
                 return session, True
         except IntegrityError:
             # Another process created it between our look and our insert: look again.
@@ -276,6 +279,7 @@ def session_update(
         touch(session, now)
         session.save()
         events.emit(session.pk, events.CONFIG)
+        events.library_changed(session.owner_id)
     return session
 
 
@@ -292,6 +296,7 @@ def session_delete(session_id: SessionRef, *, owner: Owner = ANY_OWNER) -> None:
             raise SessionNotFound(str(session_id))
         delete_rows([session.pk])
         events.emit(session.pk, events.DELETED)
+        events.library_changed(session.owner_id)
 
 
 @storage_errors
@@ -348,11 +353,9 @@ def session_clear_messages(
             delete_where(Message, f"{session_column} = %s", [key])
         else:
             delete_where(Message, f"{session_column} = %s AND seq <> %s", [key, keep])
-        session.head_seq = keep
-        session.low_seq = session.last_seq + 1
-        session.turn_count = 0
-        session.total_tokens = Message.objects.get(session=session, seq=keep).tokens if keep else 0
+        clear_bookkeeping(session, (keep, Message.objects.get(session=session, seq=keep).tokens) if keep else None)
         touch(session, now)
         session.save(update_fields=BOOKKEEPING_FIELDS)
         events.emit(session.pk, events.CLEARED)
+        events.library_changed(session.owner_id)
     return session

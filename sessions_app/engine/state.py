@@ -26,6 +26,7 @@ def _state_write(
         touch(session, now)
         session.save(update_fields=["variables", "data", "updated_at", "expires_at"])
         events.emit(session.pk, events.STATE)
+        events.library_changed(session.owner_id)
     return result
 
 

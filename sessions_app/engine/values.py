@@ -343,3 +343,33 @@ def touch(session: ConversationSession, now: dt.datetime) -> None:
     """Mark the session used at ``now`` (in memory): its updated_at and the expiry time that follows."""
     session.updated_at = now
     session.expires_at = expiry_time(now, session.timeout_seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Titles (the library): one line, trimmed, at most TITLE_MAX_CHARS (the column holds 200).
+
+TITLE_MAX_CHARS = 200
+AUTO_TITLE_CHARS = 80  # a title taken from a message is cut shorter, at a word
+
+
+def title_from(content: str) -> str:
+    """The title a conversation gets from its first user message: its first non-blank line with the
+    whitespace collapsed, cut at a word to AUTO_TITLE_CHARS (with "…")."""
+    line = next((part for part in content.splitlines() if part.strip()), "")
+    line = " ".join(line.replace("\x00", "").split())
+    if len(line) <= AUTO_TITLE_CHARS:
+        return line
+    cut = line[: AUTO_TITLE_CHARS - 1]
+    if " " in cut[AUTO_TITLE_CHARS // 2 :]:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" .,;:-") + "…"
+
+
+def check_title(value: Any) -> str:
+    """A title given by a person or a client: a string, made one line and trimmed; at most
+    TITLE_MAX_CHARS characters; empty means untitled (the id is shown)."""
+    check_text("title", value)  # a string the database can store: no NUL, no lone surrogate
+    title = " ".join(value.split())
+    if len(title) > TITLE_MAX_CHARS:
+        raise SessionValidationError(f"title is at most {TITLE_MAX_CHARS} characters", field="title")
+    return title

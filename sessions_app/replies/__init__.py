@@ -17,6 +17,10 @@ session raises ``engine.SessionNotFound``); the default ``ANY_OWNER`` is for ope
     ``"respond": true`` call. Raises the engine's errors for the append (SessionNotFound,
     SessionExpired, SessionValidationError).
 
+``edit_and_reply(session_id, seq, content, *, owner=ANY_OWNER) -> (ConversationSession, Message, Reply)``
+    Edit user message ``seq`` as chat tools do: a branch before it (``engine.session_edit_branch``),
+    the edited text appended there and its reply started, in one transaction (a refusal leaves no branch).
+
 ``start_reply(session_id, *, owner=ANY_OWNER, regenerate=False) -> Reply``
     Reply to the last turn in a background thread; returns at once with the running ``Reply`` row.
     Without ``regenerate`` the last turn must be open (retry after an error, stop or interruption);
@@ -99,6 +103,7 @@ from .service import (
     ReplyInProgress,
     TooManyReplies,
     append_and_reply,
+    edit_and_reply,
     latest_reply,
     reply_for_answer,
     resume_interrupted,
@@ -119,6 +124,7 @@ __all__ = [
     "ReplyInProgress",
     "TooManyReplies",
     "append_and_reply",
+    "edit_and_reply",
     "latest_reply",
     "reply_for_answer",
     "recover_stale_replies",

@@ -38,7 +38,7 @@ from django.utils import timezone
 from sessions_app import engine, events
 from sessions_app.models import ConversationSession, Message, Reply, Role
 
-from . import dbconn, tools
+from . import dbconn, titles, tools
 from .responders import (
     CancelHandle,
     ContextInfo,
@@ -131,10 +131,16 @@ def reply_context_window(
 ) -> engine.ContextWindow:
     """The context window a reply sends: ``reply``'s, or the running reply's when there is one, else
     the plain window. The one function behind the reply's request, the context panel and the API's
-    context endpoint, so what they show is what is sent."""
+    context endpoint, so what they show is what is sent.
+
+    Left out before the budget is counted: a regenerated reply's earlier responses, and the
+    responses a stored choice did not pick (``engine.unchosen_responses``; none stored: the spec's
+    window)."""
     if reply is None:
         reply = Reply.objects.filter(session_id=session.pk, status=Reply.Status.RUNNING).first()
-    exclude = earlier_responses(reply) if reply is not None else ()
+    exclude = engine.unchosen_responses(session)
+    if reply is not None:
+        exclude.update(earlier_responses(reply))
     return engine.context_window(session, max_tokens, exclude_seqs=exclude)
 
 
@@ -231,6 +237,11 @@ class _Run:
             logger.error("Reply %s failed: %s", self.reply.pk, redact(traceback.format_exc()))
             return self._end_error("The reply failed because of an internal error.")
         self._end_done(finish)
+        if titles.wanted(self.reply, self.responder):
+            try:
+                titles.title_from_model(self.reply, self.responder, self.text)
+            except Exception:  # the reply is stored: a title failure must not touch it
+                logger.error("Title of reply %s failed: %s", self.reply.pk, redact(traceback.format_exc()))
 
     def _db(self, action: Callable[[], T]) -> T:
         """Run a database call, again on a fresh connection after a cut (bounded; see dbconn.retry).

@@ -101,6 +101,24 @@ def append_and_reply(
 
 
 @engine.storage_errors
+def edit_and_reply(
+    session_id: engine.SessionRef,
+    seq: int,
+    content: str,
+    *,
+    owner: engine.Owner = engine.ANY_OWNER,
+    now: dt.datetime | None = None,
+) -> tuple[ConversationSession, Message, Reply]:
+    """Edit user message ``seq`` as chat tools do: a branch with everything before it (lineage "edit"),
+    the edited text appended there, and the reply to it started. One transaction: when the text or
+    the reply is refused, no branch is left behind."""
+    with transaction.atomic():
+        branch = engine.session_edit_branch(session_id, seq, owner=owner, now=now)
+        message, reply = append_and_reply(branch.pk, content, owner=owner, now=now)
+    return engine.session_get(branch.pk), message, reply
+
+
+@engine.storage_errors
 def stop_reply(session_id: str, *, owner: engine.Owner = engine.ANY_OWNER) -> bool:
     """Ask the session's running reply to stop; return whether one was running.
 

@@ -6,6 +6,7 @@ from django import template
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.safestring import mark_safe
 
+from sessions_app.engine import CHOICE_KEY
 from sessions_app.rendering import (
     escape_text,
     fingerprint,
@@ -139,9 +140,12 @@ def responder_label() -> str:
 
 
 REPLY_ERROR_KEYS = ("reply_error", "reply_error_at")
+# Keys the timeline does not list: the failed reply's (shown on their own line), the chosen answer's
+# (shown by the answer's ‹ n / m › switcher).
+UNLISTED_KEYS = (*REPLY_ERROR_KEYS, CHOICE_KEY)
 
 
 @register.filter
 def without_reply_error(metadata) -> dict:
-    """A turn's metadata without the failed-reply keys (the timeline shows those on their own line)."""
-    return {k: v for k, v in (metadata or {}).items() if k not in REPLY_ERROR_KEYS}
+    """A turn's metadata without the keys the timeline shows otherwise (a failed reply, the chosen answer)."""
+    return {k: v for k, v in (metadata or {}).items() if k not in UNLISTED_KEYS}

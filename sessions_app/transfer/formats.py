@@ -300,7 +300,7 @@ def _read_convo(item: dict[str, Any], label: str) -> Incoming:
         turns=turns,
         key=f.uuid("key", optional=True),
         parent_key=lineage.uuid("parent_key", optional=True),
-        parent_seq=lineage.int("parent_seq", minimum=1, optional=True),
+        parent_seq=lineage.int("parent_seq", minimum=0, optional=True),  # 0: an edit of the first message
         lineage=kind,
     )
 

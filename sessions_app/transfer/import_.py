@@ -19,7 +19,7 @@ from itertools import islice
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .. import engine
+from .. import engine, events
 from ..engine.bookkeeping import append_bookkeeping, enforce_limits
 from ..engine.sessions import owned_sessions, owner_pk
 from ..engine.values import expiry_time
@@ -126,6 +126,7 @@ def _write(session: ConversationSession, rows: list[Message], conversation: Inco
         Turn.objects.bulk_create(
             [Turn(session=session, number=n, metadata=meta) for n, meta in sorted(conversation.turns.items()) if meta]
         )
+        events.library_changed(session.owner_id)  # the owner's sidebar lists it (after the commit)
 
 
 def prepare(conversation: Incoming, *, owner, now: dt.datetime) -> tuple[ConversationSession, list[Message]]:

@@ -116,6 +116,7 @@
       }
       if (next === list.firstElementChild && next) prepended = true;
       list.insertBefore(node, next);
+      htmx.process(node); // its buttons and links (Branch, Edit, versions) work like the page's own
     });
     var hint = document.querySelector(".empty-hint");
     if (hint && list.children.length) hint.remove();
@@ -223,26 +224,91 @@
       rememberFocus(target);
     } else if (KEEP_EDITS.indexOf(target.id) >= 0) {
       saveEdits(target);
+    } else if (target.id === "sidebar-sections") {
+      // A pushed sidebar the page already has (its own change, answered already) is not swapped, so
+      // an open menu stays open; a newer one keeps the open menu and a title being typed.
+      var frag = e.detail.fragment;
+      var incoming = frag && (frag.id === "sidebar-sections" ? frag :
+        (frag.querySelector && frag.querySelector("#sidebar-sections")) || frag.firstElementChild);
+      var version = incoming && incoming.getAttribute && incoming.getAttribute("data-version");
+      if (version && version === target.getAttribute("data-version")) { e.detail.shouldSwap = false; return; }
+      var open = target.querySelector(".session-actions[open]");
+      if (open) {
+        var input = open.querySelector("input[name=title]");
+        sidebarMenu = { id: open.closest(".session-item").getAttribute("data-session-id"),
+          value: input ? input.value : null, focused: input && input === document.activeElement };
+      }
     }
   });
+  var sidebarMenu = null;
+  function restoreSidebarMenu() {
+    if (!sidebarMenu) return;
+    var saved = sidebarMenu;
+    sidebarMenu = null;
+    var item = document.querySelector('#sidebar-sections li[data-session-id="' + CSS.escape(saved.id) + '"]');
+    var menu = item && item.querySelector(".session-actions");
+    if (!menu) return;
+    menu.open = true;
+    var input = menu.querySelector("input[name=title]");
+    if (input && saved.value !== null) input.value = saved.value;
+    if (input && saved.focused) input.focus();
+  }
   document.addEventListener("htmx:beforeSwap", function (e) {
     if (e.detail.target && e.detail.target.id === "reply-actions") rememberFocus(e.detail.target);
   });
 
-  // Messages that left the session's list (max_messages) leave the page too; not on a page opened at
-  // a search result (?at=<seq>), which shows the history around that message (search.js).
-  function prune() {
-    if (new URLSearchParams(window.location.search).has("at")) return;
+  // The page shows the whole history (issue 11): messages that left the session's list stay, above a
+  // divider that sits just before the first listed message (low_seq), or at the end when every message
+  // after the pinned one left the list; hidden while that place is not on the page.
+  function placeDivider() {
     var b = byId("list-bounds");
     var list = byId("message-list");
-    if (!b || !list) return;
+    var divider = byId("list-divider");
+    if (!b || !list || !divider) return;
     var low = parseInt(b.getAttribute("data-low-seq"), 10);
-    var head = parseInt(b.getAttribute("data-head-seq"), 10);
-    Array.prototype.slice.call(list.children).forEach(function (li) {
-      var seq = seqOf(li);
-      if (seq < low && seq !== head) li.remove();
+    var unlisted = divider.getAttribute("data-unlisted") === "1" ||
+      low > parseInt(divider.getAttribute("data-low-seq"), 10);
+    // Before the first loaded message of the list (low_seq on; the page may start later, or, opened
+    // at a search result, hold only older ones: then after them).
+    var next = null;
+    var items = list.querySelectorAll("li.msg");
+    for (var i = 0; i < items.length; i++) {
+      if (seqOf(items[i]) >= low) { next = items[i]; break; }
+    }
+    if (next) {
+      if (divider.nextElementSibling !== next) list.insertBefore(divider, next);
+    } else {
+      var gap = byId("history-gap");
+      var end = items.length ? items[items.length - 1].nextElementSibling : null;
+      if (gap) end = gap;
+      if (divider.nextElementSibling !== end) list.insertBefore(divider, end);
+    }
+    var prev = divider.previousElementSibling;
+    while (prev && !prev.classList.contains("msg")) prev = prev.previousElementSibling;
+    divider.hidden = !(unlisted && prev);
+  }
+
+  // The sidebar is the same for every page of the user (it is cached per user): the page marks its
+  // own conversation.
+  function markCurrent() {
+    document.querySelectorAll("#sidebar .session-link").forEach(function (a) {
+      var current = a.pathname === window.location.pathname;
+      a.closest(".session-item").classList.toggle("current", current);
+      if (current) a.setAttribute("aria-current", "page");
+      else a.removeAttribute("aria-current");
     });
   }
+  // The browser tab shows the conversation's title (renamed here or in another tab).
+  function syncTitle() {
+    var h = document.querySelector("#session-title h1[data-title]");
+    if (h) document.title = h.getAttribute("data-title") + " · Convo";
+  }
+  // The sidebar groups conversations by day in the viewer's time zone.
+  try {
+    var zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    if (zone) document.cookie = "convo_tz=" + zone.replace(/[^A-Za-z0-9_\/+-]/g, "") + "; path=/; max-age=31536000; SameSite=Lax";
+  } catch (err) { /* no Intl: the server's time zone */ }
+  document.addEventListener("htmx:afterSettle", function () { markCurrent(); syncTitle(); placeDivider(); });
 
   function setStatus(state, text) {
     var el = byId("live-status");
@@ -283,7 +349,10 @@
   });
   document.addEventListener("htmx:wsAfterMessage", function () {
     linkDelivered();
-    prune();
+    restoreSidebarMenu();
+    placeDivider();
+    markCurrent();
+    syncTitle();
     afterReplyUpdate();
     restoreEdits();
     restoreFocus();
@@ -294,6 +363,26 @@
     var elt = e.detail.elt;
     if (elt && elt.id === "context-form") send({ type: "budget", budget: budget() });
   });
+
+  // Parts pushed over the websocket are rendered without the request, so their plain (non-htmx) forms
+  // carry no CSRF token (e.g. Continue on an expiry banner that arrived live): add the page's.
+  document.addEventListener("submit", function (e) {
+    var form = e.target;
+    if (!form || (form.getAttribute("method") || "").toLowerCase() !== "post") return;
+    var field = form.querySelector("input[name=csrfmiddlewaretoken]");
+    if (field && field.value) return;
+    try {
+      var token = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"];
+      if (!token) return;
+      if (!field) {
+        field = document.createElement("input");
+        field.type = "hidden";
+        field.name = "csrfmiddlewaretoken";
+        form.appendChild(field);
+      }
+      field.value = token;
+    } catch (err) { /* no token: the server refuses the post, as without JavaScript */ }
+  }, true);
 
   // Composer: Enter sends, Shift+Enter adds a line (and IME composition is left alone).
   document.addEventListener("keydown", function (e) {
@@ -314,6 +403,8 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     afterReplyUpdate();
+    placeDivider();
+    markCurrent();
     scrollToEnd();
     var box = document.querySelector("#composer textarea[name=content]");
     if (box && window.matchMedia("(min-width: 900px)").matches) box.focus();

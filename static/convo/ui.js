@@ -347,7 +347,9 @@
   // Keyboard shortcuts (listed in the "?" dialog).
   function openShortcuts() { var d = byId("shortcuts"); if (d && !d.open) d.showModal(); }
   function newChat() {
-    var form = byId("new-session");
+    // The new chat's engine settings (its one-click button is beside them, issue 11).
+    var box = byId("new-session");
+    var form = box && (box.tagName === "DETAILS" ? box : $("details", box));
     if (!form) { window.location.assign("/"); return; }
     if (window.matchMedia("(max-width: 760px)").matches) setOverlay("drawer", true);
     form.open = true;

@@ -44,6 +44,8 @@ def test_sign_up_create_send_and_see(page, server, transactional_db, shot):
     page.fill("input[name=password1]", "a-Long-passphrase-9")
     page.fill("input[name=password2]", "a-Long-passphrase-9")
     page.get_by_role("button", name="Sign up").click()
+    expect(page.get_by_role("button", name="New chat")).to_be_visible()
+    page.locator("#new-session summary", has_text="Settings").click()  # the engine settings, behind it
     expect(page.get_by_role("button", name="Create")).to_be_visible()
     page.fill("input[name=max_messages]", "0")
     page.get_by_role("button", name="Create").click()
@@ -91,7 +93,7 @@ def test_composer_and_panels_screenshots(page, server, alice, login, shot, make_
     script(engine.state_set_data, "tour", "prefs", {"units": "metric", "langs": ["fr", "en"]})
     page.set_viewport_size({"width": 1366, "height": 860})
     open_chat(page, server, "tour")
-    expect(page.locator("#message-list > li")).to_have_count(5)
+    expect(page.locator("#message-list > li.msg")).to_have_count(5)
     expect(page.locator("#message-list > li.role-tool")).to_contain_text("call_calc_1")
     expect(page.locator("#context-panel")).to_contain_text("cut before")
     shot(page, "chat-desktop")
@@ -120,9 +122,9 @@ def test_two_pages_see_each_others_changes(context, server, alice, login, make_s
     expect(b.locator("#message-list > li.role-assistant")).to_contain_text("For turn 1 I received")
     expect(b.locator("#turn-1")).to_contain_text("complete")
     send(a, "pong, by hand", role="assistant")  # an operator's message starts no reply
-    expect(b.locator("#message-list > li")).to_have_count(3)
+    expect(b.locator("#message-list > li.msg")).to_have_count(3)
     # The panels follow the messages (within half a second): let them land before typing in one.
-    expect(a.locator("#session-header [data-stat=messages]")).to_have_text("3 messages")
+    expect(a.locator("#session-header [data-stat=messages]")).to_have_text("3 in the list")
 
     a.fill("#state-panel input[name=key][placeholder=key]", "mood")
     a.fill("#state-panel input[name=value][placeholder=value]", "cheerful")
@@ -136,7 +138,7 @@ def test_two_pages_see_each_others_changes(context, server, alice, login, make_s
     expect(a.locator("#state-panel .field-error")).to_contain_text("Not valid JSON")
     assert "cfg" not in engine.session_get("pair").data
     # Each page shows each message once.
-    expect(a.locator("#message-list > li")).to_have_count(3)
+    expect(a.locator("#message-list > li.msg")).to_have_count(3)
 
 
 def test_load_earlier_keeps_order(page, server, alice, login, make_session):
@@ -146,7 +148,7 @@ def test_load_earlier_keeps_order(page, server, alice, login, make_session):
     for i in range(1, 121):
         script(engine.message_append, "long", "user" if i % 2 else "assistant", f"message number {i}")
     open_chat(page, server, "long")
-    items = page.locator("#message-list > li")
+    items = page.locator("#message-list > li.msg")
     expect(items).to_have_count(50)
     page.get_by_role("link", name="Load earlier messages").click()
     expect(items).to_have_count(100)
@@ -168,11 +170,11 @@ def test_clear_and_delete_with_confirmation_reach_the_other_page(context, server
     open_chat(a, server, "doomed")
     open_chat(b, server, "doomed")
     send(a, "soon gone")
-    expect(b.locator("#message-list > li")).to_have_count(3)  # the prompt, the message, its reply
+    expect(b.locator("#message-list > li.msg")).to_have_count(3)  # the prompt, the message, its reply
 
     a.get_by_text("Clear messages…").click()
     a.get_by_role("button", name="Yes, clear the messages").click()
-    expect(b.locator("#message-list > li")).to_have_count(1)  # the pinned system prompt stays
+    expect(b.locator("#message-list > li.msg")).to_have_count(1)  # the pinned system prompt stays
     expect(b.locator("#timeline")).to_contain_text("No turns yet")
 
     a.get_by_text("Delete conversation…").click()
@@ -197,9 +199,9 @@ def test_xss_payload_stays_inert(page, server, alice, login, make_session):
     for n, payload in enumerate(payloads, start=1):
         send(page, payload, role="assistant" if n % 2 else "user")
         count += 1 if n % 2 else 2  # a user message gets a reply (wait for it: one reply at a time)
-        expect(page.locator("#message-list > li")).to_have_count(count)
+        expect(page.locator("#message-list > li.msg")).to_have_count(count)
     send(page, '<svg onload="window.pwned=5"></svg> **bold**', role="assistant")
-    expect(page.locator("#message-list > li")).to_have_count(count + 1)
+    expect(page.locator("#message-list > li.msg")).to_have_count(count + 1)
     for link in page.locator("#message-list a").all():
         link.click()
     assert page.evaluate("window.pwned") is None
@@ -215,25 +217,25 @@ def test_reconnect_after_a_server_restart_catches_up_exactly_once(context, serve
     open_chat(a, server2, "blip")
     open_chat(b, server, "blip")
     send(a, "before the blip")
-    expect(a.locator("#message-list > li")).to_have_count(2)  # and its reply, before the server goes
+    expect(a.locator("#message-list > li.msg")).to_have_count(2)  # and its reply, before the server goes
 
     server2.stop()
     expect(a.locator("#live-status")).to_have_attribute("data-state", re.compile("disconnected|reconnecting"))
     expect(a.locator("#live-status")).to_contain_text("connect")
     send(b, "sent while A was away")
-    expect(b.locator("#message-list > li")).to_have_count(4)
+    expect(b.locator("#message-list > li.msg")).to_have_count(4)
     server2.start()
 
     expect(a.locator(LIVE)).to_be_visible(timeout=20_000)
-    expect(a.locator("#message-list > li")).to_have_count(4)
-    expect(a.locator("#message-list > li", has_text="sent while A was away")).to_have_count(1)
+    expect(a.locator("#message-list > li.msg")).to_have_count(4)
+    expect(a.locator("#message-list > li.msg", has_text="sent while A was away")).to_have_count(1)
     send(b, "after the blip")
-    expect(b.locator("#message-list > li")).to_have_count(6)
+    expect(b.locator("#message-list > li.msg")).to_have_count(6)
     if settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer"):
         # Two processes without Redis do not share pushes: A learns of it at its next catch-up.
         send(a, "from A again", role="assistant")
-    expect(a.locator("#message-list > li", has_text="after the blip")).to_have_count(1)
-    seqs = [int(s) for s in a.locator("#message-list > li").evaluate_all("els => els.map(e => e.dataset.seq)")]
+    expect(a.locator("#message-list > li.msg", has_text="after the blip")).to_have_count(1)
+    seqs = [int(s) for s in a.locator("#message-list > li.msg").evaluate_all("els => els.map(e => e.dataset.seq)")]
     assert seqs == sorted(set(seqs))
 
 
@@ -246,7 +248,7 @@ def test_changes_cross_processes_over_redis(context, server, server2, alice, log
     open_chat(a, server, "across")
     open_chat(b, server2, "across")
     send(b, "from process two")
-    expect(a.locator("#message-list > li", has_text="from process two")).to_have_count(1)
+    expect(a.locator("#message-list > li.msg", has_text="from process two")).to_have_count(1)
     expect(a.locator("#turn-1")).to_be_visible()
     # The reply runs in process two; its stored answer reaches the page of process one.
     expect(a.locator("#message-list > li.role-assistant")).to_contain_text("For turn 1 I received")
@@ -257,4 +259,4 @@ def test_changes_cross_processes_over_redis(context, server, server2, alice, log
     # A change from a script (this test process) reaches both pages too.
     script(engine.message_append, "across", "assistant", "from a script")
     expect(a.locator("#turn-1")).to_contain_text("complete")
-    expect(b.locator("#message-list > li", has_text="from a script")).to_have_count(1)
+    expect(b.locator("#message-list > li.msg", has_text="from a script")).to_have_count(1)

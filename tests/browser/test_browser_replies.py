@@ -58,7 +58,7 @@ def test_a_reply_streams_into_both_pages_with_its_tool_call(context, slow_server
         seen = p.evaluate("window.streamSeen")
         assert "12*7 = 84." in seen and any(t != "12*7 = 84." and "12*7 = 84.".startswith(t) for t in seen), seen
     expect(a.get_by_role("button", name="Regenerate")).to_be_visible()
-    expect(a.locator("#message-list > li")).to_have_count(4)  # system, user, tool, assistant: once each
+    expect(a.locator("#message-list > li.msg")).to_have_count(4)  # system, user, tool, assistant: once each
     shot(a, "reply-tool-call-desktop")
     a.emulate_media(color_scheme="dark")
     shot(a, "reply-tool-call-dark")
