@@ -146,6 +146,9 @@ MIDDLEWARE = [
     # First: a NUL in the URL or a cookie is refused before anything can reach the database with it.
     "sessions_app.request_guard.NulRequestMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Compresses HTML and JSON (a chat page is ~70 KB of HTML). Django's version pads each response
+    # with random bytes ("Heal The Breach") against BREACH, and CSRF tokens are masked per response.
+    "django.middleware.gzip.GZipMiddleware",
     # Static files, served on the event loop (ServeStatic is ASGI-native: no thread waits on the loop).
     "servestatic.middleware.ServeStaticMiddleware",
     # django-csp plus the per-request parts: the page's websocket origin, inline styles for the admin only.
@@ -186,18 +189,33 @@ ASGI_APPLICATION = "convo_site.asgi.application"
 # Database: DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/convo), else an SQLite file.
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
-    # No persistent connections: under ASGI each sync_to_async thread would keep its own. Health
-    # checks on: a connection kept across requests (CONN_MAX_AGE > 0 set by a deployment) is tested
-    # before reuse, so a cut one is replaced instead of failing the request. Long-lived threads
-    # (replies, their watcher, the periodic sweep) reconnect themselves (sessions_app.replies.dbconn).
+    # CONN_MAX_AGE stays 0: under ASGI each sync_to_async thread would keep its own connection.
+    # On PostgreSQL connections are kept across requests by psycopg's pool instead (Django's
+    # OPTIONS["pool"]): "closing" a connection at the end of a request returns it to the pool. Health
+    # checks on: a pooled connection is tested before it is handed out, so a cut one is replaced
+    # instead of failing the request. Long-lived threads (replies, their watcher, the periodic sweep)
+    # reconnect themselves (sessions_app.replies.dbconn).
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # Spelled out so that a forked test server (daphne) finds the same test database.
         DATABASES["default"]["TEST"] = {"NAME": "test_" + DATABASES["default"]["NAME"]}
+        # CONVO_DB_POOL_MAX_SIZE connections per process at most (daphne's request threads, reply
+        # threads and the watcher all draw from it; 0 switches the pool off, e.g. behind PgBouncer in
+        # transaction mode, which pools on its side). A request waits up to CONVO_DB_POOL_TIMEOUT
+        # seconds for a free connection, then fails with the API's 503 storage_error.
+        CONVO_DB_POOL_MAX_SIZE = env_int("CONVO_DB_POOL_MAX_SIZE", 20) or 0
+        if CONVO_DB_POOL_MAX_SIZE:
+            DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+                "min_size": min(env_int("CONVO_DB_POOL_MIN_SIZE", 2) or 0, CONVO_DB_POOL_MAX_SIZE),
+                "max_size": CONVO_DB_POOL_MAX_SIZE,
+                "timeout": env_float("CONVO_DB_POOL_TIMEOUT", 10.0),
+                # Connections are recycled after an hour so that server-side settings and memory stay fresh.
+                "max_lifetime": 3600.0,
+            }
 else:
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
+            "ENGINE": "convo_site.sqlite_backend",
             "NAME": os.environ.get("CONVO_SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
             "OPTIONS": {
                 # Take the write lock when a transaction starts: concurrent writers then queue

@@ -19,7 +19,7 @@ class SessionsAppConfig(AppConfig):
 
         from django.contrib.auth import get_user_model
         from django.contrib.auth.signals import user_logged_out
-        from django.db.models.signals import post_init, post_save
+        from django.db.models.signals import post_init, post_migrate, post_save
 
         from . import logins
         from .engine import sessions_deleted
@@ -30,6 +30,10 @@ class SessionsAppConfig(AppConfig):
         user_logged_out.connect(logins.logged_out, dispatch_uid="convo-logins-logout")
         post_init.connect(logins.remember, sender=user_model, dispatch_uid="convo-logins-remember")
         post_save.connect(logins.saved, sender=user_model, dispatch_uid="convo-logins-saved")
+        # Planner statistics right after a migration (see engine/stats.py).
+        from .engine.stats import analyze_after_migrate
+
+        post_migrate.connect(analyze_after_migrate, sender=self, dispatch_uid="convo-analyze-after-migrate")
         # A deleted session's running reply stops at once (its row is gone with it).
         sessions_deleted.connect(cancel_sessions, dispatch_uid="convo-replies-cancel-deleted")
 

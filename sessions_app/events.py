@@ -64,7 +64,18 @@ def emit_many(keys: list[uuid.UUID], kind: str, **data: Any) -> None:
     if not all(isinstance(key, uuid.UUID) for key in keys):
         raise TypeError("session events are addressed by session key (uuid.UUID), never by id")
     events = [(group_name(key), {"type": "session.event", "session": key.hex, "kind": kind, **data}) for key in keys]
-    transaction.on_commit(partial(_send, events))
+    after_commit(partial(_send, events))
+
+
+def after_commit(func: Any) -> None:
+    """``transaction.on_commit(func)`` that does not touch the database outside a transaction: Django's
+    asks the connection for its autocommit state, which opens a connection (or takes one from the
+    pool) only to be told "run it now". A reply thread emits many events between its writes and must
+    not hold a pooled connection while it waits on its model."""
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(func)
+    else:
+        func()
 
 
 def user_revoked(user_pk: Any, reason: str, *, login: str | None = None) -> None:
@@ -72,7 +83,7 @@ def user_revoked(user_pk: Any, reason: str, *, login: str | None = None) -> None
     (``login``, a digest of its session key: a logout), or all of them (a new password, deactivation).
     They cannot resubscribe: their new handshake is no longer authenticated."""
     event = {"type": "user.revoked", "reason": reason, **({"login": login} if login else {})}
-    transaction.on_commit(partial(_send, [(user_group(user_pk), event)]))
+    after_commit(partial(_send, [(user_group(user_pk), event)]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, t
     runs. An explicit CONVO_SQLITE_TEST_PATH still wins.
     """
     db = settings.DATABASES["default"]
-    if db["ENGINE"] == "django.db.backends.sqlite3" and not db.get("TEST", {}).get("NAME"):
+    if "sqlite" in db["ENGINE"] and not db.get("TEST", {}).get("NAME"):
         db.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("sqlite") / "test_convo.sqlite3")
 
 

@@ -576,6 +576,32 @@ def test_messages_paginate_with_after_and_limit(api):
     assert api.get("/sessions/s/messages", query={"after": 99}).json()["items"] == []
 
 
+def test_messages_newest_page_first_with_order_desc(api):
+    api.put("/sessions/s")
+    for i in range(7):
+        api.post("/sessions/s/messages", {"role": "user", "content": f"m{i}"})
+    newest = api.get("/sessions/s/messages", query={"order": "desc", "limit": 3}).json()
+    assert [m["seq"] for m in newest["items"]] == [7, 6, 5]
+    assert newest["order"] == "desc" and newest["next_before"] == 5 and newest["next_after"] is None
+    seen, before, pages = [], None, 0
+    while pages < 10:
+        query = {"order": "desc", "limit": 3} | ({"before": before} if before else {})
+        page = api.get("/sessions/s/messages", query=query).json()
+        seen += [m["seq"] for m in page["items"]]
+        pages += 1
+        before = page["next_before"]
+        if before is None:
+            break
+    assert seen == [7, 6, 5, 4, 3, 2, 1] and pages == 3
+    # A range closed on both sides, from either end.
+    query = {"after": 2, "before": 6, "limit": 2}
+    assert [m["seq"] for m in api.get("/sessions/s/messages", query=query).json()["items"]] == [3, 4]
+    desc = api.get("/sessions/s/messages", query=query | {"order": "desc"}).json()
+    assert [m["seq"] for m in desc["items"]] == [5, 4] and desc["next_before"] == 4 and desc["before"] == 6
+    assert_error(api.get("/sessions/s/messages", query={"order": "sideways"}), 422)
+    assert_error(api.get("/sessions/s/messages", query={"before": 0}), 422)
+
+
 def test_messages_follow_the_list_after_eviction(api):
     api.put("/sessions/s", {"system_prompt": "sys", "config": {"max_messages": 3}})
     for i in range(5):
@@ -899,3 +925,29 @@ def test_docs_are_served_from_local_static_files(client):
         assert asset.startswith("/static/"), asset
         assert finders.find(asset.removeprefix("/static/")), asset
     assert '"validatorUrl": null' in html
+
+
+def test_list_responses_match_their_documented_schemas(api, chat):
+    """The list endpoints render without ninja's per-item validation (speed): their bodies must still be
+    exactly what the OpenAPI document promises."""
+    from jsonschema import Draft202012Validator
+
+    spec = api.get("/openapi.json").json()
+
+    def schema_of(path):
+        schema = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        return Draft202012Validator({**schema, "components": spec["components"]})
+
+    for i in range(3):
+        api.put(f"/sessions/more-{i}")
+    sessions = api.get("/sessions", query={"limit": 2}).json()
+    schema_of("/api/v1/sessions").validate(sessions)
+    assert sessions["count"] == 4 and sessions["next_offset"] == 2 and len(sessions["items"]) == 2
+    for query in ({}, {"order": "desc", "limit": 2}, {"before": 3}):
+        page = api.get("/sessions/chat/messages", query=query).json()
+        schema_of("/api/v1/sessions/{id}/messages").validate(page)
+        assert page["items"], query
+    # The same values render exactly as the validated single-item endpoints render them.
+    listed = {s["id"]: s for s in api.get("/sessions").json()["items"]}["chat"]
+    single = api.get("/sessions/chat").json()
+    assert {k: single[k] for k in listed} == listed

@@ -316,8 +316,15 @@ class MessagePageOut(Schema):
         description="How many messages the session's list holds in all (with ?history=true: the whole history)."
     )
     after: int
+    before: int | None
     limit: int
-    next_after: int | None = Field(description="Pass as ?after= for the next page; null on the last page.")
+    order: str = Field(description="asc or desc, as asked.")
+    next_after: int | None = Field(
+        description="order=asc: pass as ?after= for the next page; null on the last page (and for desc)."
+    )
+    next_before: int | None = Field(
+        description="order=desc: pass as ?before= for the next (older) page; null on the last page (and for asc)."
+    )
 
 
 class ContextOut(Schema):

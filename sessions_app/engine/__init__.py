@@ -8,6 +8,7 @@ The one home for the rules: views, the API, websocket consumers, the admin and m
   limits every entry point shares (ids, text, names, metadata, JSON data, state size, websocket frames).
 - ``bookkeeping``: an append's sequence and turn numbers, and the message limit (used by every writer).
 - ``purge``: deleting expired sessions in batches, and the set-based row delete.
+- ``stats``: ``analyze``, planner statistics after migrations, bulk imports and purges.
 - ``sessions``: owner scoping (ids are per owner; a session's key names it inside Convo), ``lock_session``,
   create / get / get_or_create / update / delete / list, clear.
 - ``pg_append``: PostgreSQL's append in one read and one write statement, applying ``bookkeeping``.
@@ -111,6 +112,7 @@ from .state import (
     state_set,
     state_set_data,
 )
+from .stats import analyze
 from .values import (
     MAX_INT,
     SESSION_ID_RE,
@@ -197,6 +199,7 @@ __all__ = [
     "parse_frame",
     "parse_json",
     "purge_expired",
+    "analyze",
     "purge_sessions",
     "response_choose",
     "response_versions",

@@ -311,10 +311,19 @@ def session_list_for_user(owner: Owner) -> list[str]:
     return list(owned_sessions(owner).order_by("-updated_at", "sid").values_list("sid", flat=True))
 
 
+# What a list of sessions shows: everything but the state, metadata and system prompt (JSON and text
+# that a list never needs: decoding them was most of a page's cost).
+SUMMARY_FIELDS = (
+    "key", "sid", "owner_id", "title", "pinned", "archived", "created_at", "updated_at", "expires_at",
+    "timeout_seconds", "max_messages", "last_seq", "low_seq", "head_seq", "turn_count", "total_tokens",
+)  # fmt: skip
+
+
 @storage_errors
 def sessions_page_for_user(owner: Owner, *, offset: int = 0, limit: int = 50) -> list[ConversationSession]:
-    """A page of one owner's sessions, in session_list_for_user's order (most recent activity first)."""
-    return list(owned_sessions(owner).order_by("-updated_at", "sid")[offset : offset + limit])
+    """A page of one owner's sessions, in session_list_for_user's order (most recent activity first),
+    with their SUMMARY_FIELDS only."""
+    return list(owned_sessions(owner).order_by("-updated_at", "sid").only(*SUMMARY_FIELDS)[offset : offset + limit])
 
 
 @storage_errors

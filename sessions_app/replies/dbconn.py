@@ -47,6 +47,15 @@ def reset_connection() -> None:
         connection.close()
 
 
+def release() -> None:
+    """Give this thread's connection back to the pool (PostgreSQL with ``OPTIONS["pool"]``) between a
+    long-lived thread's calls: a reply that waits on its model for seconds must not hold one of the
+    pool's connections meanwhile (the next call takes one again, health-checked). Without a pool,
+    the connection is kept: opening one per call would cost a round of authentication each time."""
+    if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
+        connection.close()
+
+
 class Outage:
     """One thread's view of database outages: a warning when one starts, a line when it ends."""
 

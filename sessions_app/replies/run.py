@@ -246,13 +246,16 @@ class _Run:
     def _db(self, action: Callable[[], T]) -> T:
         """Run a database call, again on a fresh connection after a cut (bounded; see dbconn.retry).
         Stops retrying at once when the lease is lost."""
-        return dbconn.retry(
-            action,
-            who=f"Reply {self.reply.pk}",
-            budget=db_retry_budget(ending=self.ending_after_outage),
-            outage=self.outage,
-            wait=self.lease.wait_lost,
-        )
+        try:
+            return dbconn.retry(
+                action,
+                who=f"Reply {self.reply.pk}",
+                budget=db_retry_budget(ending=self.ending_after_outage),
+                outage=self.outage,
+                wait=self.lease.wait_lost,
+            )
+        finally:
+            dbconn.release()  # back to the pool while the model talks
 
     def _save(self) -> None:
         """Save the text so far and the heartbeat, fenced by the row still running: a save that touches

@@ -31,7 +31,7 @@ SLOW_PORT = PORTS[2] if len(PORTS) > 2 else PORTS[-1] + 1
 FAST_WORD_DELAY = "0.005"  # seconds per streamed word: replies finish quickly, tests stay fast
 SLOW_WORD_DELAY = "0.25"
 SQLITE_FILE = Path(tempfile.gettempdir()) / f"convo-ui-browser-{os.getpid()}.sqlite3"
-ON_SQLITE = django_settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+ON_SQLITE = "sqlite" in django_settings.DATABASES["default"]["ENGINE"]
 
 
 @pytest.fixture(scope="session")

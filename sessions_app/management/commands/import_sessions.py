@@ -36,6 +36,7 @@ class Command(BaseCommand):
                 renamed = f" (its id {result.requested_id} was taken)" if result.renamed else ""
                 self.stdout.write(f"Imported {result.id}{renamed}: {result.messages} message(s)")
             linker.finish()
+            engine.analyze()  # a bulk load: the planner's statistics follow at once (engine/stats.py)
         except OSError as exc:
             raise CommandError(f"Cannot read {file}: {exc}") from exc
         except transfer.ImportInvalid as exc:

@@ -42,6 +42,8 @@ class Command(BaseCommand):
             progress = self._progress if self.stdout.isatty() else None
             result = engine.purge_expired(batch_size=batch_size, progress=progress)
             keys = purge_expired_keys(batch_size=batch_size)
+            if result.sessions:
+                engine.analyze()  # the tables shrank: plans follow at once, not at autovacuum's pace
         except (DatabaseError, engine.StorageError) as exc:
             raise CommandError(f"Cannot reach the database: {exc}") from exc
         if progress:
