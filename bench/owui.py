@@ -134,6 +134,8 @@ class Convo:
         self.env = env
         python = sys.executable
         subprocess.run([python, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
+        # Debug off serves hashed static names from the manifest (staticfiles/, git-ignored), as `make run` does.
+        subprocess.run([python, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
         self.log_path = workdir / "convo.log"
         self.proc = subprocess.Popen(
             [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "convo_site.asgi:application"],

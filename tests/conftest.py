@@ -36,6 +36,21 @@ def _fast_passwords(settings):
 
 
 @pytest.fixture(autouse=True)
+def _replies_open_for_each_test():
+    """A shutdown test's hand-over runs in daemon threads that may outlive the test and close this
+    process for new replies (workers.shutdown) after its own fixture reopened it: wait for them, then
+    open the process again, so no later test finds its replies never started."""
+    import threading
+
+    from sessions_app.replies import workers
+
+    for thread in threading.enumerate():
+        if thread.name in ("convo-shutdown-handover", "convo-reply-shutdown"):
+            thread.join(15)
+    workers._closing.clear()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_throttles():
     """Rate-limit counters (sign-up, API) start at zero in every test (on Redis they outlive the run)."""
     throttle.reset()
