@@ -23,7 +23,7 @@ import uuid
 from functools import partial
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
 
@@ -246,6 +246,11 @@ def _send(events: list[tuple[str, dict[str, Any]]]) -> None:
         return
     if isinstance(layer, InMemoryChannelLayer):
         # Its queues belong to this process's server loop: send there (async_to_sync hops to it).
+        loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+        if loop is not None and not loop.is_running():
+            # The loop this thread was started from has stopped (its server shut down; a test ended):
+            # no page listens on it any more, and the hop would wait for it forever.
+            return
         try:
             async_to_sync(_send_all)(layer, events)
         except Exception:  # a push failure must never undo or fail a committed write

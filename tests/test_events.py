@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 import uuid
 
 import pytest
@@ -191,3 +192,30 @@ def test_layer_health_logs_one_warning_and_one_info_per_outage():
     logged = [(r.levelname, r.exc_info) for r in handler.records]
     assert logged == [("WARNING", None), ("INFO", None), ("WARNING", None), ("INFO", None)]
     assert health.outages == 2 and not health.down
+
+
+def test_a_send_from_a_thread_bound_to_a_stopped_loop_returns(settings):
+    """A reply thread hops to the server loop it was started from to push on the in-memory layer; once
+    that loop has stopped (the server shut down), a push must return at once, not wait for it forever."""
+    import asyncio
+    import threading
+
+    from asgiref.sync import SyncToAsync
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.pop("default", None)
+    stopped = asyncio.new_event_loop()
+    done = threading.Event()
+
+    def pusher():
+        SyncToAsync.threadlocal.main_event_loop = stopped
+        SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
+        events._send([("convo.session.x", {"type": "session.event", "kind": "appended"})])
+        done.set()
+
+    thread = threading.Thread(target=pusher, daemon=True)
+    thread.start()
+    assert done.wait(10), "the push waited for a loop that no longer runs"
+    stopped.close()
+    channel_layers.backends.pop("default", None)
