@@ -286,10 +286,16 @@ class OpenWebUI:
         self.state[chat_id] = {"title": title, "messages": []}
         return chat_id
 
-    def append(self, api: httpx.Client, chat: str, role: str, content: str) -> tuple[int, int]:
-        """A send as the frontend does it: the new message linked into the tree, the whole chat re-posted."""
+    def fill(self, api: httpx.Client, chat: str, items: list[tuple[str, str]]) -> None:
+        """The same messages as Convo's appends, linked into the tree, posted once."""
+        for role, content in items:
+            self._link(chat, role, content)
         kept = self.state[chat]
-        messages = kept["messages"]
+        r = api.post(f"/chats/{chat}", json={"chat": self._chat(kept["title"], kept["messages"])})
+        assert r.status_code == 200, r.text[:300]
+
+    def _link(self, chat: str, role: str, content: str) -> None:
+        messages = self.state[chat]["messages"]
         message = {
             "id": str(uuid.uuid4()),
             "parentId": messages[-1]["id"] if messages else None,
@@ -305,7 +311,12 @@ class OpenWebUI:
         if messages:
             messages[-1]["childrenIds"] = [message["id"]]
         messages.append(message)
-        body = json.dumps({"chat": self._chat(kept["title"], messages)})
+
+    def append(self, api: httpx.Client, chat: str, role: str, content: str) -> tuple[int, int]:
+        """A send as the frontend does it: the new message linked into the tree, the whole chat re-posted."""
+        self._link(chat, role, content)
+        kept = self.state[chat]
+        body = json.dumps({"chat": self._chat(kept["title"], kept["messages"])})
         r = api.post(f"/chats/{chat}", content=body, headers={"Content-Type": "application/json"})
         return r.status_code, len(body)
 
@@ -364,6 +375,9 @@ def row(results: list[dict], db: str, workload: str, size, convo_ms: float, peer
 
 
 def fill(side, api, chat: str, count: int) -> None:
+    if isinstance(side, OpenWebUI):  # one POST of the whole chat (its send re-posts it all: quadratic)
+        side.fill(api, chat, [("user" if i % 2 == 0 else "assistant", message_text(i)) for i in range(count)])
+        return
     for i in range(count):
         status, _ = side.append(api, chat, "user" if i % 2 == 0 else "assistant", message_text(i))
         assert status in (200, 201), status
