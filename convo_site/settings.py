@@ -146,11 +146,12 @@ MIDDLEWARE = [
     # First: a NUL in the URL or a cookie is refused before anything can reach the database with it.
     "sessions_app.request_guard.NulRequestMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files, served on the event loop (ServeStatic is ASGI-native: no thread waits on the loop),
+    # with their own precompressed variants: their responses never reach the GZip middleware below.
+    "servestatic.middleware.ServeStaticMiddleware",
     # Compresses HTML and JSON (a chat page is ~70 KB of HTML). Django's version pads each response
     # with random bytes ("Heal The Breach") against BREACH, and CSRF tokens are masked per response.
     "django.middleware.gzip.GZipMiddleware",
-    # Static files, served on the event loop (ServeStatic is ASGI-native: no thread waits on the loop).
-    "servestatic.middleware.ServeStaticMiddleware",
     # django-csp plus the per-request parts: the page's websocket origin, inline styles for the admin only.
     "sessions_app.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
