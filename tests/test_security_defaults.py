@@ -129,6 +129,9 @@ def test_a_500_with_the_default_environment_shows_nothing_of_it(tmp_path):
         tmp_path,
         DATABASE_URL=f"postgres://convo:{SECRET_DB_PASSWORD}@db.internal:5432/convo",
         CONVO_LLM_BASE_URL=f"https://user:{SECRET_LLM_PASSWORD}@llm.internal/v1",
+        # Without the pool's background connection attempts to the unreachable host (their retries
+        # and waits are the pool's business, pinned in test_db_settings): one plain failing connect.
+        CONVO_DB_POOL_MAX_SIZE="0",
     )
     status, _, body = result.stdout.partition("\n")
     assert status == "500", result.stderr
