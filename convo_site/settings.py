@@ -274,6 +274,9 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"},
 }
+# A file missing from the manifest (collectstatic not run yet, or a file added since) is linked by its
+# plain name instead of failing the page: an error page must never fail on its favicon.
+SERVESTATIC_MANIFEST_STRICT = False
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
