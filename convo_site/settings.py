@@ -272,11 +272,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # ("immutable"). In debug mode the plain names are linked and found in the source directories.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "convo_site.static_storage.StaticFilesStorage"},
 }
-# A file missing from the manifest (collectstatic not run yet, or a file added since) is linked by its
-# plain name instead of failing the page: an error page must never fail on its favicon.
-SERVESTATIC_MANIFEST_STRICT = False
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
