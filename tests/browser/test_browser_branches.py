@@ -40,9 +40,9 @@ def test_branch_from_a_message_and_back(page, server, alice, login, make_session
     first_answer.get_by_role("button", name="Branch from here").click()
     expect(page).not_to_have_url(re.compile(r"/c/trip/$"))
     expect(page.locator(LIVE)).to_be_visible()
-    expect(page.locator("#message-list > li")).to_have_count(int(seq))
+    expect(page.locator("#message-list > li.msg")).to_have_count(int(seq))
     lineage = page.locator("#session-header .lineage")
-    expect(lineage).to_contain_text(f"Branched from trip at message {seq}")
+    expect(lineage).to_contain_text(f"Branched from remember that my color is blue at message {seq}")  # the title
     shot(page, "branch-header")
     branch_url = page.url
     # The branch goes on by itself, its state copied.
@@ -51,7 +51,7 @@ def test_branch_from_a_message_and_back(page, server, alice, login, make_session
     expect(visible_answers(page)).to_have_count(2)
 
     # Back to the parent, which lists its branch.
-    lineage.get_by_role("link", name="trip").click()
+    lineage.get_by_role("link", name="remember that my color is blue").click()
     expect(page).to_have_url(re.compile(r"/c/trip/#msg-" + seq))
     children = page.locator("#session-header .lineage-children")
     children.locator("summary").click()
@@ -82,7 +82,9 @@ def test_edit_a_message_and_switch_between_the_versions(page, server, alice, log
     edited = page.locator("#message-list > li.role-user").first
     expect(edited).to_contain_text("what is 6*8?")
     expect(edited.locator(".version-count")).to_have_text("2 / 2")
-    expect(page.locator("#session-header .lineage")).to_contain_text("Edited from maths with message 1 rewritten")
+    expect(page.locator("#session-header .lineage")).to_contain_text(
+        "Edited from what is 6*7? with message 1 rewritten"
+    )  # the title
     shot(page, "edit-versions")
     edit_url = page.url
 
@@ -154,8 +156,10 @@ def test_an_expired_conversation_continues_with_its_history(page, server, alice,
     expect(page).not_to_have_url(re.compile(r"/c/old/"))
     expect(page.locator(LIVE)).to_be_visible()
     expect(page.locator("#expired-banner")).not_to_contain_text("expired")
-    expect(page.locator("#message-list > li")).to_have_count(2)
-    expect(page.locator("#session-header .lineage")).to_contain_text("Continued from old")
+    expect(page.locator("#message-list > li.msg")).to_have_count(2)
+    expect(page.locator("#session-header .lineage")).to_contain_text(
+        "Continued from remember that my color is green"
+    )  # the title
     send(page, "what is my color?")
     expect(visible_answers(page).last).to_contain_text("green")
     shot(page, "continued")
