@@ -45,7 +45,7 @@ import uuid
 from pathlib import Path
 
 import httpx
-from common import REPO, admin_connect, db_name, db_url_named, log, message_text
+from common import REPO, db_name, db_url_named, log, message_text, recreate_database
 
 OWUI_VENV = Path(os.environ.get("OWUI_VENV", REPO / "bench" / ".venv-owui"))
 PASSWORD = "bench-password-1234"
@@ -101,14 +101,6 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def recreate(name: str) -> None:
-    if not name.startswith(db_name()):
-        raise SystemExit(f"bench: refusing to recreate {name!r}")
-    with admin_connect() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
 class Convo:
     name = "convo"
 
@@ -127,7 +119,7 @@ class Convo:
         )
         if db == "postgres":
             name = db_name() + "_owui"
-            recreate(name)
+            recreate_database(name)
             env["DATABASE_URL"] = db_url_named(name)
         else:
             env["CONVO_SQLITE_PATH"] = str(workdir / "convo.sqlite3")
@@ -225,7 +217,7 @@ class OpenWebUI:
         )
         if db == "postgres":
             name = db_name() + "_peer_owui"
-            recreate(name)
+            recreate_database(name)
             env["DATABASE_URL"] = db_url_named(name).replace("postgres://", "postgresql+psycopg://", 1)
         self.log_path = workdir / "owui.log"
         self.proc = subprocess.Popen(
