@@ -212,7 +212,24 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_test_environment, django_db_blocker, django_db_modify_db_settings):
+    """The test database, made for this run and dropped after it. pytest-django's own fixture makes
+    one only for the aliases its `django_db` tests name, and these scenarios have none (their rows are
+    committed for the servers to read, with no test transaction or flush around them): without this
+    they would run on the configured database itself."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(config, verbosity=0)
+
+
+@pytest.fixture(scope="session")
 def cluster(django_db_setup, django_db_blocker):
+    name = django_settings.DATABASES["default"]["NAME"]
+    assert name.startswith("test_"), f"the fault suite would write to the configured database {name!r}"
     ARTIFACTS.mkdir(exist_ok=True)
     # Production serving: debug off, so the hashed static names come from collectstatic.
     subprocess.run(
