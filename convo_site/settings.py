@@ -204,9 +204,7 @@ if DATABASE_URL:
         # threads and the watcher all draw from it; 0 switches the pool off, e.g. behind PgBouncer in
         # transaction mode, which pools on its side). A request waits up to CONVO_DB_POOL_TIMEOUT
         # seconds for a free connection, then fails with the API's 503 storage_error.
-        # Off by default for now: in the consumers' test runs, connections taken in asgiref's
-        # per-event-loop executor threads were not all given back, and the pool ran dry (see README).
-        CONVO_DB_POOL_MAX_SIZE = env_int("CONVO_DB_POOL_MAX_SIZE", 0) or 0
+        CONVO_DB_POOL_MAX_SIZE = env_int("CONVO_DB_POOL_MAX_SIZE", 20) or 0
         if CONVO_DB_POOL_MAX_SIZE:
             DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
                 "min_size": min(env_int("CONVO_DB_POOL_MIN_SIZE", 2) or 0, CONVO_DB_POOL_MAX_SIZE),

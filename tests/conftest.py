@@ -1,8 +1,11 @@
 import datetime as dt
 import os
+import threading
 
 import pytest
+from channels.testing import application as channels_testing_application
 from django.conf import settings
+from django.db import close_old_connections
 
 from sessions_app import engine, throttle
 
@@ -18,6 +21,23 @@ settings.STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 ON_REDIS = bool(os.environ.get("REDIS_URL"))
+
+
+def _close_worker_connections(**kwargs):
+    """What channels' test communicators put in place of close_old_connections while they run.
+
+    Their own stand-in does nothing, so that a test transaction is not closed under the test. But
+    database_sync_to_async then leaves the connection of every worker thread open, and each test's
+    event loop has its own worker threads: with the PostgreSQL pool on, every test took a pooled
+    connection that its dead thread never gave back, until the pool ran dry. Here the worker threads
+    close theirs, as they do under daphne; the main thread, which holds the test transaction, keeps
+    its own.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        close_old_connections()
+
+
+channels_testing_application.no_op = _close_worker_connections
 
 
 def pytest_collection_modifyitems(config, items):

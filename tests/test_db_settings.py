@@ -9,7 +9,7 @@ from django.db.utils import load_backend
 
 from .conftest import ON_POSTGRES
 
-# The pool is opt-in (CONVO_DB_POOL_MAX_SIZE); .ci/pytest-all runs this file once more with it on.
+# The pool is on by default on PostgreSQL (CONVO_DB_POOL_MAX_SIZE=20); 0 turns it off.
 needs_pool = pytest.mark.skipif(
     not settings.DATABASES["default"].get("OPTIONS", {}).get("pool"), reason="CONVO_DB_POOL_MAX_SIZE is 0"
 )
