@@ -173,8 +173,14 @@ def markdown_live_html(text: str) -> SafeString:
 def markdown_deferred(text: str) -> bool:
     """Whether ``markdown_html(text)`` would now give plain text only because this request's render
     budget is spent (a cached fragment of it must not outlive the request)."""
+    return render_budget_spent() and _markdown_cache.get(text) is None
+
+
+def render_budget_spent() -> bool:
+    """Whether this request (or push) has spent its Markdown budget: what it rendered since may show
+    some messages as plain text, for it alone (such output must not be cached)."""
     budget = _budget.get()
-    return budget is not None and budget.spent and _markdown_cache.get(text) is None
+    return budget is not None and budget.spent
 
 
 def plain_html(text: str) -> str:

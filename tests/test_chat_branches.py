@@ -144,6 +144,22 @@ def test_edit_branches_before_the_message_and_replies_there(client, talk, user):
     assert "version-count" not in li(client.get("/c/talk/").content.decode(), 2)
 
 
+def test_a_page_seen_before_an_edit_shows_its_versions_after_it(client, talk, user):
+    """The original's message list was cached before the edit (issue 13); its message 4 itself did not
+    change, yet the next load shows ‹ 1 / 2 ›, and once the conversation expired, the answer switcher
+    of a regenerated turn is disabled."""
+    assert "version-count" not in li(client.get("/c/talk/").content.decode(), 4)
+    assert client.post("/c/talk/messages/4/edit/", {"content": "Thanks a lot!"}).status_code == 302
+    replies.wait_reply(replies.latest_reply(newest_other(user).pk).pk)
+    assert '<span class="version-count" data-versions="2">1 / 2</span>' in li(client.get("/c/talk/").content.decode(), 4)
+
+    assert client.post("/c/talk/reply/regenerate/", **HX).status_code == 200
+    replies.wait_reply(replies.latest_reply("talk").pk)
+    assert 'aria-label="Previous answer">' in li(client.get("/c/talk/").content.decode(), 6)
+    ConversationSession.objects.filter(sid="talk").update(expires_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    assert 'aria-label="Previous answer" disabled>' in li(client.get("/c/talk/").content.decode(), 6)
+
+
 @pytest.mark.parametrize("content, status", [("", 422), ("   ", 422), ("x\x00y", 422), ("x" * 40_000, 422)])
 def test_a_refused_edit_leaves_no_branch(client, talk, content, status, settings):
     settings.CONVO_MAX_CONTENT_CHARS = 32_000

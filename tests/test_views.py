@@ -400,6 +400,24 @@ def test_timeline_keeps_turns_whose_messages_left_the_list(client, user, make_se
     assert 'id="turn-1"' in page and "question 0" in page
 
 
+def test_a_reopened_page_shows_what_changed_around_unchanged_messages(client, user, make_session):
+    """The message list is cached whole (issue 13): what changes without any message changing (the
+    divider, when a smaller limit drops messages from the session's list) shows on the next load."""
+    make_session("trim", owner=user, max_messages=10)
+    for i in range(3):
+        add("trim", "user", f"question {i}")
+        add("trim", "assistant", f"answer {i}")
+    first = client.get("/c/trim/").content.decode()
+    assert re.search(r'id="list-divider"[^>]* hidden', first)  # nothing left the list yet
+    listed = re.compile(r'<ol id="message-list".*?</ol>', re.S)
+    assert listed.search(client.get("/c/trim/").content.decode())[0] == listed.search(first)[0]  # (as it was)
+    engine.session_update("trim", config=engine.SessionConfig(max_messages=2))
+    again = client.get("/c/trim/").content.decode()
+    assert seqs(again) == list(range(1, 7))
+    assert again.index('id="msg-4"') < again.index('id="list-divider"') < again.index('id="msg-5"')
+    assert not re.search(r'id="list-divider"[^>]* hidden', again)
+
+
 def test_timeline_pages_earlier_turns(client, chat):
     for i in range(25):
         add("chat-1", "user", f"q{i}")

@@ -3,6 +3,7 @@
 import json
 
 from django import template
+from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.safestring import mark_safe
 
@@ -14,6 +15,7 @@ from sessions_app.rendering import (
     markdown_html,
     markdown_live_html,
     panels_version,
+    render_budget_spent,
 )
 
 register = template.Library()
@@ -115,6 +117,57 @@ def message_key(message) -> str:
         message.tool_call_id, message.created_at, message.tokens, message.turn_number,
         markdown_deferred(message.content),
     )  # fmt: skip
+
+
+class _MessageListCacheNode(template.Node):
+    def __init__(self, nodelist) -> None:
+        self.nodelist = nodelist
+
+    def render(self, context) -> str:
+        cache = caches["template_fragments"]
+        key = f"convo.list.{message_list_key(context)}"
+        html = cache.get(key)
+        if html is None:
+            html = self.nodelist.render(context)
+            if not render_budget_spent():  # else some message may show as plain text for this request only
+                cache.set(key, html, LIST_CACHE_SECONDS)
+        return html
+
+
+LIST_CACHE_SECONDS = 86400
+
+
+@register.tag
+def message_list_cache(parser, token):
+    """``{% message_list_cache %}…{% endmessage_list_cache %}``: the message list of the chat page
+    (its messages, versions, branch links and divider) rendered once for as long as nothing it shows
+    changes (see message_list_key), so opening a conversation again is a cache read, not 50 renders.
+    Not stored when the request's Markdown budget ran out while rendering it."""
+    nodelist = parser.parse(("endmessage_list_cache",))
+    parser.delete_first_token()
+    return _MessageListCacheNode(nodelist)
+
+
+def message_list_key(context) -> str:
+    """The fragment-cache key of a rendered message list: each message's own key, the versions and
+    branch links around it (not in the message's key: they change without it), the divider, the
+    conversation's id and whether it is expired (its actions are disabled then)."""
+    session = context["session"]
+    messages = context.get("messages") or []
+    return fingerprint(
+        MESSAGE_MARKUP_VERSION, "list", session.pk, session.id, session.is_expired(),
+        bool(context.get("msg_oob")), bool(context.get("has_later")),
+        sorted((context.get("divider") or {}).items(), key=lambda item: item[0]),
+        [(message_key(m), repr(getattr(m, "response_versions", None)), _edits_key(getattr(m, "edit_versions", None)),
+          getattr(m, "version_hidden", None)) for m in messages],
+    )  # fmt: skip
+
+
+def _edits_key(versions) -> tuple | None:
+    """What a message's edit versions show: which of them this is, and where the others are."""
+    if versions is None:
+        return None
+    return versions.seq, versions.index, [s.sid for s in versions.sessions]
 
 
 @register.filter
