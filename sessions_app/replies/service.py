@@ -145,8 +145,11 @@ def running_reply(session: ConversationSession | engine.SessionRef) -> Reply | N
     events that follow carry the whole text, so a page reloaded mid-reply shows it and catches up.
     """
     key = _key(session)
-    workers.recover_stale_replies(session_id=key)
-    return Reply.objects.filter(session_id=key, status=Reply.Status.RUNNING).first()
+    reply = Reply.objects.filter(session_id=key, status=Reply.Status.RUNNING).first()
+    if reply is not None and workers.may_be_stale(reply):
+        workers.recover_stale_replies(session_id=key)
+        reply = Reply.objects.filter(session_id=key, status=Reply.Status.RUNNING).first()
+    return reply
 
 
 @engine.storage_errors

@@ -125,6 +125,19 @@ _local_lock = threading.Lock()
 # Recovery: replies whose process is gone.
 
 
+def _suspect_before(now: dt.datetime) -> dt.datetime:
+    """A running reply whose heartbeat is older than this may be dead (recover_stale_replies decides)."""
+    stale_cutoff = now - dt.timedelta(seconds=settings.CONVO_REPLY_STALE_SECONDS)
+    dead_cutoff = now - dt.timedelta(seconds=max(2 * settings.CONVO_REPLY_HEARTBEAT_SECONDS, 1.0))
+    return max(stale_cutoff, dead_cutoff)
+
+
+def may_be_stale(reply: Reply, now: dt.datetime | None = None) -> bool:
+    """Whether a running reply's heartbeat is old enough that recover_stale_replies would look at it
+    (a reply read anyway needs no recovery query of its own while it is fresh)."""
+    return reply.heartbeat_at < _suspect_before(now or timezone.now())
+
+
 def recover_stale_replies(*, session_id: uuid.UUID | None = None, now: dt.datetime | None = None) -> int:
     """Mark running replies whose process is gone as interrupted; return how many.
 
@@ -135,10 +148,8 @@ def recover_stale_replies(*, session_id: uuid.UUID | None = None, now: dt.dateti
     turn stays open with the error in its metadata, and pages get a REPLY error event.
     """
     now = now or timezone.now()
-    heartbeat = settings.CONVO_REPLY_HEARTBEAT_SECONDS
     stale_cutoff = now - dt.timedelta(seconds=settings.CONVO_REPLY_STALE_SECONDS)
-    dead_cutoff = now - dt.timedelta(seconds=max(2 * heartbeat, 1.0))
-    candidates = Reply.objects.filter(status=Reply.Status.RUNNING, heartbeat_at__lt=max(stale_cutoff, dead_cutoff))
+    candidates = Reply.objects.filter(status=Reply.Status.RUNNING, heartbeat_at__lt=_suspect_before(now))
     if session_id is not None:
         candidates = candidates.filter(session_id=session_id)
     with _local_lock:
