@@ -5,6 +5,7 @@ import json
 from django import template
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
+from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
 
 from sessions_app.engine import CHOICE_KEY
@@ -117,6 +118,33 @@ def message_key(message) -> str:
         message.tool_call_id, message.created_at, message.tokens, message.turn_number,
         markdown_deferred(message.content),
     )  # fmt: skip
+
+
+FIELD_TEMPLATE = "sessions_app/_field.html"
+
+
+@register.simple_tag
+def form_fields(form):
+    """A form's fields, each as ``_field.html`` shows it. An unbound form renders the same for every
+    page that shows it with the same values (the new-chat form on every page, a conversation's settings
+    form), and widget rendering is the slowest part of a page: it is rendered once per process and
+    values, then read from the fragment cache."""
+
+    def render() -> str:
+        return "".join(render_to_string(FIELD_TEMPLATE, {"field": field}) for field in form)
+
+    if form.is_bound:
+        return mark_safe(render())  # noqa: S308 - rendered by the template engine (autoescaped)
+    key = "convo.form." + fingerprint(
+        type(form).__module__, type(form).__qualname__, form.prefix, form.auto_id, sorted(form.initial.items()),
+        [(name, field.initial, sorted(field.widget.attrs.items())) for name, field in form.fields.items()],
+    )  # fmt: skip
+    cache = caches["template_fragments"]
+    html = cache.get(key)
+    if html is None:
+        html = render()
+        cache.set(key, html, LIST_CACHE_SECONDS)
+    return mark_safe(html)  # noqa: S308 - rendered by the template engine (autoescaped)
 
 
 class _MessageListCacheNode(template.Node):
