@@ -151,7 +151,9 @@ def test_a_page_seen_before_an_edit_shows_its_versions_after_it(client, talk, us
     assert "version-count" not in li(client.get("/c/talk/").content.decode(), 4)
     assert client.post("/c/talk/messages/4/edit/", {"content": "Thanks a lot!"}).status_code == 302
     replies.wait_reply(replies.latest_reply(newest_other(user).pk).pk)
-    assert '<span class="version-count" data-versions="2">1 / 2</span>' in li(client.get("/c/talk/").content.decode(), 4)
+    assert '<span class="version-count" data-versions="2">1 / 2</span>' in li(
+        client.get("/c/talk/").content.decode(), 4
+    )
 
     assert client.post("/c/talk/reply/regenerate/", **HX).status_code == 200
     replies.wait_reply(replies.latest_reply("talk").pk)

@@ -121,6 +121,7 @@ def message_key(message) -> str:
 
 
 FIELD_TEMPLATE = "sessions_app/_field.html"
+FRAGMENT_SECONDS = 86400  # how long a cached form or message list is kept (the key changes with what it shows)
 
 
 @register.simple_tag
@@ -143,7 +144,7 @@ def form_fields(form):
     html = cache.get(key)
     if html is None:
         html = render()
-        cache.set(key, html, LIST_CACHE_SECONDS)
+        cache.set(key, html, FRAGMENT_SECONDS)
     return mark_safe(html)  # noqa: S308 - rendered by the template engine (autoescaped)
 
 
@@ -158,11 +159,8 @@ class _MessageListCacheNode(template.Node):
         if html is None:
             html = self.nodelist.render(context)
             if not render_budget_spent():  # else some message may show as plain text for this request only
-                cache.set(key, html, LIST_CACHE_SECONDS)
+                cache.set(key, html, FRAGMENT_SECONDS)
         return html
-
-
-LIST_CACHE_SECONDS = 86400
 
 
 @register.tag
