@@ -34,6 +34,12 @@ class SessionsAppConfig(AppConfig):
         from .engine.stats import analyze_after_migrate
 
         post_migrate.connect(analyze_after_migrate, sender=self, dispatch_uid="convo-analyze-after-migrate")
+        # The PostgreSQL pool recovers from a server restart at the first dead connection it meets.
+        from django.db.backends.signals import connection_created
+
+        from convo_site.db_pool import sweep_on_failed_checks
+
+        connection_created.connect(sweep_on_failed_checks, dispatch_uid="convo-pool-sweep")
         # A deleted session's running reply stops at once (its row is gone with it).
         sessions_deleted.connect(cancel_sessions, dispatch_uid="convo-replies-cancel-deleted")
 

@@ -38,9 +38,17 @@ def test_postgres_connections_come_from_a_pool_sized_by_settings():
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_pooled_connections_survive_pg_terminate_backend(client, user):
+    """After a server restart every idle connection is dead at once: the first request that meets one
+    gets a new connection at once (the pool sweeps itself, convo_site/db_pool.py), rather than trying
+    the dead ones one by one with growing pauses until the pool's timeout (a 503)."""
     client.force_login(user)
     assert client.get("/").status_code == 200
-    pids = {c.info.backend_pid for c in _pooled(connection.pool)}
+    pool = connection.pool
+    taken = [pool.getconn() for _ in range(8)]  # eight idle connections, as after a busy moment
+    for conn in taken:
+        pool.putconn(conn)
+    pids = {c.info.backend_pid for c in _pooled(pool)}
+    assert len(pids) >= 8
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         pids.add(cursor.fetchone()[0])
