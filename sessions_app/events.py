@@ -247,12 +247,18 @@ def _send(events: list[tuple[str, dict[str, Any]]]) -> None:
     if isinstance(layer, InMemoryChannelLayer):
         # Its queues belong to this process's server loop: send there (async_to_sync hops to it).
         loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
-        if loop is not None and not loop.is_running():
-            # The loop this thread was started from has stopped (its server shut down; a test ended):
-            # no page listens on it any more, and the hop would wait for it forever.
-            return
         try:
-            async_to_sync(_send_all)(layer, events)
+            if loop is None:
+                async_to_sync(_send_all)(layer, events)
+            elif loop.is_running():
+                # Bounded: the loop may stop while the events wait for it (its server shut down, a
+                # test ended), and then no page listens on it any more (async_to_sync waited forever).
+                future = asyncio.run_coroutine_threadsafe(_send_all(layer, events), loop)
+                try:
+                    future.result(LAYER_TIMEOUT)
+                except TimeoutError:
+                    future.cancel()
+                    logger.warning("Dropped %d session event(s): the serving loop did not take them", len(events))
         except Exception:  # a push failure must never undo or fail a committed write
             logger.exception("Could not push %d session event(s) to the channel layer", len(events))
     else:

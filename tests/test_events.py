@@ -219,3 +219,41 @@ def test_a_send_from_a_thread_bound_to_a_stopped_loop_returns(settings):
     assert done.wait(10), "the push waited for a loop that no longer runs"
     stopped.close()
     channel_layers.backends.pop("default", None)
+
+
+def test_a_send_to_a_loop_that_never_takes_it_gives_up_after_the_layer_timeout(settings, monkeypatch):
+    """The loop still ran when the push looked, then never ran the push (it was stopping, or stuck):
+    the reply thread gives up after LAYER_TIMEOUT instead of waiting for ever (a full-suite run hung
+    in teardown on such a thread)."""
+    import asyncio
+    import threading
+
+    from asgiref.sync import SyncToAsync
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.pop("default", None)
+    monkeypatch.setattr(events, "LAYER_TIMEOUT", 0.2)
+    stuck, release = asyncio.new_event_loop(), threading.Event()
+    server = threading.Thread(target=stuck.run_forever, daemon=True)
+    server.start()
+    stuck.call_soon_threadsafe(release.wait)  # the loop runs, but never gets to the push
+    done = threading.Event()
+
+    def pusher():
+        SyncToAsync.threadlocal.main_event_loop = stuck
+        SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
+        events._send([("convo.session.x", {"type": "session.event", "kind": "appended"})])
+        done.set()
+
+    try:
+        while not stuck.is_running():
+            threading.Event().wait(0.01)
+        threading.Thread(target=pusher, daemon=True).start()
+        assert done.wait(10), "the push waited for a loop that never took it"
+    finally:
+        release.set()
+        stuck.call_soon_threadsafe(stuck.stop)
+        server.join(5)
+        stuck.close()
+        channel_layers.backends.pop("default", None)
