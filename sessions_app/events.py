@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -251,20 +252,42 @@ def _send(events: list[tuple[str, dict[str, Any]]]) -> None:
             if loop is None:
                 async_to_sync(_send_all)(layer, events)
             elif loop.is_running():
-                # Bounded: the loop may stop while the events wait for it (its server shut down, a
-                # test ended), and then no page listens on it any more (async_to_sync waited forever).
-                future = asyncio.run_coroutine_threadsafe(_send_all(layer, events), loop)
-                try:
-                    future.result(LAYER_TIMEOUT)
-                except TimeoutError:
-                    future.cancel()
-                    logger.warning("Dropped %d session event(s): the serving loop did not take them", len(events))
+                _send_on(loop, layer, events)
         except Exception:  # a push failure must never undo or fail a committed write
             logger.exception("Could not push %d session event(s) to the channel layer", len(events))
     else:
         # A network layer (Redis): hand the events to this process's sender, so that the writer does
         # not wait for Redis, nor pay for a new event loop and connection per write.
         _sender().submit(layer, events)
+
+
+def _send_on(loop: asyncio.AbstractEventLoop, layer: Any, events: list[tuple[str, dict[str, Any]]]) -> None:
+    """Send on the serving ``loop`` (another thread's), waiting at most LAYER_TIMEOUT: the loop may stop
+    while the events wait for it (its server shut down, a test ended), and then no page listens on it
+    any more (async_to_sync waited for ever). The coroutine is made on the loop, so one that never
+    takes it leaves nothing behind."""
+    done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+    def settle(task: asyncio.Task) -> None:
+        if task.cancelled():  # the loop is shutting down
+            done.set_result(False)
+        elif task.exception() is not None:
+            done.set_exception(task.exception())
+        else:
+            done.set_result(True)
+
+    def start() -> None:
+        if done.set_running_or_notify_cancel():  # (False: given up on meanwhile)
+            loop.create_task(_send_all(layer, events)).add_done_callback(settle)
+
+    loop.call_soon_threadsafe(start)
+    try:
+        sent = done.result(LAYER_TIMEOUT)
+    except TimeoutError:
+        done.cancel()
+        sent = False
+    if not sent:
+        logger.warning("Dropped %d session event(s): the serving loop did not take them", len(events))
 
 
 async def _send_all(layer: Any, events: list[tuple[str, dict[str, Any]]]) -> None:
