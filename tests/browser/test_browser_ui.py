@@ -219,6 +219,9 @@ def test_a_failed_reply_shows_its_reason_next_to_retry(page, server, alice, logi
     script(engine.message_append, "fails", "user", "hello?")
     script(engine.turn_set_metadata, "fails", 1, {"reply_error": "The provider said: quota exceeded"})
     open_chat(page, server, "fails")
+    # The socket's answer to the page's hello brings the failed reply's area again: only after it is
+    # in does removing the notice stand for "a later update without one".
+    page.wait_for_function("window.convoLive && window.convoLive.received")
     expect(page.locator("#reply-stream .reply-error")).to_contain_text("quota exceeded")
     page.evaluate("document.querySelector('#reply-stream .reply-error').remove()")  # as after a later update
     actions = page.locator("#reply-actions")
