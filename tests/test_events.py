@@ -198,24 +198,13 @@ def test_a_send_from_a_thread_bound_to_a_stopped_loop_returns(settings):
     """A reply thread hops to the server loop it was started from to push on the in-memory layer; once
     that loop has stopped (the server shut down), a push must return at once, not wait for it forever."""
     import asyncio
-    import threading
 
-    from asgiref.sync import SyncToAsync
     from channels.layers import channel_layers
 
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     channel_layers.backends.pop("default", None)
     stopped = asyncio.new_event_loop()
-    done = threading.Event()
-
-    def pusher():
-        SyncToAsync.threadlocal.main_event_loop = stopped
-        SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
-        events._send([("convo.session.x", {"type": "session.event", "kind": "appended"})])
-        done.set()
-
-    thread = threading.Thread(target=pusher, daemon=True)
-    thread.start()
+    done = _push_from_a_thread_bound_to(stopped)
     assert done.wait(10), "the push waited for a loop that no longer runs"
     stopped.close()
     channel_layers.backends.pop("default", None)
@@ -228,7 +217,6 @@ def test_a_send_to_a_loop_that_never_takes_it_gives_up_after_the_layer_timeout(s
     import asyncio
     import threading
 
-    from asgiref.sync import SyncToAsync
     from channels.layers import channel_layers
 
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -238,18 +226,10 @@ def test_a_send_to_a_loop_that_never_takes_it_gives_up_after_the_layer_timeout(s
     server = threading.Thread(target=stuck.run_forever, daemon=True)
     server.start()
     stuck.call_soon_threadsafe(release.wait)  # the loop runs, but never gets to the push
-    done = threading.Event()
-
-    def pusher():
-        SyncToAsync.threadlocal.main_event_loop = stuck
-        SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
-        events._send([("convo.session.x", {"type": "session.event", "kind": "appended"})])
-        done.set()
-
     try:
         while not stuck.is_running():
             threading.Event().wait(0.01)
-        threading.Thread(target=pusher, daemon=True).start()
+        done = _push_from_a_thread_bound_to(stuck)
         assert done.wait(10), "the push waited for a loop that never took it"
     finally:
         release.set()
@@ -257,3 +237,22 @@ def test_a_send_to_a_loop_that_never_takes_it_gives_up_after_the_layer_timeout(s
         server.join(5)
         stuck.close()
         channel_layers.backends.pop("default", None)
+
+
+def _push_from_a_thread_bound_to(loop):
+    """Push one event from a new thread that was started from ``loop`` (as a reply thread is from its
+    server's); the event is set once the push returned."""
+    import threading
+
+    from asgiref.sync import SyncToAsync
+
+    done = threading.Event()
+
+    def pusher():
+        SyncToAsync.threadlocal.main_event_loop = loop
+        SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
+        events._send([("convo.session.x", {"type": "session.event", "kind": "appended"})])
+        done.set()
+
+    threading.Thread(target=pusher, daemon=True).start()
+    return done
