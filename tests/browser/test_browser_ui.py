@@ -221,7 +221,12 @@ def test_a_failed_reply_shows_its_reason_next_to_retry(page, server, alice, logi
     open_chat(page, server, "fails")
     # The socket's answer to the page's hello brings the failed reply's area again: only after it is
     # in does removing the notice stand for "a later update without one".
-    page.wait_for_function("window.convoLive && window.convoLive.received")
+    for _ in range(200):  # (not wait_for_function: the page's CSP refuses its eval)
+        if page.evaluate("() => Boolean(window.convoLive && window.convoLive.received)"):
+            break
+        page.wait_for_timeout(50)
+    else:
+        raise AssertionError("the socket never answered the page's hello")
     expect(page.locator("#reply-stream .reply-error")).to_contain_text("quota exceeded")
     page.evaluate("document.querySelector('#reply-stream .reply-error').remove()")  # as after a later update
     actions = page.locator("#reply-actions")
