@@ -246,7 +246,8 @@ def _send(events: list[tuple[str, dict[str, Any]]]) -> None:
     if layer is None:
         return
     if isinstance(layer, InMemoryChannelLayer):
-        # Its queues belong to this process's server loop: send there (async_to_sync hops to it).
+        # Its queues belong to this process's server loop: send there. A thread started from a loop
+        # that has stopped (its server shut down, a test ended) has no page left to tell.
         loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
         try:
             if loop is None:

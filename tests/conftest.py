@@ -60,8 +60,6 @@ def _replies_open_for_each_test():
     """A shutdown test's hand-over runs in daemon threads that may outlive the test and close this
     process for new replies (workers.shutdown) after its own fixture reopened it: wait for them, then
     open the process again, so no later test finds its replies never started."""
-    import threading
-
     from sessions_app.replies import workers
 
     for thread in threading.enumerate():

@@ -125,17 +125,18 @@ _local_lock = threading.Lock()
 # Recovery: replies whose process is gone.
 
 
-def _suspect_before(now: dt.datetime) -> dt.datetime:
-    """A running reply whose heartbeat is older than this may be dead (recover_stale_replies decides)."""
-    stale_cutoff = now - dt.timedelta(seconds=settings.CONVO_REPLY_STALE_SECONDS)
-    dead_cutoff = now - dt.timedelta(seconds=max(2 * settings.CONVO_REPLY_HEARTBEAT_SECONDS, 1.0))
-    return max(stale_cutoff, dead_cutoff)
+def _cutoffs(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """(stale, suspect): a running reply whose heartbeat is older than ``stale`` is dead; one older than
+    ``suspect`` (the later of the two) is dead when its process provably stopped."""
+    stale = now - dt.timedelta(seconds=settings.CONVO_REPLY_STALE_SECONDS)
+    dead = now - dt.timedelta(seconds=max(2 * settings.CONVO_REPLY_HEARTBEAT_SECONDS, 1.0))
+    return stale, max(stale, dead)
 
 
 def may_be_stale(reply: Reply, now: dt.datetime | None = None) -> bool:
     """Whether a running reply's heartbeat is old enough that recover_stale_replies would look at it
     (a reply read anyway needs no recovery query of its own while it is fresh)."""
-    return reply.heartbeat_at < _suspect_before(now or timezone.now())
+    return reply.heartbeat_at < _cutoffs(now or timezone.now())[1]
 
 
 def recover_stale_replies(*, session_id: uuid.UUID | None = None, now: dt.datetime | None = None) -> int:
@@ -148,8 +149,8 @@ def recover_stale_replies(*, session_id: uuid.UUID | None = None, now: dt.dateti
     turn stays open with the error in its metadata, and pages get a REPLY error event.
     """
     now = now or timezone.now()
-    stale_cutoff = now - dt.timedelta(seconds=settings.CONVO_REPLY_STALE_SECONDS)
-    candidates = Reply.objects.filter(status=Reply.Status.RUNNING, heartbeat_at__lt=_suspect_before(now))
+    stale_cutoff, suspect_cutoff = _cutoffs(now)
+    candidates = Reply.objects.filter(status=Reply.Status.RUNNING, heartbeat_at__lt=suspect_cutoff)
     if session_id is not None:
         candidates = candidates.filter(session_id=session_id)
     with _local_lock:

@@ -327,8 +327,8 @@ def test_reply_inspector_shows_exactly_what_the_model_saw(page, server, alice, l
     assert reply.usage["round_seqs"] == [[1, 2, 3]] and reply.first_token_at is not None
     # Later changes do not alter what the inspector shows for this answer.
     script(engine.message_append, "inspect", "user", "a later message", metadata={})
-    # The pointer comes from elsewhere and lands on the button, which hangs into the gap below the
-    # message: it shows and takes the click (the gap counts as the message).
+    # The pointer comes from elsewhere and lands straight on the button, which hangs into the gap
+    # below the message: the bar takes pointer events even before it shows, so the click lands.
     page.mouse.move(1, 1)
     answer.get_by_role("button", name=re.compile("What the model saw")).click(timeout=5000)
     dialog = page.locator("#inspector")
